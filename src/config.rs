@@ -1,0 +1,1076 @@
+//! The YAML configuration: parsing, `${VAR}` expansion, defaults, per-space overrides and
+//! validation. Every error names the key it is about; none repeats a secret value.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+use crate::secret::{Secret, scrub};
+
+/// The host Google Chat webhooks live on; anything else needs `delivery.allow_any_host`.
+pub const CHAT_HOST: &str = "chat.googleapis.com";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config is not valid YAML: {0}")]
+    Yaml(String),
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+    pub max_body_bytes: usize,
+    pub auth: Option<Auth>,
+    pub delivery: Delivery,
+    /// Spaces by name, in name order.
+    pub spaces: BTreeMap<String, Space>,
+}
+
+/// Credentials Alertmanager must present (`http_config.authorization` or `basic_auth`).
+#[derive(Debug, Clone)]
+pub enum Auth {
+    Bearer(Secret),
+    Basic { username: String, password: Secret },
+}
+
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub rate_limit_per_second: f64,
+    pub request_timeout: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub give_up_after: Duration,
+    pub allow_any_host: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Space {
+    pub name: String,
+    pub target: Target,
+    /// Alertmanager receiver names routed here by `POST /alerts`.
+    pub receivers: Vec<String>,
+    pub options: SpaceOptions,
+}
+
+/// Where a space's messages go.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Webhook(Secret),
+    /// Render and log, never post.
+    DryRun,
+}
+
+impl Target {
+    /// What may be shown of the target: the host of the webhook URL, never its path or query.
+    pub fn describe(&self) -> String {
+        match self {
+            Target::DryRun => "dry run".to_owned(),
+            Target::Webhook(url) => match reqwest::Url::parse(url.expose()) {
+                Ok(parsed) => format!("webhook on {}", parsed.host_str().unwrap_or("?")),
+                Err(_) => "webhook".to_owned(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    Text,
+    Card,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Threading {
+    PerAlert,
+    PerGroup,
+    Off,
+}
+
+/// A Chat mention target, already in Chat's `users/...` form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mention(String);
+
+impl Mention {
+    /// `all`, `users/123`, a numeric id or an email address.
+    pub fn parse(raw: &str) -> Option<Mention> {
+        let raw = raw.trim();
+        let id = raw.strip_prefix("users/").unwrap_or(raw);
+        let valid = !id.is_empty()
+            && id.len() <= 254
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "@._+-".contains(c));
+        valid.then(|| Mention(format!("users/{id}")))
+    }
+
+    /// `users/all` or `users/123`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Chat's text syntax that notifies the user(s).
+    pub fn markup(&self) -> String {
+        format!("<{}>", self.0)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TemplatePaths {
+    pub text: Option<PathBuf>,
+    pub card: Option<PathBuf>,
+}
+
+/// The settings a space may override from `defaults`.
+#[derive(Debug, Clone)]
+pub struct SpaceOptions {
+    pub format: Format,
+    pub threading: Threading,
+    pub send_resolved: bool,
+    /// Zero turns reminders off.
+    pub reminder_interval: Duration,
+    pub max_new_threads_per_notification: u32,
+    /// Severity label value -> who is mentioned on a firing message.
+    pub mentions: BTreeMap<String, Vec<Mention>>,
+    pub templates: TemplatePaths,
+}
+
+impl Default for SpaceOptions {
+    fn default() -> Self {
+        SpaceOptions {
+            format: Format::Text,
+            threading: Threading::PerAlert,
+            send_resolved: true,
+            reminder_interval: Duration::from_secs(4 * 3600),
+            max_new_threads_per_notification: 10,
+            mentions: BTreeMap::new(),
+            templates: TemplatePaths::default(),
+        }
+    }
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Delivery {
+            rate_limit_per_second: 1.0,
+            request_timeout: Duration::from_secs(10),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            give_up_after: Duration::from_secs(24 * 3600),
+            allow_any_host: false,
+        }
+    }
+}
+
+impl Config {
+    /// Reads, expands and validates the file at `path`. Relative paths inside it (secret
+    /// files, templates) are taken relative to the file's folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses config text; `env` answers `${VAR}` look-ups.
+    pub fn parse(
+        text: &str,
+        base_dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut value: Value = serde_yaml_ng::from_str(text)
+            .map_err(|e| ConfigError::Yaml(scrub(&e.to_string(), &[])))?;
+        if value.is_null() {
+            return Err(invalid(
+                "spaces",
+                "the config is empty: at least one space is needed",
+            ));
+        }
+        value
+            .apply_merge()
+            .map_err(|e| ConfigError::Yaml(e.to_string()))?;
+        expand_env(&mut value, &mut Vec::new(), env)?;
+        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { "config".to_owned() } else { key };
+            invalid(key, scrub(&e.into_inner().to_string(), &[]))
+        })?;
+        raw.resolve(base_dir)
+    }
+
+    /// Spaces whose `receivers` list contains `receiver`.
+    pub fn spaces_for_receiver<'a>(&'a self, receiver: &'a str) -> impl Iterator<Item = &'a Space> {
+        self.spaces
+            .values()
+            .filter(move |s| s.receivers.iter().any(|r| r == receiver))
+    }
+
+    /// Every receiver name some space listens for, sorted and de-duplicated.
+    pub fn receiver_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .spaces
+            .values()
+            .flat_map(|s| s.receivers.iter().map(String::as_str))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// Every secret value in the config, for scrubbing text that might contain one.
+    pub fn secret_values(&self) -> Vec<&str> {
+        let mut values = Vec::new();
+        match &self.auth {
+            Some(Auth::Bearer(token)) => values.push(token.expose()),
+            Some(Auth::Basic { password, .. }) => values.push(password.expose()),
+            None => {}
+        }
+        for space in self.spaces.values() {
+            if let Target::Webhook(url) = &space.target {
+                values.push(url.expose());
+                if let Ok(parsed) = reqwest::Url::parse(url.expose()) {
+                    for (_, v) in parsed.query_pairs() {
+                        if let Some(pos) = url.expose().find(v.as_ref()) {
+                            values.push(&url.expose()[pos..pos + v.len()]);
+                        }
+                    }
+                }
+            }
+        }
+        values
+    }
+}
+
+/// Parses `250ms`, `10s`, `4h`, `1h30m`, `2d`, `0s` or `0`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let bad = || format!("{text:?} is not a duration (examples: 250ms, 10s, 4h, 1h30m)");
+    if text.is_empty() {
+        return Err(bad());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit_ms: u64 = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 7 * 86_400_000,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        let part = number.checked_mul(unit_ms).ok_or_else(bad)?;
+        total = total
+            .checked_add(Duration::from_millis(part))
+            .ok_or_else(bad)?;
+    }
+    Ok(total)
+}
+
+/// Formats a duration the way it is written in the config (`1h30m`, `250ms`).
+pub fn format_duration(d: Duration) -> String {
+    let mut ms = d.as_millis();
+    if ms == 0 {
+        return "0s".to_owned();
+    }
+    let mut out = String::new();
+    for (unit, size) in [
+        ("d", 86_400_000u128),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ] {
+        if ms >= size {
+            out.push_str(&format!("{}{unit}", ms / size));
+            ms %= size;
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Environment expansion
+
+fn expand_env(
+    value: &mut Value,
+    path: &mut Vec<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    match value {
+        Value::String(s) => {
+            if s.contains('$') {
+                *s = expand_string(s, env).map_err(|message| invalid(path.join("."), message))?;
+            }
+        }
+        Value::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                path.push(format!("[{i}]"));
+                expand_env(item, path, env)?;
+                path.pop();
+            }
+        }
+        Value::Mapping(map) => {
+            for (k, v) in map.iter_mut() {
+                path.push(k.as_str().unwrap_or("?").to_owned());
+                expand_env(v, path, env)?;
+                path.pop();
+            }
+        }
+        Value::Tagged(tagged) => expand_env(&mut tagged.value, path, env)?,
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+    Ok(())
+}
+
+/// Expands `${VAR}` and `${VAR:-default}`; `$${` stands for a literal `${`.
+fn expand_string(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos..];
+        if let Some(stripped) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = stripped;
+        } else if let Some(body) = after.strip_prefix("${") {
+            let end = body
+                .find('}')
+                .ok_or_else(|| "unclosed ${ in value".to_owned())?;
+            let expr = &body[..end];
+            let (name, default) = match expr.split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (expr, None),
+            };
+            let valid_name = !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with(|c: char| c.is_ascii_digit());
+            if !valid_name {
+                return Err(format!("${{{expr}}} is not a valid variable reference"));
+            }
+            match (env(name).filter(|v| !v.is_empty()), default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    return Err(format!(
+                        "environment variable {name} is not set (use ${{{name}:-default}} for a fallback)"
+                    ));
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// The file's shape, before defaults and validation
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    state_dir: Option<PathBuf>,
+    max_body_bytes: Option<u64>,
+    auth: Option<RawAuth>,
+    delivery: Option<RawDelivery>,
+    defaults: Option<RawOptions>,
+    spaces: Option<BTreeMap<String, RawSpace>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    bearer_token: Option<String>,
+    bearer_token_file: Option<PathBuf>,
+    basic: Option<RawBasic>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBasic {
+    username: String,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    rate_limit_per_second: Option<f64>,
+    request_timeout: Option<RawDuration>,
+    backoff: Option<RawBackoff>,
+    give_up_after: Option<RawDuration>,
+    allow_any_host: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackoff {
+    initial: Option<RawDuration>,
+    max: Option<RawDuration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOptions {
+    format: Option<Format>,
+    threading: Option<Threading>,
+    send_resolved: Option<bool>,
+    reminder_interval: Option<RawDuration>,
+    max_new_threads_per_notification: Option<u32>,
+    mentions: Option<BTreeMap<String, Vec<String>>>,
+    templates: Option<RawTemplates>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTemplates {
+    text: Option<PathBuf>,
+    card: Option<PathBuf>,
+}
+
+/// A space: where it posts and which receivers it serves, plus any `defaults` key.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpace {
+    webhook_url: Option<String>,
+    webhook_url_file: Option<PathBuf>,
+    dry_run: Option<bool>,
+    receivers: Option<Vec<String>>,
+    format: Option<Format>,
+    threading: Option<Threading>,
+    send_resolved: Option<bool>,
+    reminder_interval: Option<RawDuration>,
+    max_new_threads_per_notification: Option<u32>,
+    mentions: Option<BTreeMap<String, Vec<String>>>,
+    templates: Option<RawTemplates>,
+}
+
+impl RawSpace {
+    fn overrides(&mut self) -> RawOptions {
+        RawOptions {
+            format: self.format.take(),
+            threading: self.threading.take(),
+            send_resolved: self.send_resolved.take(),
+            reminder_interval: self.reminder_interval.take(),
+            max_new_threads_per_notification: self.max_new_threads_per_notification.take(),
+            mentions: self.mentions.take(),
+            templates: self.templates.take(),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct RawDuration(Duration);
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_duration(&text)
+            .map(RawDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+fn read_secret_file(key: &str, path: &Path, base_dir: &Path) -> Result<Secret, ConfigError> {
+    let full = base_dir.join(path);
+    let text = std::fs::read_to_string(&full)
+        .map_err(|e| invalid(key, format!("cannot read {}: {e}", full.display())))?;
+    let value = text.trim_end_matches(['\r', '\n']).trim();
+    if value.is_empty() {
+        return Err(invalid(key, format!("{} is empty", full.display())));
+    }
+    Ok(Secret::new(value))
+}
+
+fn one_secret(
+    key: &str,
+    inline: Option<String>,
+    file: Option<PathBuf>,
+    base_dir: &Path,
+) -> Result<Option<Secret>, ConfigError> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(invalid(key, format!("set {key} or {key}_file, not both"))),
+        (Some(v), None) if v.trim().is_empty() => Err(invalid(key, "must not be empty")),
+        (Some(v), None) => Ok(Some(Secret::new(v.trim()))),
+        (None, Some(path)) => read_secret_file(&format!("{key}_file"), &path, base_dir).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+fn valid_space_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && name.len() <= 64
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+impl RawConfig {
+    fn resolve(self, base_dir: &Path) -> Result<Config, ConfigError> {
+        let listen_text = self.listen.unwrap_or_else(|| "0.0.0.0:9095".to_owned());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!("{listen_text:?} is not an address:port such as 0.0.0.0:9095"),
+            )
+        })?;
+        let max_body_bytes = self.max_body_bytes.unwrap_or(4 * 1024 * 1024);
+        if !(1024..=256 * 1024 * 1024).contains(&max_body_bytes) {
+            return Err(invalid(
+                "max_body_bytes",
+                "must be between 1024 and 268435456",
+            ));
+        }
+        let auth = self.auth.map(|a| resolve_auth(a, base_dir)).transpose()?;
+        let delivery = resolve_delivery(self.delivery)?;
+
+        let defaults_raw = self.defaults.unwrap_or_default();
+        let defaults = apply_options(SpaceOptions::default(), defaults_raw, "defaults", base_dir)?;
+
+        let raw_spaces = self.spaces.unwrap_or_default();
+        if raw_spaces.is_empty() {
+            return Err(invalid("spaces", "at least one space is needed"));
+        }
+        let mut spaces = BTreeMap::new();
+        for (name, mut raw) in raw_spaces {
+            let key = format!("spaces.{name}");
+            if !valid_space_name(&name) {
+                return Err(invalid(
+                    key,
+                    "a space name is 1-64 characters of letters, digits, '_', '.', '-', starting with a letter or digit",
+                ));
+            }
+            let overrides = raw.overrides();
+            let options = apply_options(defaults.clone(), overrides, &key, base_dir)?;
+            let target = resolve_target(&key, &mut raw, &delivery, base_dir)?;
+            let receivers = match raw.receivers {
+                Some(list) if list.is_empty() => {
+                    return Err(invalid(
+                        format!("{key}.receivers"),
+                        "must list at least one receiver name",
+                    ));
+                }
+                Some(list) => list,
+                None => vec![name.clone()],
+            };
+            if let Some(bad) = receivers.iter().position(|r| r.trim().is_empty()) {
+                return Err(invalid(
+                    format!("{key}.receivers[{bad}]"),
+                    "must not be empty",
+                ));
+            }
+            spaces.insert(
+                name.clone(),
+                Space {
+                    name,
+                    target,
+                    receivers,
+                    options,
+                },
+            );
+        }
+        Ok(Config {
+            listen,
+            state_dir: self.state_dir.unwrap_or_else(|| PathBuf::from("./data")),
+            max_body_bytes: max_body_bytes as usize,
+            auth,
+            delivery,
+            spaces,
+        })
+    }
+}
+
+fn resolve_auth(raw: RawAuth, base_dir: &Path) -> Result<Auth, ConfigError> {
+    let bearer = one_secret(
+        "auth.bearer_token",
+        raw.bearer_token,
+        raw.bearer_token_file,
+        base_dir,
+    )?;
+    match (bearer, raw.basic) {
+        (Some(_), Some(_)) => Err(invalid(
+            "auth",
+            "choose bearer_token(_file) or basic, not both",
+        )),
+        (Some(token), None) => Ok(Auth::Bearer(token)),
+        (None, Some(basic)) => {
+            if basic.username.trim().is_empty() {
+                return Err(invalid("auth.basic.username", "must not be empty"));
+            }
+            let password = one_secret(
+                "auth.basic.password",
+                basic.password,
+                basic.password_file,
+                base_dir,
+            )?
+            .ok_or_else(|| invalid("auth.basic", "needs password or password_file"))?;
+            Ok(Auth::Basic {
+                username: basic.username,
+                password,
+            })
+        }
+        (None, None) => Err(invalid(
+            "auth",
+            "needs bearer_token, bearer_token_file or basic (remove the auth key to run without authentication)",
+        )),
+    }
+}
+
+fn resolve_delivery(raw: Option<RawDelivery>) -> Result<Delivery, ConfigError> {
+    let mut d = Delivery::default();
+    let Some(raw) = raw else { return Ok(d) };
+    if let Some(rate) = raw.rate_limit_per_second {
+        if !(rate.is_finite() && rate > 0.0 && rate <= 1000.0) {
+            return Err(invalid(
+                "delivery.rate_limit_per_second",
+                "must be a number above 0 and at most 1000",
+            ));
+        }
+        d.rate_limit_per_second = rate;
+    }
+    if let Some(RawDuration(t)) = raw.request_timeout {
+        if t.is_zero() {
+            return Err(invalid("delivery.request_timeout", "must be above 0"));
+        }
+        d.request_timeout = t;
+    }
+    if let Some(backoff) = raw.backoff {
+        if let Some(RawDuration(v)) = backoff.initial {
+            d.backoff_initial = v;
+        }
+        if let Some(RawDuration(v)) = backoff.max {
+            d.backoff_max = v;
+        }
+    }
+    if d.backoff_initial.is_zero() {
+        return Err(invalid("delivery.backoff.initial", "must be above 0"));
+    }
+    if d.backoff_max < d.backoff_initial {
+        return Err(invalid(
+            "delivery.backoff.max",
+            "must not be below backoff.initial",
+        ));
+    }
+    if let Some(RawDuration(v)) = raw.give_up_after {
+        if v.is_zero() {
+            return Err(invalid("delivery.give_up_after", "must be above 0"));
+        }
+        d.give_up_after = v;
+    }
+    d.allow_any_host = raw.allow_any_host.unwrap_or(false);
+    Ok(d)
+}
+
+fn apply_options(
+    mut options: SpaceOptions,
+    raw: RawOptions,
+    key: &str,
+    base_dir: &Path,
+) -> Result<SpaceOptions, ConfigError> {
+    if let Some(format) = raw.format {
+        if format == Format::Card {
+            return Err(invalid(
+                format!("{key}.format"),
+                "card messages are not available in this version of kabar yet; use text",
+            ));
+        }
+        options.format = format;
+    }
+    if let Some(threading) = raw.threading {
+        if threading == Threading::PerGroup {
+            return Err(invalid(
+                format!("{key}.threading"),
+                "per_group threads are not available in this version of kabar yet; use per_alert or off",
+            ));
+        }
+        options.threading = threading;
+    }
+    if let Some(v) = raw.send_resolved {
+        options.send_resolved = v;
+    }
+    if let Some(RawDuration(v)) = raw.reminder_interval {
+        if !v.is_zero() && v < Duration::from_secs(60) {
+            return Err(invalid(
+                format!("{key}.reminder_interval"),
+                "must be 0s (off) or at least 1m",
+            ));
+        }
+        options.reminder_interval = v;
+    }
+    if let Some(v) = raw.max_new_threads_per_notification {
+        if v == 0 {
+            return Err(invalid(
+                format!("{key}.max_new_threads_per_notification"),
+                "must be at least 1",
+            ));
+        }
+        options.max_new_threads_per_notification = v;
+    }
+    if let Some(mentions) = raw.mentions {
+        let mut parsed = BTreeMap::new();
+        for (severity, targets) in mentions {
+            let mut list = Vec::new();
+            for (i, target) in targets.iter().enumerate() {
+                let mention = Mention::parse(target).ok_or_else(|| {
+                    invalid(
+                        format!("{key}.mentions.{severity}[{i}]"),
+                        format!(
+                            "{target:?} is not a Chat user: use \"all\", a user id or users/<id>"
+                        ),
+                    )
+                })?;
+                list.push(mention);
+            }
+            parsed.insert(severity, list);
+        }
+        options.mentions = parsed;
+    }
+    if let Some(templates) = raw.templates {
+        if let Some(path) = templates.text {
+            options.templates.text = Some(base_dir.join(path));
+        }
+        if let Some(path) = templates.card {
+            options.templates.card = Some(base_dir.join(path));
+        }
+    }
+    Ok(options)
+}
+
+fn resolve_target(
+    key: &str,
+    raw: &mut RawSpace,
+    delivery: &Delivery,
+    base_dir: &Path,
+) -> Result<Target, ConfigError> {
+    let url = one_secret(
+        &format!("{key}.webhook_url"),
+        raw.webhook_url.take(),
+        raw.webhook_url_file.take(),
+        base_dir,
+    )?;
+    match (url, raw.dry_run.unwrap_or(false)) {
+        (Some(_), true) => Err(invalid(
+            key,
+            "set webhook_url(_file) or dry_run: true, not both",
+        )),
+        (None, false) => Err(invalid(
+            key,
+            "needs exactly one of webhook_url, webhook_url_file or dry_run: true",
+        )),
+        (None, true) => Ok(Target::DryRun),
+        (Some(url), false) => {
+            check_webhook_url(&format!("{key}.webhook_url"), &url, delivery.allow_any_host)?;
+            Ok(Target::Webhook(url))
+        }
+    }
+}
+
+fn check_webhook_url(key: &str, url: &Secret, allow_any_host: bool) -> Result<(), ConfigError> {
+    let parsed = reqwest::Url::parse(url.expose())
+        .map_err(|e| invalid(key, format!("not a valid URL ({e})")))?;
+    if !matches!(parsed.scheme(), "https" | "http") {
+        return Err(invalid(key, "must be an https:// URL"));
+    }
+    if allow_any_host {
+        return Ok(());
+    }
+    if parsed.scheme() != "https" || parsed.host_str() != Some(CHAT_HOST) {
+        return Err(invalid(
+            key,
+            format!(
+                "must be https://{CHAT_HOST}/v1/spaces/... (set delivery.allow_any_host: true for a proxy or test server)"
+            ),
+        ));
+    }
+    if !parsed.path().starts_with("/v1/spaces/") {
+        return Err(invalid(
+            key,
+            "must be a Chat incoming-webhook URL: /v1/spaces/SPACE/messages?key=...&token=...",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/nonexistent"), &|name| match name {
+            "OPS_URL" => {
+                Some("https://chat.googleapis.com/v1/spaces/AAA/messages?key=k1&token=t1".into())
+            }
+            "TOKEN" => Some("s3cret-token".into()),
+            _ => None,
+        })
+    }
+
+    fn error_of(text: &str) -> String {
+        parse(text)
+            .expect_err("config should be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let config = parse("spaces:\n  demo:\n    dry_run: true\n").expect("valid");
+        assert_eq!(config.listen, "0.0.0.0:9095".parse().expect("addr"));
+        assert_eq!(config.state_dir, PathBuf::from("./data"));
+        assert_eq!(config.max_body_bytes, 4 * 1024 * 1024);
+        assert!(config.auth.is_none());
+        assert_eq!(config.delivery.rate_limit_per_second, 1.0);
+        assert_eq!(config.delivery.request_timeout, Duration::from_secs(10));
+        assert_eq!(config.delivery.backoff_initial, Duration::from_secs(1));
+        assert_eq!(config.delivery.backoff_max, Duration::from_secs(60));
+        assert_eq!(config.delivery.give_up_after, Duration::from_secs(86_400));
+        let demo = &config.spaces["demo"];
+        assert_eq!(demo.receivers, vec!["demo".to_owned()]);
+        assert!(matches!(demo.target, Target::DryRun));
+        assert_eq!(demo.options.threading, Threading::PerAlert);
+        assert!(demo.options.send_resolved);
+        assert_eq!(
+            demo.options.reminder_interval,
+            Duration::from_secs(4 * 3600)
+        );
+        assert_eq!(demo.options.max_new_threads_per_notification, 10);
+    }
+
+    #[test]
+    fn space_overrides_win_over_defaults() {
+        let config = parse(
+            "defaults:\n  send_resolved: false\n  reminder_interval: 1h30m\n  mentions: {critical: [all]}\nspaces:\n  a: {dry_run: true}\n  b: {dry_run: true, send_resolved: true, reminder_interval: 0s, threading: 'off'}\n",
+        )
+        .expect("valid");
+        let a = &config.spaces["a"].options;
+        assert!(!a.send_resolved);
+        assert_eq!(a.reminder_interval, Duration::from_secs(5400));
+        assert_eq!(a.mentions["critical"][0].markup(), "<users/all>");
+        let b = &config.spaces["b"].options;
+        assert!(b.send_resolved);
+        assert_eq!(b.reminder_interval, Duration::ZERO);
+        assert_eq!(b.threading, Threading::Off);
+        assert_eq!(
+            b.mentions["critical"].len(),
+            1,
+            "unset keys inherit defaults"
+        );
+    }
+
+    #[test]
+    fn env_expansion_with_and_without_default() {
+        let config = parse(
+            "listen: \"${LISTEN:-127.0.0.1:9999}\"\nauth: {bearer_token: \"${TOKEN}\"}\nspaces:\n  ops: {webhook_url: \"${OPS_URL}\"}\n",
+        )
+        .expect("valid");
+        assert_eq!(config.listen.port(), 9999);
+        assert!(matches!(&config.auth, Some(Auth::Bearer(t)) if t.expose() == "s3cret-token"));
+        assert!(matches!(&config.spaces["ops"].target, Target::Webhook(_)));
+    }
+
+    #[test]
+    fn unset_variable_names_key_and_variable() {
+        let err = error_of("spaces:\n  ops: {webhook_url: \"${MISSING_URL}\"}\n");
+        assert!(err.contains("spaces.ops.webhook_url"), "{err}");
+        assert!(err.contains("MISSING_URL"), "{err}");
+    }
+
+    #[test]
+    fn literal_dollar_brace_is_escaped() {
+        assert_eq!(
+            expand_string("a$${B}c $d", &|_| None).expect("ok"),
+            "a${B}c $d"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let err = error_of("spaces:\n  ops:\n    dry_run: true\n    recievers: [x]\n");
+        assert!(err.contains("spaces.ops"), "{err}");
+        assert!(err.contains("recievers"), "{err}");
+        let err = error_of("delivery:\n  rate_limit: 2\nspaces: {a: {dry_run: true}}\n");
+        assert!(
+            err.contains("delivery") && err.contains("rate_limit"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases = [
+            (
+                "delivery: {request_timeout: 10 seconds}\nspaces: {a: {dry_run: true}}",
+                "delivery.request_timeout",
+            ),
+            (
+                "delivery: {rate_limit_per_second: 0}\nspaces: {a: {dry_run: true}}",
+                "delivery.rate_limit_per_second",
+            ),
+            (
+                "delivery: {backoff: {initial: 10s, max: 1s}}\nspaces: {a: {dry_run: true}}",
+                "delivery.backoff.max",
+            ),
+            ("listen: nowhere\nspaces: {a: {dry_run: true}}", "listen"),
+            (
+                "defaults: {threading: sometimes}\nspaces: {a: {dry_run: true}}",
+                "defaults.threading",
+            ),
+            (
+                "spaces: {a: {dry_run: true, mentions: {critical: ['<users/all>']}}}",
+                "spaces.a.mentions.critical[0]",
+            ),
+            ("spaces: {a: {}}", "spaces.a"),
+            ("spaces: {'bad name': {dry_run: true}}", "spaces.bad name"),
+            ("spaces: {}", "spaces"),
+            (
+                "spaces: {a: {dry_run: true, reminder_interval: 5s}}",
+                "spaces.a.reminder_interval",
+            ),
+            ("auth: {}\nspaces: {a: {dry_run: true}}", "auth"),
+        ];
+        for (text, key) in cases {
+            let err = error_of(text);
+            assert!(
+                err.starts_with(key),
+                "error for {text:?} should name {key}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn space_needs_exactly_one_target() {
+        let err = error_of("spaces:\n  a: {dry_run: true, webhook_url: \"${OPS_URL}\"}\n");
+        assert!(err.contains("not both"), "{err}");
+        let err = error_of("spaces:\n  a: {dry_run: false}\n");
+        assert!(err.contains("exactly one"), "{err}");
+    }
+
+    #[test]
+    fn webhook_host_is_checked_without_printing_the_url() {
+        let err = error_of(
+            "spaces:\n  a: {webhook_url: 'http://127.0.0.1:9/v1/spaces/X/messages?key=k&token=sekrit'}\n",
+        );
+        assert!(err.contains("allow_any_host"), "{err}");
+        assert!(!err.contains("sekrit"), "{err}");
+        let ok = parse(
+            "delivery: {allow_any_host: true}\nspaces:\n  a: {webhook_url: 'http://127.0.0.1:9/v1/spaces/X/messages?key=k&token=sekrit'}\n",
+        );
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn secret_files_are_read_relative_to_the_config() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("ops-url"),
+            "https://chat.googleapis.com/v1/spaces/S/messages?key=a&token=b\n",
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("token"), "tok\n").expect("write");
+        let config = Config::parse(
+            "auth: {bearer_token_file: token}\nspaces:\n  ops: {webhook_url_file: ops-url}\n",
+            dir.path(),
+            &|_| None,
+        )
+        .expect("valid");
+        assert!(matches!(&config.auth, Some(Auth::Bearer(t)) if t.expose() == "tok"));
+        match &config.spaces["ops"].target {
+            Target::Webhook(url) => assert!(url.expose().ends_with("token=b")),
+            Target::DryRun => panic!("expected a webhook"),
+        }
+        let err = Config::parse(
+            "spaces:\n  ops: {webhook_url_file: missing}\n",
+            dir.path(),
+            &|_| None,
+        )
+        .expect_err("missing file");
+        assert!(
+            err.to_string().starts_with("spaces.ops.webhook_url_file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_output() {
+        let config = parse(
+            "auth: {bearer_token: \"${TOKEN}\"}\nspaces:\n  ops: {webhook_url: \"${OPS_URL}\"}\n",
+        )
+        .expect("valid");
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("s3cret-token"));
+        assert!(!debug.contains("token=t1"));
+        assert_eq!(
+            config.spaces["ops"].target.describe(),
+            "webhook on chat.googleapis.com"
+        );
+        let values = config.secret_values();
+        assert!(values.contains(&"t1") && values.contains(&"k1"));
+    }
+
+    #[test]
+    fn receivers_route_to_spaces() {
+        let config = parse(
+            "spaces:\n  a: {dry_run: true, receivers: [ops, 'monitoring/ops/ops']}\n  b: {dry_run: true, receivers: [ops]}\n  c: {dry_run: true}\n",
+        )
+        .expect("valid");
+        let names: Vec<&str> = config
+            .spaces_for_receiver("ops")
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(config.receiver_names(), ["c", "monitoring/ops/ops", "ops"]);
+    }
+
+    #[test]
+    fn durations_parse_and_format() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("1.5h").is_err());
+        assert!(parse_duration("h").is_err());
+        assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1s500ms");
+    }
+}

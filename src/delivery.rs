@@ -1,0 +1,420 @@
+//! Per-space senders: each space drains its outbox in order, one request in flight, paced
+//! by a token bucket, retrying what can succeed later and dead-lettering what cannot.
+//!
+//! A message leaves the outbox only after Chat accepted it (or it was dead-lettered), so a
+//! crash at any point re-sends at most the one message whose answer was lost.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::chat::{ChatClient, SendFailure, backoff_delay};
+use crate::config::{Config, Target};
+use crate::metrics::{DeadLetterReason, Metrics};
+use crate::outbox::{self, QueuedMessage, Store, now_ms};
+use crate::runtime::Runtime;
+
+/// How many queued messages a sender reads at once.
+const READ_AHEAD: usize = 64;
+/// A sender re-checks its queue this often even without a wake-up, so nothing waits on a
+/// lost notification.
+const IDLE_POLL: Duration = Duration::from_secs(5);
+/// How long to wait before reading the store again after it failed.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
+/// What the HTTP side and the senders share: the live runtime (config and templates),
+/// the store, the metrics and the HTTP client.
+pub struct Shared {
+    pub runtime: RwLock<Arc<Runtime>>,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub chat: ChatClient,
+}
+
+impl Shared {
+    pub fn runtime(&self) -> Arc<Runtime> {
+        match self.runtime.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Puts a newly loaded runtime in place for everything that reads it next.
+    pub fn replace_runtime(&self, runtime: Runtime) {
+        let runtime = Arc::new(runtime);
+        match self.runtime.write() {
+            Ok(mut guard) => *guard = runtime,
+            Err(poisoned) => *poisoned.into_inner() = runtime,
+        }
+    }
+}
+
+struct SenderHandle {
+    wake: Arc<Notify>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// The running senders, one per configured space.
+pub struct Delivery {
+    shared: Arc<Shared>,
+    senders: std::sync::Mutex<BTreeMap<String, SenderHandle>>,
+}
+
+impl Delivery {
+    pub fn new(shared: Arc<Shared>) -> Delivery {
+        Delivery {
+            shared,
+            senders: std::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Starts senders for new spaces and stops those of spaces that left the config.
+    pub fn sync_spaces(&self, config: &Config) {
+        let Ok(mut senders) = self.senders.lock() else {
+            return;
+        };
+        let gone: Vec<String> = senders
+            .keys()
+            .filter(|name| !config.spaces.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(handle) = senders.remove(&name) {
+                let _ = handle.stop.send(true);
+                info!(space = %name, "space removed from config; its sender stops (queued messages stay on disk)");
+            }
+        }
+        for name in config.spaces.keys() {
+            if !senders.contains_key(name) {
+                let wake = Arc::new(Notify::new());
+                let (stop, stopped) = watch::channel(false);
+                let sender = Sender {
+                    space: name.clone(),
+                    shared: Arc::clone(&self.shared),
+                    wake: Arc::clone(&wake),
+                    stopped,
+                };
+                let task = tokio::spawn(sender.run());
+                senders.insert(name.clone(), SenderHandle { wake, stop, task });
+            }
+        }
+    }
+
+    /// New messages were committed for `space`.
+    pub fn wake(&self, space: &str) {
+        if let Ok(senders) = self.senders.lock()
+            && let Some(handle) = senders.get(space)
+        {
+            handle.wake.notify_one();
+        }
+    }
+
+    /// Asks every sender to stop after its request in flight and waits up to `grace`.
+    pub async fn shutdown(&self, grace: Duration) {
+        let handles: Vec<(String, SenderHandle)> = match self.senders.lock() {
+            Ok(mut senders) => std::mem::take(&mut *senders).into_iter().collect(),
+            Err(_) => return,
+        };
+        for (_, handle) in &handles {
+            let _ = handle.stop.send(true);
+        }
+        let deadline = Instant::now() + grace;
+        for (space, handle) in handles {
+            let mut task = handle.task;
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                warn!(space = %space, "sender did not stop in time; its message stays queued");
+                task.abort();
+            }
+        }
+    }
+}
+
+struct Sender {
+    space: String,
+    shared: Arc<Shared>,
+    wake: Arc<Notify>,
+    stopped: watch::Receiver<bool>,
+}
+
+/// What happened to the message at the head of the queue.
+enum Step {
+    /// Done with it (sent or dead-lettered): move on.
+    Next,
+    /// Try it again after this long (zero: no hint, use the backoff).
+    RetryAfter(Duration),
+}
+
+impl Sender {
+    fn stopping(&self) -> bool {
+        *self.stopped.borrow()
+    }
+
+    /// Sleeps for `duration` unless told to stop first; false if stopping.
+    async fn pause(&mut self, duration: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(duration) => !self.stopping(),
+            _ = self.stopped.changed() => false,
+        }
+    }
+
+    async fn run(mut self) {
+        debug!(space = %self.space, "sender started");
+        let mut queue: VecDeque<QueuedMessage> = VecDeque::new();
+        // Messages this process already finished with; a failed delete must not resend.
+        let mut last_done = 0i64;
+        let mut next_send = Instant::now();
+        let mut attempt: u32 = 0;
+        while !self.stopping() {
+            if queue.is_empty() {
+                let space = self.space.clone();
+                match self
+                    .shared
+                    .store
+                    .read(move |conn| outbox::next_messages(conn, &space, last_done, READ_AHEAD))
+                    .await
+                {
+                    Ok(batch) => queue.extend(batch),
+                    Err(e) => {
+                        warn!(space = %self.space, error = %e, "cannot read the outbox; retrying");
+                        if !self.pause(STORE_RETRY).await {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let Some(message) = queue.front().cloned() else {
+                let wake = Arc::clone(&self.wake);
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                    _ = self.stopped.changed() => {}
+                }
+                continue;
+            };
+            let runtime = self.shared.runtime();
+            let Some(space) = runtime.config.spaces.get(&self.space) else {
+                break;
+            };
+            let target = space.target.clone();
+            let delivery = runtime.config.delivery.clone();
+            drop(runtime);
+
+            let age =
+                Duration::from_millis(now_ms().saturating_sub(message.received_ms).max(0) as u64);
+            let step = if age > delivery.give_up_after {
+                self.dead_letter(
+                    &message,
+                    DeadLetterReason::Expired,
+                    None,
+                    "not delivered within give_up_after",
+                )
+                .await
+            } else {
+                match target {
+                    Target::DryRun => self.print(&message).await,
+                    Target::Webhook(url) => {
+                        if Instant::now() < next_send
+                            && !self.pause(next_send - Instant::now()).await
+                        {
+                            break;
+                        }
+                        let interval =
+                            Duration::from_secs_f64(1.0 / delivery.rate_limit_per_second);
+                        next_send = Instant::now() + interval;
+                        let step = self.send(&message, &url).await;
+                        if let Step::RetryAfter(_) = step {
+                            attempt += 1;
+                        }
+                        match step {
+                            Step::RetryAfter(hint) => {
+                                let wait = backoff_delay(
+                                    attempt,
+                                    delivery.backoff_initial,
+                                    delivery.backoff_max,
+                                    (!hint.is_zero()).then_some(hint),
+                                    fastrand::f64(),
+                                );
+                                next_send = next_send.max(Instant::now() + wait);
+                                Step::RetryAfter(wait)
+                            }
+                            other => other,
+                        }
+                    }
+                }
+            };
+            match step {
+                Step::Next => {
+                    queue.pop_front();
+                    last_done = message.id;
+                    attempt = 0;
+                }
+                Step::RetryAfter(wait) => {
+                    debug!(space = %self.space, attempt, wait_ms = wait.as_millis() as u64, "waiting before retry");
+                    // Webhook sends wait through next_send; this covers store trouble in
+                    // dry-run and expiry handling, which have no pacing of their own.
+                    if next_send <= Instant::now() && !self.pause(wait.max(STORE_RETRY)).await {
+                        break;
+                    }
+                }
+            }
+        }
+        debug!(space = %self.space, "sender stopped");
+    }
+
+    async fn send(&self, message: &QueuedMessage, url: &crate::secret::Secret) -> Step {
+        let metrics = &self.shared.metrics;
+        let started = Instant::now();
+        let result = self
+            .shared
+            .chat
+            .post(url, &message.body, message.thread_key.is_some())
+            .await;
+        metrics
+            .chat_request_duration
+            .with_label_values(&[&self.space])
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(_) => {
+                let id = message.id;
+                if let Err(e) = self
+                    .shared
+                    .store
+                    .write(move |conn| outbox::remove(conn, id))
+                    .await
+                {
+                    // Chat has it. This process moves past it; if the delete never lands
+                    // the message is sent once more after a restart, never lost.
+                    warn!(space = %self.space, error = %e, "sent, but cannot remove it from the outbox");
+                }
+                metrics
+                    .messages_sent
+                    .with_label_values(&[&self.space])
+                    .inc();
+                let latency = now_ms().saturating_sub(message.received_ms).max(0) as f64 / 1000.0;
+                metrics
+                    .delivery_latency
+                    .with_label_values(&[&self.space])
+                    .observe(latency);
+                debug!(space = %self.space, id = message.id, kind = %message.kind, "delivered");
+                Step::Next
+            }
+            Err(failure) => {
+                metrics
+                    .messages_failed
+                    .with_label_values(&[&self.space, failure.class.as_str()])
+                    .inc();
+                if failure.class.is_permanent() {
+                    let reason = if failure.class == crate::chat::FailureClass::AuthError {
+                        DeadLetterReason::AuthError
+                    } else {
+                        DeadLetterReason::ClientError
+                    };
+                    return self
+                        .dead_letter(message, reason, failure.status, &failure.detail)
+                        .await;
+                }
+                self.retry_later(message, &failure).await
+            }
+        }
+    }
+
+    async fn retry_later(&self, message: &QueuedMessage, failure: &SendFailure) -> Step {
+        warn!(
+            space = %self.space,
+            id = message.id,
+            reason = failure.class.as_str(),
+            error = %failure.detail,
+            "delivery failed; will retry"
+        );
+        let (id, detail) = (message.id, failure.detail.clone());
+        if let Err(e) = self
+            .shared
+            .store
+            .write(move |conn| outbox::record_failure(conn, id, &detail))
+            .await
+        {
+            warn!(space = %self.space, error = %e, "cannot record the failed attempt");
+        }
+        Step::RetryAfter(failure.retry_after.unwrap_or(Duration::ZERO))
+    }
+
+    async fn dead_letter(
+        &self,
+        message: &QueuedMessage,
+        reason: DeadLetterReason,
+        status: Option<u16>,
+        detail: &str,
+    ) -> Step {
+        warn!(
+            space = %self.space,
+            id = message.id,
+            reason = reason.as_str(),
+            error = %detail,
+            "message dead-lettered; the space moves on"
+        );
+        let (id, detail) = (message.id, detail.to_owned());
+        let now = now_ms();
+        match self
+            .shared
+            .store
+            .write(move |conn| outbox::dead_letter(conn, id, reason.as_str(), status, &detail, now))
+            .await
+        {
+            Ok(()) => {
+                self.shared
+                    .metrics
+                    .messages_dead_lettered
+                    .with_label_values(&[&self.space, reason.as_str()])
+                    .inc();
+                Step::Next
+            }
+            Err(e) => {
+                // Keep it at the head and try again: a rejected request changed nothing.
+                warn!(space = %self.space, error = %e, "cannot move the message to the dead letters");
+                Step::RetryAfter(STORE_RETRY)
+            }
+        }
+    }
+
+    /// Dry-run spaces print what would be sent, then treat it as delivered.
+    async fn print(&self, message: &QueuedMessage) -> Step {
+        let text = serde_json::from_str::<serde_json::Value>(&message.body)
+            .ok()
+            .and_then(|body| body["text"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        info!(
+            space = %self.space,
+            kind = %message.kind,
+            thread_key = message.thread_key.as_deref().unwrap_or("(none)"),
+            body = %message.body,
+            "dry run, would post:\n{text}"
+        );
+        let id = message.id;
+        match self
+            .shared
+            .store
+            .write(move |conn| outbox::remove(conn, id))
+            .await
+        {
+            Ok(()) => {
+                self.shared
+                    .metrics
+                    .messages_sent
+                    .with_label_values(&[&self.space])
+                    .inc();
+                Step::Next
+            }
+            Err(e) => {
+                warn!(space = %self.space, error = %e, "cannot remove the printed message from the outbox");
+                Step::Next
+            }
+        }
+    }
+}

@@ -1,0 +1,544 @@
+//! The webhook edge: authentication, size and type checks, parsing, routing, and the one
+//! transaction that plans, renders and queues a notification before it is acknowledged.
+//! `ApiError` is the single mapping from failures to HTTP answers.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use jiff::Timestamp;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tracing::{info, warn};
+
+use crate::config::{Auth, Space};
+use crate::metrics::RejectReason;
+use crate::outbox::{self, NewMessage, SqlEpisodes, StoreError};
+use crate::payload::{Notification, PayloadError};
+use crate::render::RenderInput;
+use crate::routing::{RoutingError, route};
+use crate::runtime::Runtime;
+use crate::server::AppState;
+use crate::state::{EpisodeStore, MessageKind, SuppressReason, plan};
+
+/// Every way an HTTP request can fail, and its answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or wrong credentials")]
+    Unauthorized { challenge: &'static str },
+    #[error("unsupported content type {0:?}: the body must be JSON")]
+    UnsupportedMediaType(String),
+    #[error("request body larger than max_body_bytes ({limit} bytes)")]
+    TooLarge { limit: usize },
+    #[error("cannot read the request body: {0}")]
+    BodyRead(String),
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+    #[error(transparent)]
+    Routing(#[from] RoutingError),
+    #[error("cannot store the notification right now")]
+    StoreUnavailable(#[source] StoreError),
+    #[error("configuration reload failed: {0}")]
+    ReloadFailed(String),
+    #[error("no such endpoint")]
+    NotFound,
+    #[error("method not allowed here")]
+    MethodNotAllowed,
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            ApiError::Payload(PayloadError::BareAlertArray) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Payload(_) => StatusCode::BAD_REQUEST,
+            ApiError::Routing(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ReloadFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    fn hint(&self) -> String {
+        match self {
+            ApiError::Unauthorized { .. } => {
+                "set http_config.authorization (Bearer) or basic_auth in Alertmanager's webhook_configs to match kabar's auth section".to_owned()
+            }
+            ApiError::UnsupportedMediaType(_) => "send Content-Type: application/json".to_owned(),
+            ApiError::TooLarge { .. } => {
+                "raise max_body_bytes, or set max_alerts in Alertmanager's webhook_configs to bound a notification".to_owned()
+            }
+            ApiError::BodyRead(_) => "send the whole body".to_owned(),
+            ApiError::Payload(PayloadError::BareAlertArray) => {
+                "this looks like alerts posted straight from Prometheus: point Prometheus at Alertmanager, and Alertmanager's webhook_configs at kabar".to_owned()
+            }
+            ApiError::Payload(_) => {
+                "kabar expects Alertmanager's webhook payload (version 4): {\"receiver\", \"status\", \"alerts\": [...], ...}".to_owned()
+            }
+            ApiError::Routing(e) => e.hint(),
+            ApiError::StoreUnavailable(_) => {
+                "kabar's state_dir cannot take writes (disk full or read-only?); Alertmanager retries 5xx".to_owned()
+            }
+            ApiError::ReloadFailed(_) => "the previous configuration stays in effect; fix the file and reload again".to_owned(),
+            ApiError::NotFound => "POST Alertmanager notifications to /alerts or /alerts/{space}; see / for the endpoints".to_owned(),
+            ApiError::MethodNotAllowed => "see / for the endpoints and their methods".to_owned(),
+        }
+    }
+
+    /// The metric reason for refused webhook requests.
+    fn reject_reason(&self) -> Option<RejectReason> {
+        Some(match self {
+            ApiError::Unauthorized { .. } => RejectReason::Unauthorized,
+            ApiError::UnsupportedMediaType(_) => RejectReason::UnsupportedMediaType,
+            ApiError::TooLarge { .. } => RejectReason::TooLarge,
+            ApiError::BodyRead(_) => RejectReason::BadRequest,
+            ApiError::Payload(PayloadError::BareAlertArray) => RejectReason::BareAlertArray,
+            ApiError::Payload(_) => RejectReason::BadRequest,
+            ApiError::Routing(_) => RejectReason::UnknownRoute,
+            ApiError::StoreUnavailable(_) => RejectReason::StoreUnavailable,
+            ApiError::ReloadFailed(_) | ApiError::NotFound | ApiError::MethodNotAllowed => {
+                return None;
+            }
+        })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = Json(json!({"error": self.to_string(), "hint": self.hint()}));
+        let mut response = (status, body).into_response();
+        if let ApiError::Unauthorized { challenge } = self {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+        if let ApiError::StoreUnavailable(_) = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+        }
+        response
+    }
+}
+
+/// Checks the request's credentials in constant time.
+pub fn authorize(auth: Option<&Auth>, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(auth) = auth else { return Ok(()) };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let (scheme, challenge) = match auth {
+        Auth::Bearer(_) => ("bearer ", "Bearer realm=\"kabar\""),
+        Auth::Basic { .. } => ("basic ", "Basic realm=\"kabar\", charset=\"UTF-8\""),
+    };
+    let credentials = presented
+        .filter(|v| v.len() > scheme.len() && v[..scheme.len()].eq_ignore_ascii_case(scheme))
+        .map(|v| v[scheme.len()..].trim());
+    let ok = match (auth, credentials) {
+        (_, None) => false,
+        (Auth::Bearer(token), Some(given)) => {
+            bool::from(given.as_bytes().ct_eq(token.expose().as_bytes()))
+        }
+        (Auth::Basic { username, password }, Some(given)) => {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(given)
+                .unwrap_or_default();
+            let text = String::from_utf8(decoded).unwrap_or_default();
+            let (user, pass) = text.split_once(':').unwrap_or(("", ""));
+            // Compare both halves whatever the first says, so timing tells nothing.
+            let user_ok = user.as_bytes().ct_eq(username.as_bytes());
+            let pass_ok = pass.as_bytes().ct_eq(password.expose().as_bytes());
+            bool::from(user_ok & pass_ok)
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized { challenge })
+    }
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let value = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("(not text)").to_owned())
+        .unwrap_or_default();
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    {
+        Ok(())
+    } else {
+        let shown = if value.is_empty() {
+            "(none)".to_owned()
+        } else {
+            value.chars().take(100).collect()
+        };
+        Err(ApiError::UnsupportedMediaType(shown))
+    }
+}
+
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::TooLarge { limit });
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let inner = e.into_inner();
+        if inner
+            .downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
+            ApiError::TooLarge { limit }
+        } else {
+            ApiError::BodyRead(inner.to_string())
+        }
+    })
+}
+
+/// `POST /alerts`: routed by the payload's receiver.
+pub async fn receive(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    respond(&app, accept(&app, None, &headers, body).await)
+}
+
+/// `POST /alerts/{space}`: routed to the named space.
+pub async fn receive_for_space(
+    State(app): State<Arc<AppState>>,
+    Path(space): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    respond(&app, accept(&app, Some(space), &headers, body).await)
+}
+
+fn respond(app: &AppState, result: Result<Accepted, ApiError>) -> Response {
+    match result {
+        Ok(accepted) => Json(json!({"queued": accepted.queued, "suppressed": accepted.suppressed}))
+            .into_response(),
+        Err(error) => {
+            if let Some(reason) = error.reject_reason() {
+                app.shared.metrics.reject(reason);
+            }
+            match &error {
+                ApiError::StoreUnavailable(source) => {
+                    warn!(error = %source, "notification refused: the store cannot take the write")
+                }
+                other => {
+                    info!(status = other.status().as_u16(), error = %other, "webhook request refused")
+                }
+            }
+            error.into_response()
+        }
+    }
+}
+
+struct Accepted {
+    queued: usize,
+    suppressed: usize,
+}
+
+async fn accept(
+    app: &AppState,
+    space: Option<String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Accepted, ApiError> {
+    let runtime = app.runtime();
+    authorize(runtime.config.auth.as_ref(), headers)?;
+    check_content_type(headers)?;
+    let bytes = read_body(headers, body, runtime.config.max_body_bytes).await?;
+    let notification = Notification::parse(&bytes)?;
+    let spaces = route(&runtime.config, &notification.receiver, space.as_deref())?;
+    let received = Timestamp::now();
+
+    let job_runtime = Arc::clone(&runtime);
+    let job_spaces = spaces.clone();
+    let notification = Arc::new(notification);
+    let job_notification = Arc::clone(&notification);
+    let outcomes = app
+        .shared
+        .store
+        .write(move |conn| {
+            let mut episodes = SqlEpisodes(conn);
+            let mut outcomes = Vec::with_capacity(job_spaces.len());
+            for name in &job_spaces {
+                let Some(space) = job_runtime.config.spaces.get(name) else {
+                    continue;
+                };
+                let outcome = prepare(
+                    &mut episodes,
+                    &job_runtime,
+                    space,
+                    &job_notification,
+                    received,
+                    |message| {
+                        outbox::enqueue(
+                            conn,
+                            &NewMessage {
+                                space: &message.space,
+                                kind: message.kind.as_str(),
+                                thread_key: message.thread_key.as_deref(),
+                                body: &message.body,
+                                received_ms: received.as_millisecond(),
+                            },
+                        )
+                        .map(|_| ())
+                    },
+                )?;
+                outcomes.push(outcome);
+            }
+            Ok(outcomes)
+        })
+        .await
+        .map_err(ApiError::StoreUnavailable)?;
+
+    let metrics = &app.shared.metrics;
+    let mut accepted = Accepted {
+        queued: 0,
+        suppressed: 0,
+    };
+    for outcome in &outcomes {
+        let space = outcome.space.as_str();
+        metrics
+            .notifications_received
+            .with_label_values(&[space])
+            .inc();
+        for alert in &notification.alerts {
+            metrics
+                .alerts_received
+                .with_label_values(&[space, alert.status.as_str()])
+                .inc();
+        }
+        for reason in &outcome.suppressed {
+            metrics
+                .alerts_suppressed
+                .with_label_values(&[space, reason.as_str()])
+                .inc();
+        }
+        for kind in &outcome.queued {
+            metrics
+                .messages_queued
+                .with_label_values(&[space, kind.as_str()])
+                .inc();
+        }
+        if outcome.truncated > 0 {
+            metrics
+                .messages_truncated
+                .with_label_values(&[space])
+                .inc_by(outcome.truncated);
+        }
+        for failure in &outcome.template_failures {
+            metrics.template_fallbacks.with_label_values(&[space]).inc();
+            warn!(space, error = %failure, "template failed; the built-in template was used");
+        }
+        accepted.queued += outcome.queued.len();
+        accepted.suppressed += outcome.suppressed.len();
+        if !outcome.queued.is_empty() {
+            app.delivery.wake(space);
+        }
+    }
+    info!(
+        receiver = %notification.receiver,
+        group_key = %notification.group_key,
+        spaces = %spaces.join(","),
+        alerts = notification.alerts.len(),
+        queued = accepted.queued,
+        suppressed = accepted.suppressed,
+        "notification accepted"
+    );
+    Ok(accepted)
+}
+
+/// A message ready to queue (or, for `kabar render`, to print).
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub space: String,
+    pub kind: MessageKind,
+    pub alert_fingerprint: String,
+    pub thread_key: Option<String>,
+    pub body: String,
+}
+
+/// What one notification did in one space.
+#[derive(Debug, Default)]
+pub struct SpaceOutcome {
+    pub space: String,
+    pub queued: Vec<MessageKind>,
+    pub suppressed: Vec<SuppressReason>,
+    pub truncated: u64,
+    pub template_failures: Vec<String>,
+}
+
+/// Plans the messages a notification needs in a space, renders them and hands each to
+/// `emit`, all against `episodes` (the open transaction, or memory for `kabar render`).
+pub fn prepare<S: EpisodeStore>(
+    episodes: &mut S,
+    runtime: &Runtime,
+    space: &Space,
+    notification: &Notification,
+    now: Timestamp,
+    mut emit: impl FnMut(&Outgoing) -> Result<(), S::Error>,
+) -> Result<SpaceOutcome, S::Error> {
+    let planned = plan(
+        episodes,
+        &space.name,
+        &space.options,
+        notification,
+        now.as_millisecond(),
+    )?;
+    let mut outcome = SpaceOutcome {
+        space: space.name.clone(),
+        suppressed: planned.suppressed,
+        ..SpaceOutcome::default()
+    };
+    for message in planned.messages {
+        let alert = &notification.alerts[message.alert_index];
+        let (rendered, failure) = runtime.renderer.render(&RenderInput {
+            space,
+            kind: message.kind,
+            alert,
+            notification,
+            thread_key: message.thread_key,
+            now,
+        });
+        if let Some(failure) = failure {
+            outcome.template_failures.push(failure.to_string());
+        }
+        if rendered.truncated {
+            outcome.truncated += 1;
+        }
+        emit(&Outgoing {
+            space: space.name.clone(),
+            kind: message.kind,
+            alert_fingerprint: alert.fingerprint(),
+            thread_key: rendered.thread_key,
+            body: rendered.body,
+        })?;
+        outcome.queued.push(message.kind);
+    }
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(
+                header::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn bearer_auth() {
+        let auth = Auth::Bearer(Secret::new("s3cret"));
+        assert!(authorize(Some(&auth), &headers(&[("authorization", "Bearer s3cret")])).is_ok());
+        assert!(authorize(Some(&auth), &headers(&[("authorization", "bearer s3cret")])).is_ok());
+        for bad in [
+            "Bearer s3cre",
+            "Bearer s3cret2",
+            "Basic s3cret",
+            "s3cret",
+            "Bearer ",
+        ] {
+            assert!(
+                authorize(Some(&auth), &headers(&[("authorization", bad)])).is_err(),
+                "{bad}"
+            );
+        }
+        let err = authorize(Some(&auth), &headers(&[])).expect_err("missing");
+        assert!(
+            matches!(err, ApiError::Unauthorized { challenge } if challenge.starts_with("Bearer"))
+        );
+        assert!(authorize(None, &headers(&[])).is_ok(), "no auth configured");
+    }
+
+    #[test]
+    fn basic_auth() {
+        let auth = Auth::Basic {
+            username: "am".into(),
+            password: Secret::new("pw:with:colons"),
+        };
+        let good = base64::engine::general_purpose::STANDARD.encode("am:pw:with:colons");
+        assert!(
+            authorize(
+                Some(&auth),
+                &headers(&[("authorization", &format!("Basic {good}"))])
+            )
+            .is_ok()
+        );
+        let wrong = base64::engine::general_purpose::STANDARD.encode("am:nope");
+        assert!(
+            authorize(
+                Some(&auth),
+                &headers(&[("authorization", &format!("Basic {wrong}"))])
+            )
+            .is_err()
+        );
+        assert!(authorize(Some(&auth), &headers(&[("authorization", "Basic !!!")])).is_err());
+    }
+
+    #[test]
+    fn content_types() {
+        assert!(check_content_type(&headers(&[("content-type", "application/json")])).is_ok());
+        assert!(
+            check_content_type(&headers(&[(
+                "content-type",
+                "Application/JSON; charset=utf-8"
+            )]))
+            .is_ok()
+        );
+        assert!(
+            check_content_type(&headers(&[("content-type", "application/vnd.x+json")])).is_ok()
+        );
+        assert!(check_content_type(&headers(&[("content-type", "text/plain")])).is_err());
+        assert!(check_content_type(&headers(&[])).is_err());
+    }
+
+    #[test]
+    fn error_bodies_carry_status_and_hint() {
+        let cases = [
+            (ApiError::Payload(PayloadError::BareAlertArray), 422),
+            (ApiError::TooLarge { limit: 10 }, 413),
+            (ApiError::UnsupportedMediaType("text/plain".into()), 415),
+            (
+                ApiError::Routing(RoutingError::UnknownReceiver {
+                    name: "a/b/c".into(),
+                    known: vec!["x".into()],
+                }),
+                404,
+            ),
+        ];
+        for (error, status) in cases {
+            assert_eq!(error.status().as_u16(), status);
+            assert!(!error.hint().is_empty());
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The `kabar` command: parses the command line and calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "kabar", version = kabar::LONG_VERSION, about = "Prometheus Alertmanager receiver for Google Chat")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service.
+    Serve {
+        #[arg(long, env = "KABAR_CONFIG")]
+        config: PathBuf,
+        /// error, warn, info, debug or trace (RUST_LOG overrides).
+        #[arg(long, default_value = "info")]
+        log_level: String,
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: Format,
+    },
+    /// Validate the config and render every template against built-in sample alerts.
+    Check {
+        #[arg(long, env = "KABAR_CONFIG")]
+        config: PathBuf,
+    },
+    /// Print the Chat requests a webhook payload would produce, without sending.
+    Render {
+        #[arg(long, env = "KABAR_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        payload: PathBuf,
+        /// Route to this space instead of by the payload's receiver.
+        #[arg(long)]
+        space: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            log_level,
+            log_format,
+        } => {
+            let format = match log_format {
+                Format::Text => kabar::LogFormat::Text,
+                Format::Json => kabar::LogFormat::Json,
+            };
+            kabar::init_logging(&log_level, format);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    eprintln!("kabar: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(kabar::server::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "kabar stopped with an error");
+                    eprintln!("kabar: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check { config } => report(kabar::commands::check(&config)),
+        Command::Render {
+            config,
+            payload,
+            space,
+        } => report(kabar::commands::render(&config, &payload, space.as_deref())),
+    }
+}
+
+fn report(result: Result<String, kabar::commands::CommandError>) -> ExitCode {
+    match result {
+        Ok(output) => {
+            println!("{}", output.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kabar: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,781 @@
+//! The durable store: outbox, dead letters and alert episode state in one SQLite file.
+//!
+//! One writer thread owns the write connection. Writes arrive as jobs; the writer runs all
+//! jobs waiting at that moment inside one transaction (each in its own savepoint, so one
+//! failing job does not undo the others), commits once, and only then tells each caller
+//! its result. Callers answer Alertmanager after that, so every acknowledged message is on
+//! disk, while a burst of requests shares one fsync instead of paying one each.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use crate::state::{Episode, EpisodeKey, EpisodeStore};
+
+pub const DATABASE_FILE: &str = "kabar.db";
+/// Upper bound of jobs in one transaction, so one commit never waits on an endless queue.
+const MAX_BATCH: usize = 512;
+const READER_POOL: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create state directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the store is shut down")]
+    Closed,
+    #[error("{0}")]
+    Internal(String),
+    #[error("database schema version {found} is newer than this kabar understands ({supported})")]
+    SchemaTooNew { found: i64, supported: i64 },
+}
+
+impl StoreError {
+    /// The disk is full or read-only: the caller should retry later, not give up.
+    pub fn is_disk_problem(&self) -> bool {
+        match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::ReadOnly
+                    | rusqlite::ErrorCode::SystemIoFailure
+                    | rusqlite::ErrorCode::CannotOpen
+            ),
+            StoreError::CreateDir { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// A message waiting in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedMessage {
+    pub id: i64,
+    pub space: String,
+    pub kind: String,
+    pub thread_key: Option<String>,
+    pub body: String,
+    /// When kabar received the notification that produced it (Unix ms).
+    pub received_ms: i64,
+    pub attempts: i64,
+}
+
+/// A message to put in the outbox.
+#[derive(Debug, Clone)]
+pub struct NewMessage<'a> {
+    pub space: &'a str,
+    pub kind: &'a str,
+    pub thread_key: Option<&'a str>,
+    pub body: &'a str,
+    pub received_ms: i64,
+}
+
+/// A message that will not be delivered, kept for the operator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub space: String,
+    pub kind: String,
+    pub thread_key: Option<String>,
+    pub body: String,
+    pub received_ms: i64,
+    pub dead_ms: i64,
+    pub attempts: i64,
+    pub reason: String,
+    pub status: Option<u16>,
+    pub detail: String,
+}
+
+/// Depth of one space's queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueStats {
+    pub space: String,
+    pub messages: i64,
+    pub oldest_received_ms: Option<i64>,
+}
+
+trait WriteJob: Send {
+    /// Runs inside the batch transaction; false if the job's own work failed.
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Reports the job's result once the batch's commit is known.
+    fn complete(self: Box<Self>, commit: Result<(), &rusqlite::Error>);
+}
+
+struct Job<T, F> {
+    work: Option<F>,
+    result: Option<Result<T, StoreError>>,
+    done: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> WriteJob for Job<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(work) = self.work.take() else {
+            return false;
+        };
+        let result = match conn.execute_batch("SAVEPOINT job") {
+            Ok(()) => {
+                let result = work(conn);
+                let end = if result.is_ok() {
+                    conn.execute_batch("RELEASE job")
+                } else {
+                    conn.execute_batch("ROLLBACK TO job; RELEASE job")
+                };
+                match end {
+                    Ok(()) => result,
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Err(e) => Err(e.into()),
+        };
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn complete(self: Box<Self>, commit: Result<(), &rusqlite::Error>) {
+        let outcome = match (commit, self.result) {
+            (_, None) => Err(StoreError::Closed),
+            (Ok(()), Some(result)) => result,
+            (Err(_), Some(Err(job_error))) => Err(job_error),
+            (Err(commit_error), Some(Ok(_))) => Err(clone_error(commit_error)),
+        };
+        // The caller may have gone away (request cancelled); the data is committed anyway.
+        let _ = self.done.send(outcome);
+    }
+}
+
+fn clone_error(e: &rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(code, message) => {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(*code, message.clone()))
+        }
+        other => StoreError::Internal(other.to_string()),
+    }
+}
+
+/// Handle to the store; clones share the writer thread and reader pool.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    jobs: Mutex<Option<mpsc::Sender<Box<dyn WriteJob>>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // WAL lets readers (metrics, senders, the dead-letter CLI) run beside the writer;
+    // synchronous=FULL makes each commit durable against power loss, not just crashes.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+const SCHEMA_VERSION: i64 = 1;
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if version < 1 {
+        conn.execute_batch(
+            "BEGIN;
+             CREATE TABLE outbox (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 space TEXT NOT NULL,
+                 kind TEXT NOT NULL,
+                 thread_key TEXT,
+                 body TEXT NOT NULL,
+                 received_ms INTEGER NOT NULL,
+                 attempts INTEGER NOT NULL DEFAULT 0,
+                 last_error TEXT
+             );
+             CREATE INDEX outbox_by_space ON outbox (space, id);
+             CREATE TABLE dead_letters (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 space TEXT NOT NULL,
+                 kind TEXT NOT NULL,
+                 thread_key TEXT,
+                 body TEXT NOT NULL,
+                 received_ms INTEGER NOT NULL,
+                 dead_ms INTEGER NOT NULL,
+                 attempts INTEGER NOT NULL,
+                 reason TEXT NOT NULL,
+                 status INTEGER,
+                 detail TEXT NOT NULL
+             );
+             CREATE INDEX dead_letters_by_space ON dead_letters (space, id);
+             CREATE TABLE episodes (
+                 space TEXT NOT NULL,
+                 fingerprint TEXT NOT NULL,
+                 starts_at_ns INTEGER NOT NULL,
+                 firing_posted INTEGER NOT NULL,
+                 resolved INTEGER NOT NULL,
+                 last_post_ms INTEGER NOT NULL,
+                 seen_ms INTEGER NOT NULL,
+                 PRIMARY KEY (space, fingerprint, starts_at_ns)
+             ) WITHOUT ROWID;
+             CREATE INDEX episodes_by_seen ON episodes (seen_ms);
+             CREATE TABLE recent_notifications (
+                 space TEXT NOT NULL,
+                 digest INTEGER NOT NULL,
+                 received_ms INTEGER NOT NULL,
+                 PRIMARY KEY (space, digest)
+             ) WITHOUT ROWID;
+             CREATE INDEX recent_by_time ON recent_notifications (received_ms);
+             CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             PRAGMA user_version = 1;
+             COMMIT;",
+        )?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `state_dir` and starts its writer.
+    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::CreateDir {
+            path: state_dir.to_owned(),
+            source,
+        })?;
+        let path = state_dir.join(DATABASE_FILE);
+        let conn = open_connection(&path)?;
+        migrate(&conn)?;
+        let (jobs, receiver) = mpsc::channel::<Box<dyn WriteJob>>();
+        let writer = std::thread::Builder::new()
+            .name("kabar-store-writer".into())
+            .spawn(move || writer_loop(conn, receiver))
+            .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                jobs: Mutex::new(Some(jobs)),
+                writer: Mutex::new(Some(writer)),
+                readers: Mutex::new(Vec::new()),
+                path,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `work` in the next write transaction and returns its result once committed.
+    pub async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (done, result) = oneshot::channel();
+        let job: Box<dyn WriteJob> = Box::new(Job {
+            work: Some(work),
+            result: None,
+            done,
+        });
+        {
+            let jobs = self.inner.jobs.lock().map_err(|_| StoreError::Closed)?;
+            jobs.as_ref()
+                .ok_or(StoreError::Closed)?
+                .send(job)
+                .map_err(|_| StoreError::Closed)?;
+        }
+        result.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `work` on a read-only connection off the async runtime.
+    pub async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.read_blocking(work))
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+
+    /// `read` for callers outside the async runtime (the CLI).
+    pub fn read_blocking<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<T, StoreError>,
+    {
+        let pooled = self
+            .inner
+            .readers
+            .lock()
+            .ok()
+            .and_then(|mut pool| pool.pop());
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => {
+                let conn = open_connection(&self.inner.path)?;
+                conn.pragma_update(None, "query_only", true)?;
+                conn
+            }
+        };
+        let result = work(&conn);
+        if let Ok(mut pool) = self.inner.readers.lock()
+            && pool.len() < READER_POOL
+        {
+            pool.push(conn);
+        }
+        result
+    }
+
+    /// Stops accepting writes, lets the writer finish what it has, and waits for it.
+    pub fn close(&self) {
+        if let Ok(mut jobs) = self.inner.jobs.lock() {
+            jobs.take();
+        }
+        let writer = self.inner.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(writer) = writer {
+            let _ = writer.join();
+        }
+    }
+
+    /// A real, committed write: proves the disk takes writes right now.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        let now = now_ms();
+        self.write(move |conn| {
+            conn.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES ('probe', ?1)")?
+                .execute(params![now.to_string()])?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Box<dyn WriteJob>>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            for job in batch {
+                job.complete(Err(&e));
+            }
+            continue;
+        }
+        for job in batch.iter_mut() {
+            job.run(&conn);
+        }
+        let commit = conn.execute_batch("COMMIT");
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for job in batch {
+            job.complete(commit.as_ref().map(|_| ()));
+        }
+    }
+}
+
+pub fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+// ---------------------------------------------------------------------------------------
+// Outbox
+
+pub fn enqueue(conn: &Connection, message: &NewMessage<'_>) -> Result<i64, StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO outbox (space, kind, thread_key, body, received_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        message.space,
+        message.kind,
+        message.thread_key,
+        message.body,
+        message.received_ms
+    ])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// The oldest messages of a space after `after_id`, in queue order.
+pub fn next_messages(
+    conn: &Connection,
+    space: &str,
+    after_id: i64,
+    limit: usize,
+) -> Result<Vec<QueuedMessage>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, space, kind, thread_key, body, received_ms, attempts FROM outbox
+         WHERE space = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![space, after_id, limit as i64], |row| {
+        Ok(QueuedMessage {
+            id: row.get(0)?,
+            space: row.get(1)?,
+            kind: row.get(2)?,
+            thread_key: row.get(3)?,
+            body: row.get(4)?,
+            received_ms: row.get(5)?,
+            attempts: row.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Chat accepted it: it leaves the outbox.
+pub fn remove(conn: &Connection, id: i64) -> Result<(), StoreError> {
+    conn.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
+        .execute(params![id])?;
+    Ok(())
+}
+
+pub fn record_failure(conn: &Connection, id: i64, error: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
+    )?
+    .execute(params![id, error])?;
+    Ok(())
+}
+
+/// Moves a message from the outbox to the dead letters, with why.
+pub fn dead_letter(
+    conn: &Connection,
+    id: i64,
+    reason: &str,
+    status: Option<u16>,
+    detail: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO dead_letters (space, kind, thread_key, body, received_ms, dead_ms, attempts, reason, status, detail)
+         SELECT space, kind, thread_key, body, received_ms, ?2, attempts, ?3, ?4, ?5 FROM outbox WHERE id = ?1",
+    )?
+    .execute(params![id, now_ms, reason, status, detail])?;
+    remove(conn, id)
+}
+
+pub fn dead_letters(conn: &Connection, space: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, space, kind, thread_key, body, received_ms, dead_ms, attempts, reason, status, detail
+         FROM dead_letters WHERE ?1 IS NULL OR space = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map(params![space], |row| {
+        Ok(DeadLetter {
+            id: row.get(0)?,
+            space: row.get(1)?,
+            kind: row.get(2)?,
+            thread_key: row.get(3)?,
+            body: row.get(4)?,
+            received_ms: row.get(5)?,
+            dead_ms: row.get(6)?,
+            attempts: row.get(7)?,
+            reason: row.get(8)?,
+            status: row.get(9)?,
+            detail: row.get(10)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn queue_stats(conn: &Connection) -> Result<Vec<QueueStats>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT space, COUNT(*), MIN(received_ms) FROM outbox GROUP BY space")?;
+    let rows = stmt.query_map([], |row| {
+        Ok(QueueStats {
+            space: row.get(0)?,
+            messages: row.get(1)?,
+            oldest_received_ms: row.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn dead_letter_counts(conn: &Connection) -> Result<Vec<(String, i64)>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT space, COUNT(*) FROM dead_letters GROUP BY space")?;
+    let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// How long episode state is kept after an alert was last seen. Alertmanager re-sends a
+/// firing alert every repeat_interval, which refreshes it; a week covers any sane setting.
+pub const EPISODE_RETENTION_MS: i64 = 7 * 24 * 3_600_000;
+
+/// Forgets episodes not seen for the retention and notification digests past the
+/// duplicate window.
+pub fn prune(conn: &Connection, now_ms: i64) -> Result<(usize, usize), StoreError> {
+    let episodes = conn
+        .prepare_cached("DELETE FROM episodes WHERE seen_ms < ?1")?
+        .execute(params![now_ms - EPISODE_RETENTION_MS])?;
+    let window = crate::state::DUPLICATE_WINDOW.as_millis() as i64;
+    let digests = conn
+        .prepare_cached("DELETE FROM recent_notifications WHERE received_ms < ?1")?
+        .execute(params![now_ms - window])?;
+    Ok((episodes, digests))
+}
+
+// ---------------------------------------------------------------------------------------
+// Episode state
+
+/// Episode state inside the current write transaction.
+pub struct SqlEpisodes<'a>(pub &'a Connection);
+
+/// Refreshing `seen_ms` on every re-send would turn each unchanged alert into a write;
+/// once an hour is plenty to keep it clear of the retention.
+const SEEN_REFRESH_MS: i64 = 3_600_000;
+
+impl EpisodeStore for SqlEpisodes<'_> {
+    type Error = StoreError;
+
+    fn episode(&mut self, key: &EpisodeKey) -> Result<Option<Episode>, StoreError> {
+        let row = self
+            .0
+            .prepare_cached(
+                "SELECT firing_posted, resolved, last_post_ms, seen_ms FROM episodes
+                 WHERE space = ?1 AND fingerprint = ?2 AND starts_at_ns = ?3",
+            )?
+            .query_row(
+                params![key.space, key.fingerprint, key.starts_at_ns],
+                |row| {
+                    Ok((
+                        Episode {
+                            firing_posted: row.get(0)?,
+                            resolved: row.get(1)?,
+                            last_post_ms: row.get(2)?,
+                        },
+                        row.get::<_, i64>(3)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let now = now_ms();
+        if let Some((_, seen)) = row
+            && now - seen > SEEN_REFRESH_MS
+        {
+            self.0
+                .prepare_cached(
+                    "UPDATE episodes SET seen_ms = ?4 WHERE space = ?1 AND fingerprint = ?2 AND starts_at_ns = ?3",
+                )?
+                .execute(params![key.space, key.fingerprint, key.starts_at_ns, now])?;
+        }
+        Ok(row.map(|(episode, _)| episode))
+    }
+
+    fn save_episode(
+        &mut self,
+        key: &EpisodeKey,
+        episode: &Episode,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.0
+            .prepare_cached(
+                "INSERT OR REPLACE INTO episodes (space, fingerprint, starts_at_ns, firing_posted, resolved, last_post_ms, seen_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                key.space,
+                key.fingerprint,
+                key.starts_at_ns,
+                episode.firing_posted,
+                episode.resolved,
+                episode.last_post_ms,
+                now_ms
+            ])?;
+        Ok(())
+    }
+
+    fn seen_notification(
+        &mut self,
+        space: &str,
+        digest: u64,
+        now_ms: i64,
+        since_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let digest = digest as i64;
+        let previous: Option<i64> = self
+            .0
+            .prepare_cached(
+                "SELECT received_ms FROM recent_notifications WHERE space = ?1 AND digest = ?2",
+            )?
+            .query_row(params![space, digest], |row| row.get(0))
+            .optional()?;
+        self.0
+            .prepare_cached("INSERT OR REPLACE INTO recent_notifications (space, digest, received_ms) VALUES (?1, ?2, ?3)")?
+            .execute(params![space, digest, now_ms])?;
+        Ok(previous.is_some_and(|at| at >= since_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message<'a>(space: &'a str, body: &'a str) -> NewMessage<'a> {
+        NewMessage {
+            space,
+            kind: "firing",
+            thread_key: Some("k"),
+            body,
+            received_ms: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_messages_survive_reopen_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        for body in ["one", "two", "three"] {
+            store
+                .write(move |conn| enqueue(conn, &message("ops", body)))
+                .await
+                .expect("enqueue");
+        }
+        store
+            .write(|conn| enqueue(conn, &message("dev", "other")))
+            .await
+            .expect("enqueue");
+        store.close();
+        drop(store);
+
+        let store = Store::open(dir.path()).expect("reopen");
+        let queued = store
+            .read(|conn| next_messages(conn, "ops", 0, 10))
+            .await
+            .expect("read");
+        let bodies: Vec<&str> = queued.iter().map(|m| m.body.as_str()).collect();
+        assert_eq!(bodies, ["one", "two", "three"]);
+        let after = store
+            .read(move |conn| next_messages(conn, "ops", queued[0].id, 1))
+            .await
+            .expect("read");
+        assert_eq!(after[0].body, "two");
+        let stats = store.read(queue_stats).await.expect("stats");
+        assert_eq!(stats.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failing_job_does_not_undo_its_batch_neighbours() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let good = store.write(|conn| enqueue(conn, &message("ops", "kept")));
+        let bad = store.write(|conn| {
+            enqueue(conn, &message("ops", "undone"))?;
+            conn.execute("INSERT INTO no_such_table VALUES (1)", [])?;
+            Ok(())
+        });
+        let (good, bad) = tokio::join!(good, bad);
+        assert!(good.is_ok());
+        assert!(bad.is_err());
+        let queued = store
+            .read(|conn| next_messages(conn, "ops", 0, 10))
+            .await
+            .expect("read");
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].body, "kept");
+    }
+
+    #[tokio::test]
+    async fn dead_letters_keep_the_message_and_reason() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let id = store
+            .write(|conn| enqueue(conn, &message("ops", "body")))
+            .await
+            .expect("enqueue");
+        store
+            .write(move |conn| {
+                record_failure(conn, id, "HTTP 503")?;
+                dead_letter(conn, id, "clientError", Some(400), "INVALID_ARGUMENT", 99)
+            })
+            .await
+            .expect("dead letter");
+        assert!(
+            store
+                .read(|c| next_messages(c, "ops", 0, 10))
+                .await
+                .expect("read")
+                .is_empty()
+        );
+        let dead = store
+            .read(|c| dead_letters(c, Some("ops")))
+            .await
+            .expect("read");
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].body, "body");
+        assert_eq!(dead[0].attempts, 1);
+        assert_eq!(dead[0].status, Some(400));
+        assert_eq!(dead[0].reason, "clientError");
+        assert_eq!(
+            store.read(dead_letter_counts).await.expect("count"),
+            vec![("ops".to_owned(), 1)]
+        );
+    }
+
+    #[tokio::test]
+    async fn episodes_round_trip_and_prune() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let key = EpisodeKey {
+            space: "ops".into(),
+            fingerprint: "abc".into(),
+            starts_at_ns: 42,
+        };
+        let episode = Episode {
+            firing_posted: true,
+            resolved: false,
+            last_post_ms: 7,
+        };
+        let k = key.clone();
+        let loaded = store
+            .write(move |conn| {
+                let mut episodes = SqlEpisodes(conn);
+                episodes.save_episode(&k, &episode, now_ms())?;
+                let seen_first = episodes.seen_notification("ops", u64::MAX, 1_000, 0)?;
+                let seen_again = episodes.seen_notification("ops", u64::MAX, 2_000, 0)?;
+                assert!(!seen_first && seen_again);
+                episodes.episode(&k)
+            })
+            .await
+            .expect("write");
+        assert_eq!(loaded, Some(episode));
+        let (episodes, digests) = store
+            .write(|conn| prune(conn, now_ms() + EPISODE_RETENTION_MS + 1))
+            .await
+            .expect("prune");
+        assert_eq!((episodes, digests), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn writes_after_close_fail_cleanly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        store.close();
+        let err = store.write(|_| Ok(())).await.expect_err("closed");
+        assert!(matches!(err, StoreError::Closed));
+    }
+}

@@ -1,0 +1,421 @@
+//! The service: HTTP routes, start-up, reload, signals and orderly shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::chat::{ChatClient, ChatClientError};
+use crate::config::{Auth, Target};
+use crate::delivery::{Delivery, Shared};
+use crate::ingest::{self, ApiError};
+use crate::metrics::Metrics;
+use crate::outbox::{self, Store, StoreError, now_ms};
+use crate::runtime::{LoadError, Runtime};
+
+/// How often old episode state and duplicate digests are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How long /readyz waits for its probe write.
+const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Chat(#[from] ChatClientError),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("HTTP server failed: {0}")]
+    Http(std::io::Error),
+}
+
+/// State behind every HTTP handler.
+pub struct AppState {
+    pub shared: Arc<Shared>,
+    pub delivery: Delivery,
+    config_path: Option<PathBuf>,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl AppState {
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.shared.runtime()
+    }
+
+    /// Loads the config file again; on any error the running config stays.
+    pub async fn reload(&self) -> Result<(), String> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let metrics = &self.shared.metrics;
+        let Some(path) = self.config_path.clone() else {
+            return Err("kabar was started without a config file".to_owned());
+        };
+        let loaded = tokio::task::spawn_blocking(move || Runtime::load(&path))
+            .await
+            .map_err(|e| format!("reload task failed: {e}"))?;
+        let runtime = match loaded {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                metrics.config_last_reload_successful.set(0);
+                error!(error = %e, "configuration reload failed; the previous configuration stays in effect");
+                return Err(e.to_string());
+            }
+        };
+        let old = self.runtime();
+        if runtime.config.listen != old.config.listen
+            || runtime.config.state_dir != old.config.state_dir
+        {
+            warn!("listen and state_dir changes take effect only after a restart");
+        }
+        for name in old.config.spaces.keys() {
+            if !runtime.config.spaces.contains_key(name) {
+                metrics.remove_space(name);
+            }
+        }
+        for name in runtime.config.spaces.keys() {
+            metrics.init_space(name);
+        }
+        warn_about_auth(&runtime);
+        let spaces: Vec<String> = runtime.config.spaces.keys().cloned().collect();
+        self.shared.replace_runtime(runtime);
+        self.delivery.sync_spaces(&self.runtime().config);
+        metrics.config_last_reload_successful.set(1);
+        metrics
+            .config_last_reload_success_timestamp
+            .set(now_ms() as f64 / 1000.0);
+        info!(spaces = %spaces.join(","), "configuration reloaded");
+        Ok(())
+    }
+}
+
+fn warn_about_auth(runtime: &Runtime) {
+    if runtime.config.auth.is_none() {
+        warn!(
+            "no auth configured: anyone who can reach kabar can post alerts; set auth.bearer_token_file"
+        );
+    }
+    if runtime.config.delivery.allow_any_host {
+        warn!(
+            "delivery.allow_any_host is on: webhook URLs may point elsewhere than chat.googleapis.com"
+        );
+    }
+}
+
+/// A running kabar: its address and the means to reload and stop it.
+pub struct Service {
+    addr: SocketAddr,
+    app: Arc<AppState>,
+    stop: watch::Sender<bool>,
+    http: JoinHandle<std::io::Result<()>>,
+    pruner: JoinHandle<()>,
+}
+
+impl Service {
+    /// Opens the store, starts the senders and listens. `config_path` enables reload.
+    pub async fn start(
+        runtime: Runtime,
+        config_path: Option<PathBuf>,
+    ) -> Result<Service, ServeError> {
+        let config = &runtime.config;
+        let state_dir = config.state_dir.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&state_dir))
+            .await
+            .map_err(|e| ServeError::Store(StoreError::Internal(e.to_string())))??;
+        let metrics = Arc::new(Metrics::new(crate::VERSION, crate::REVISION));
+        metrics.init_reject_reasons();
+        for name in config.spaces.keys() {
+            metrics.init_space(name);
+        }
+        metrics.config_last_reload_successful.set(1);
+        metrics
+            .config_last_reload_success_timestamp
+            .set(now_ms() as f64 / 1000.0);
+        let chat = ChatClient::new(config.delivery.request_timeout)?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(ServeError::Http)?;
+        warn_about_auth(&runtime);
+
+        let shared = Arc::new(Shared {
+            runtime: RwLock::new(Arc::new(runtime)),
+            store: store.clone(),
+            metrics,
+            chat,
+        });
+        let delivery = Delivery::new(Arc::clone(&shared));
+        delivery.sync_spaces(&shared.runtime().config);
+        let app = Arc::new(AppState {
+            shared,
+            delivery,
+            config_path,
+            reload_lock: tokio::sync::Mutex::new(()),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let mut http_stopped = stopped.clone();
+        let router = router(Arc::clone(&app));
+        let http = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = http_stopped.wait_for(|stop| *stop).await;
+                })
+                .await
+        });
+        let pruner = tokio::spawn(prune_periodically(store, stopped));
+        let queued = app
+            .shared
+            .store
+            .read(outbox::queue_stats)
+            .await
+            .map(|stats| stats.iter().map(|s| s.messages).sum::<i64>())
+            .unwrap_or(0);
+        info!(
+            %addr,
+            version = crate::VERSION,
+            revision = crate::REVISION,
+            spaces = app.runtime().config.spaces.len(),
+            queued,
+            "kabar is listening"
+        );
+        Ok(Service {
+            addr,
+            app,
+            stop,
+            http,
+            pruner,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub async fn reload(&self) -> Result<(), String> {
+        self.app.reload().await
+    }
+
+    /// Stops taking requests, lets requests in progress finish, lets each sender finish
+    /// its request in flight, and closes the store. Queued messages stay on disk.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        info!("shutting down: no new requests; finishing what is in flight");
+        let _ = self.stop.send(true);
+        let http_result = self.http.await;
+        let grace = self.app.runtime().config.delivery.request_timeout + Duration::from_secs(1);
+        self.app.delivery.shutdown(grace).await;
+        let _ = self.pruner.await;
+        let store = self.app.shared.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        info!("stopped");
+        match http_result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ServeError::Http(e)),
+            Err(e) => Err(ServeError::Http(std::io::Error::other(e.to_string()))),
+        }
+    }
+}
+
+async fn prune_periodically(store: Store, mut stopped: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+        let now = now_ms();
+        match store.write(move |conn| outbox::prune(conn, now)).await {
+            Ok((episodes, _)) if episodes > 0 => info!(episodes, "forgot old alert episodes"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cannot prune old state"),
+        }
+    }
+}
+
+/// Loads the config at `path`, runs until SIGTERM or SIGINT, reloads on SIGHUP.
+pub async fn run(path: PathBuf) -> Result<(), ServeError> {
+    let runtime = Runtime::load(&path)?;
+    let service = Service::start(runtime, Some(path)).await?;
+    wait_for_signals(&service).await?;
+    service.shutdown().await
+}
+
+#[cfg(unix)]
+async fn wait_for_signals(service: &Service) -> Result<(), ServeError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading configuration");
+                let _ = service.reload().await;
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signals(_service: &Service) -> Result<(), ServeError> {
+    tokio::signal::ctrl_c().await.map_err(ServeError::Signals)
+}
+
+fn router(app: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/alerts", post(ingest::receive))
+        .route("/alerts/{space}", post(ingest::receive_for_space))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/-/reload", post(reload))
+        .route("/", get(landing))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(app)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    match tokio::time::timeout(READY_PROBE_TIMEOUT, app.shared.store.probe()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Err(e)) => {
+            warn!(error = %e, "not ready: the store cannot take writes");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: the store cannot take writes: {e}\n"),
+            )
+                .into_response()
+        }
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the store did not answer in time\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn reload(State(app): State<Arc<AppState>>) -> Response {
+    match app.reload().await {
+        Ok(()) => axum::Json(json!({"status": "reloaded"})).into_response(),
+        Err(message) => ApiError::ReloadFailed(message).into_response(),
+    }
+}
+
+async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+    refresh_queue_gauges(&app).await;
+    (
+        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+        app.shared.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Outbox depth, oldest age and dead letters come from the store at scrape time, so they
+/// are right even after a restart.
+async fn refresh_queue_gauges(app: &AppState) {
+    let stats = app
+        .shared
+        .store
+        .read(|conn| {
+            Ok((
+                outbox::queue_stats(conn)?,
+                outbox::dead_letter_counts(conn)?,
+            ))
+        })
+        .await;
+    let (queues, dead) = match stats {
+        Ok(stats) => stats,
+        Err(e) => {
+            warn!(error = %e, "cannot read queue statistics for /metrics");
+            return;
+        }
+    };
+    let metrics = &app.shared.metrics;
+    let now = now_ms();
+    for name in app.runtime().config.spaces.keys() {
+        let queue = queues.iter().find(|q| &q.space == name);
+        metrics
+            .outbox_messages
+            .with_label_values(&[name])
+            .set(queue.map_or(0, |q| q.messages));
+        let age = queue
+            .and_then(|q| q.oldest_received_ms)
+            .map_or(0.0, |oldest| (now - oldest).max(0) as f64 / 1000.0);
+        metrics
+            .outbox_oldest_age
+            .with_label_values(&[name])
+            .set(age);
+        let dead_count = dead
+            .iter()
+            .find(|(space, _)| space == name)
+            .map_or(0, |(_, n)| *n);
+        metrics
+            .dead_letters
+            .with_label_values(&[name])
+            .set(dead_count);
+    }
+}
+
+fn escape_html(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+async fn landing(State(app): State<Arc<AppState>>) -> Html<String> {
+    let runtime = app.runtime();
+    let mut rows = String::new();
+    for space in runtime.config.spaces.values() {
+        let target = match &space.target {
+            Target::DryRun => "dry run (prints, never posts)".to_owned(),
+            target @ Target::Webhook(_) => target.describe(),
+        };
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:?}</td><td>{:?}</td></tr>",
+            escape_html(&space.name),
+            escape_html(&target),
+            escape_html(&space.receivers.join(", ")),
+            space.options.format,
+            space.options.threading,
+        ));
+    }
+    let auth = match runtime.config.auth {
+        Some(Auth::Bearer(_)) => "bearer token",
+        Some(Auth::Basic { .. }) => "basic",
+        None => "none (warning: anyone can post)",
+    };
+    Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>kabar</title></head><body>\
+         <h1>kabar {version}</h1><p>Prometheus Alertmanager receiver for Google Chat. Revision {revision}.</p>\
+         <p>Webhook: <code>POST /alerts</code> (by receiver) or <code>POST /alerts/{{space}}</code>. Auth: {auth}.</p>\
+         <table border=\"1\" cellpadding=\"4\"><tr><th>space</th><th>target</th><th>receivers</th><th>format</th><th>threading</th></tr>{rows}</table>\
+         <p><a href=\"/metrics\">/metrics</a> · <a href=\"/healthz\">/healthz</a> · <a href=\"/readyz\">/readyz</a> · <code>POST /-/reload</code></p>\
+         </body></html>",
+        version = crate::VERSION,
+        revision = crate::REVISION,
+    ))
+}

@@ -1,0 +1,293 @@
+//! Starting kabar for tests: in-process (the library's `Service`, on a random port) or as
+//! a child process of the real binary (for kill -9, signals and log inspection).
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kabar::runtime::Runtime;
+use kabar::server::Service;
+use serde_json::Value;
+
+/// The bearer token tests configure on kabar; tests grep logs for it.
+pub const TEST_TOKEN: &str = "kabar-test-token-0f9e8d7c";
+
+/// A temp dir with a kabar config whose state_dir is inside it.
+pub struct TestConfig {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl TestConfig {
+    /// `body` is YAML for everything but listen and state_dir (and auth, added unless
+    /// `body` has its own).
+    pub fn new(body: &str) -> TestConfig {
+        let dir = tempfile::tempdir().expect("create a temp dir for kabar");
+        let path = dir.path().join("kabar.yaml");
+        let auth = if body.contains("auth:") {
+            String::new()
+        } else {
+            format!("auth:\n  bearer_token: {TEST_TOKEN}\n")
+        };
+        let text = format!(
+            "listen: 127.0.0.1:0\nstate_dir: {}\n{auth}{body}",
+            dir.path().join("state").display()
+        );
+        std::fs::write(&path, text).expect("write kabar config");
+        TestConfig { dir, path }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn rewrite(&self, body: &str) {
+        let fresh = TestConfig::new(body);
+        let text = std::fs::read_to_string(&fresh.path)
+            .expect("read config")
+            .replace(
+                &fresh.state_dir().display().to_string(),
+                &self.state_dir().display().to_string(),
+            );
+        std::fs::write(&self.path, text).expect("rewrite kabar config");
+    }
+}
+
+/// kabar running inside the test process.
+pub struct InProcess {
+    pub service: Service,
+    pub config: TestConfig,
+}
+
+impl InProcess {
+    pub async fn start(config: TestConfig) -> InProcess {
+        let runtime = Runtime::load(&config.path).expect("test config is valid");
+        let service = Service::start(runtime, Some(config.path.clone()))
+            .await
+            .expect("kabar starts");
+        InProcess { service, config }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.service.local_addr())
+    }
+
+    pub async fn stop(self) -> TestConfig {
+        self.service.shutdown().await.expect("clean shutdown");
+        self.config
+    }
+}
+
+/// An HTTP client for talking to kabar.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("build HTTP client")
+}
+
+/// POSTs a webhook body with the test token; returns status and JSON body.
+pub async fn post_alerts(url: &str, body: &Value) -> (u16, Value) {
+    let response = client()
+        .post(url)
+        .bearer_auth(TEST_TOKEN)
+        .json(body)
+        .send()
+        .await
+        .expect("kabar answers");
+    let status = response.status().as_u16();
+    let json = response.json().await.unwrap_or(Value::Null);
+    (status, json)
+}
+
+pub async fn metrics_text(base: &str) -> String {
+    client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// The value of one series in a metrics exposition, e.g.
+/// `kabar_messages_sent_total{space="ops"}`; labels must be in exposition order.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Polls /metrics until `series` has `value`; panics with the exposition if it never does.
+pub async fn wait_for_metric(base: &str, series: &str, value: f64, timeout: Duration) -> String {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let text = metrics_text(base).await;
+        if metric_value(&text, series) == Some(value) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} never reached {value}; it is {:?}:\n{text}",
+            metric_value(&text, series)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An Alertmanager-shaped notification with the given (alertname, status) alerts.
+pub fn notification(receiver: &str, alerts: &[(&str, &str)]) -> Value {
+    let alerts: Vec<Value> = alerts
+        .iter()
+        .map(|(name, status)| {
+            serde_json::json!({
+                "status": status,
+                "labels": {"alertname": name, "severity": "critical", "instance": format!("{name}-host")},
+                "annotations": {"summary": format!("{name} summary")},
+                "startsAt": "2026-11-28T00:52:38Z",
+                "endsAt": if *status == "resolved" { "2026-11-28T01:00:00Z" } else { "0001-01-01T00:00:00Z" },
+                "generatorURL": "http://prometheus.local/graph",
+                "fingerprint": format!("fp{name}"),
+            })
+        })
+        .collect();
+    let status = if alerts.iter().any(|a| a["status"] == "firing") {
+        "firing"
+    } else {
+        "resolved"
+    };
+    serde_json::json!({
+        "version": "4", "receiver": receiver, "status": status, "alerts": alerts,
+        "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
+        "externalURL": "http://alertmanager.local:9093", "groupKey": format!("{{}}:{{receiver=\"{receiver}\"}}"),
+        "truncatedAlerts": 0
+    })
+}
+
+/// kabar as a child process of the real binary; killed on drop.
+pub struct KabarProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    pub log_path: PathBuf,
+}
+
+impl KabarProcess {
+    /// Starts `kabar serve` and waits until it logs its address.
+    pub fn spawn(config: &Path, log_path: &Path) -> KabarProcess {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .expect("open kabar log file");
+        let start_offset = log.metadata().map(|m| m.len()).unwrap_or(0);
+        let child = Command::new(env!("CARGO_BIN_EXE_kabar"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn the kabar binary");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut text = String::new();
+            if let Ok(mut f) = std::fs::File::open(log_path) {
+                let _ = f.read_to_string(&mut text);
+            }
+            let text = text.get(start_offset as usize..).unwrap_or("");
+            if let Some(addr) = parse_listening(text) {
+                return KabarProcess {
+                    child,
+                    addr,
+                    log_path: log_path.to_owned(),
+                };
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kabar did not start within 20 s; log:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill_9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a signal by name (TERM, HUP) with the system's kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit by itself; returns its exit code.
+    pub fn wait_exit(mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("kabar did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for KabarProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn parse_listening(log: &str) -> Option<SocketAddr> {
+    log.lines()
+        .find(|line| line.contains("kabar is listening"))
+        .and_then(|line| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix("addr="))
+        })
+        .and_then(|addr| addr.parse().ok())
+}
+
+/// Fails the test if any secret appears in `text`.
+pub fn assert_no_secrets(text: &str, secrets: &[String]) {
+    for secret in secrets {
+        assert!(
+            !text.contains(secret.as_str()),
+            "a secret ({} characters starting {:?}) appears in the logs",
+            secret.len(),
+            &secret[..secret.len().min(4)]
+        );
+    }
+}

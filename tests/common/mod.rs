@@ -1,0 +1,4 @@
+pub mod alertmanager;
+pub mod fake_chat;
+pub mod kabar;
+pub mod tools;

@@ -1,0 +1,747 @@
+//! Integration tests: kabar in-process against the in-process fake Chat.
+
+mod common;
+
+use std::time::Duration;
+
+use common::fake_chat::{Failure, FakeChat, Mode};
+use common::kabar::{
+    InProcess, TEST_TOKEN, TestConfig, client, metric_value, metrics_text, notification,
+    post_alerts, wait_for_metric,
+};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn space_yaml(chat: &FakeChat, name: &str, extra: &str) -> String {
+    format!(
+        "  {name}:\n    webhook_url: \"{}\"\n    receivers: [{name}]\n{extra}",
+        chat.webhook_url(name)
+    )
+}
+
+fn config(delivery: &str, spaces: &str) -> TestConfig {
+    TestConfig::new(&format!(
+        "delivery:\n  allow_any_host: true\n{delivery}spaces:\n{spaces}"
+    ))
+}
+
+#[tokio::test]
+async fn alert_life_lives_in_one_thread_and_only_changes_are_posted() {
+    let chat = FakeChat::start().await;
+    let kabar = InProcess::start(config("", &space_yaml(&chat, "ops", ""))).await;
+    let url = kabar.url("/alerts");
+
+    let firing = notification("ops", &[("DiskFull", "firing"), ("HighLoad", "firing")]);
+    let (status, body) = post_alerts(&url, &firing).await;
+    assert_eq!(
+        (status, body.clone()),
+        (200, json!({"queued": 2, "suppressed": 0}))
+    );
+
+    // Alertmanager re-sends the unchanged group: nothing new to say.
+    let (status, body) = post_alerts(&url, &firing).await;
+    assert_eq!((status, body), (200, json!({"queued": 0, "suppressed": 2})));
+
+    let resolved = notification("ops", &[("DiskFull", "resolved"), ("HighLoad", "firing")]);
+    let (status, body) = post_alerts(&url, &resolved).await;
+    assert_eq!((status, body), (200, json!({"queued": 1, "suppressed": 1})));
+    let (_, body) = post_alerts(&url, &resolved).await;
+    assert_eq!(body["queued"], 0, "a resolved alert is announced once");
+
+    let messages = chat.wait_for_messages("ops", 3, WAIT).await;
+    let threads = chat.threads("ops");
+    assert_eq!(threads.len(), 2, "{}", chat.describe("ops"));
+    let disk = threads
+        .iter()
+        .find(|t| {
+            t.messages[0]
+                .text
+                .as_deref()
+                .unwrap_or("")
+                .contains("DiskFull")
+        })
+        .expect("DiskFull thread");
+    assert_eq!(disk.messages.len(), 2);
+    let reply = disk.messages[1].text.as_deref().unwrap_or("");
+    assert!(reply.starts_with("✅ *RESOLVED* · *DiskFull*"), "{reply}");
+    assert!(!disk.messages[1].opened_thread);
+    assert!(
+        messages
+            .iter()
+            .all(|m| m.reply_option.as_deref() == Some("REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD"))
+    );
+    assert!(
+        chat.requests_for("ops").iter().all(|r| r.status == 200),
+        "kabar stayed within Chat's 1 write/s: {}",
+        chat.describe("ops")
+    );
+
+    let metrics = wait_for_metric(
+        &kabar.url(""),
+        "kabar_messages_sent_total{space=\"ops\"}",
+        3.0,
+        WAIT,
+    )
+    .await;
+    // Both identical re-sends came within the duplicate window; HighLoad in the changed
+    // notification was unchanged.
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "kabar_alerts_suppressed_total{reason=\"duplicate\",space=\"ops\"}"
+        ),
+        Some(4.0)
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "kabar_alerts_suppressed_total{reason=\"unchanged\",space=\"ops\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(&metrics, "kabar_outbox_messages{space=\"ops\"}"),
+        Some(0.0)
+    );
+    kabar.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_copies_from_an_ha_pair_post_once() {
+    let chat = FakeChat::start().await;
+    chat.set_rate_limit(None);
+    let kabar = InProcess::start(config(
+        "  rate_limit_per_second: 50\n",
+        &space_yaml(&chat, "ops", ""),
+    ))
+    .await;
+    let url = kabar.url("/alerts");
+    let payload = notification("ops", &[("A", "firing"), ("B", "firing"), ("C", "firing")]);
+    let mut copy = payload.clone();
+    copy["externalURL"] = json!("http://alertmanager-2.local:9093");
+    let posts: Vec<_> = (0..8)
+        .map(|i| {
+            let (url, body) = (
+                url.clone(),
+                if i % 2 == 0 {
+                    payload.clone()
+                } else {
+                    copy.clone()
+                },
+            );
+            tokio::spawn(async move { post_alerts(&url, &body).await })
+        })
+        .collect();
+    let mut queued = 0;
+    for post in posts {
+        let (status, body) = post.await.expect("task");
+        assert_eq!(status, 200);
+        queued += body["queued"].as_u64().expect("queued");
+    }
+    assert_eq!(queued, 3, "each alert opens its thread exactly once");
+    chat.wait_for_messages("ops", 3, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(chat.messages("ops").len(), 3);
+    kabar.stop().await;
+}
+
+#[tokio::test]
+async fn receiver_fans_out_and_explicit_space_routes() {
+    let chat = FakeChat::start().await;
+    chat.set_rate_limit(None);
+    let spaces = format!(
+        "{}{}",
+        space_yaml(&chat, "a", "").replace("receivers: [a]", "receivers: [team, 'ns/cfg/team']"),
+        space_yaml(&chat, "b", "").replace("receivers: [b]", "receivers: [team]")
+    );
+    let kabar = InProcess::start(config("  rate_limit_per_second: 50\n", &spaces)).await;
+    let (status, body) = post_alerts(
+        &kabar.url("/alerts"),
+        &notification("team", &[("X", "firing")]),
+    )
+    .await;
+    assert_eq!((status, body["queued"].clone()), (200, json!(2)));
+    let (status, _) = post_alerts(
+        &kabar.url("/alerts"),
+        &notification("ns/cfg/team", &[("Y", "firing")]),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = post_alerts(
+        &kabar.url("/alerts/b"),
+        &notification("anything", &[("Z", "firing")]),
+    )
+    .await;
+    assert_eq!((status, body["queued"].clone()), (200, json!(1)));
+    chat.wait_for_messages("a", 2, WAIT).await;
+    chat.wait_for_messages("b", 2, WAIT).await;
+    kabar.stop().await;
+}
+
+#[tokio::test]
+async fn retries_429_and_5xx_honouring_retry_after() {
+    let chat = FakeChat::start().await;
+    let kabar = InProcess::start(config(
+        "  backoff: {initial: 100ms, max: 5s}\n",
+        &space_yaml(&chat, "ops", ""),
+    ))
+    .await;
+    chat.fail_next(
+        "ops",
+        1,
+        Failure::Status {
+            status: 429,
+            retry_after: Some("2".into()),
+        },
+    );
+    chat.fail_next("ops", 2, Failure::status(503));
+    chat.fail_next("ops", 1, Failure::ResetConnection);
+    let (status, _) = post_alerts(
+        &kabar.url("/alerts"),
+        &notification("ops", &[("A", "firing")]),
+    )
+    .await;
+    assert_eq!(status, 200);
+    chat.wait_for_messages("ops", 1, WAIT).await;
+    let requests = chat.requests_for("ops");
+    let statuses: Vec<u16> = requests.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [429, 503, 503, 0, 200]);
+    let waited = requests[1].at - requests[0].at;
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "Retry-After: 2 honoured, waited {waited:?}"
+    );
+    let metrics = metrics_text(&kabar.url("")).await;
+    for (reason, count) in [("rateLimited", 1.0), ("serverError", 2.0), ("network", 1.0)] {
+        let series = format!("kabar_messages_failed_total{{reason=\"{reason}\",space=\"ops\"}}");
+        assert_eq!(metric_value(&metrics, &series), Some(count), "{series}");
+    }
+    kabar.stop().await;
+}
+
+#[tokio::test]
+async fn a_faster_config_than_chat_allows_still_delivers_everything_in_order() {
+    let chat = FakeChat::start().await;
+    chat.set_rate_limit(Some(4.0));
+    let kabar = InProcess::start(config(
+        "  rate_limit_per_second: 20\n  backoff: {initial: 100ms, max: 1s}\n",
+        &space_yaml(&chat, "ops", ""),
+    ))
+    .await;
+    let names: Vec<String> = (0..8).map(|i| format!("Alert{i}")).collect();
+    for name in &names {
+        let (status, _) = post_alerts(
+            &kabar.url("/alerts"),
+            &notification("ops", &[(name, "firing")]),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let messages = chat.wait_for_messages("ops", 8, WAIT).await;
+    let order: Vec<String> = messages
+        .iter()
+        .map(|m| {
+            let text = m.text.clone().unwrap_or_default();
+            names
+                .iter()
+                .find(|n| text.contains(&format!("*{n}*")))
+                .cloned()
+                .unwrap_or(text)
+        })
+        .collect();
+    assert_eq!(order, names, "FIFO per space");
+    assert!(
+        chat.requests_for("ops").iter().any(|r| r.status == 429),
+        "the fake's limit was hit, so the retry path ran"
+    );
+    kabar.stop().await;
+}
+
+#[tokio::test]
+async fn permanent_rejections_are_dead_lettered_and_the_space_moves_on() {
+    let chat = FakeChat::start().await;
+    chat.set_rate_limit(None);
+    chat.reject_when_text_contains("*Broken*", 400);
+    chat.reject_when_text_contains("*Revoked*", 403);
+    let kabar = InProcess::start(config(
+        "  rate_limit_per_second: 50\n",
+        &space_yaml(&chat, "ops", ""),
+    ))
+    .await;
+    for name in ["Broken", "Revoked", "Fine"] {
+        let (status, _) = post_alerts(
+            &kabar.url("/alerts"),
+            &notification("ops", &[(name, "firing")]),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let delivered = chat.wait_for_messages("ops", 1, WAIT).await;
+    assert!(
+        delivered[0]
+            .text
+            .as_deref()
+            .unwrap_or("")
+            .contains("*Fine*")
+    );
+    let base = kabar.url("");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let metrics = metrics_text(&base).await;
+        let client_errors = metric_value(
+            &metrics,
+            "kabar_messages_dead_lettered_total{reason=\"clientError\",space=\"ops\"}",
+        );
+        let auth_errors = metric_value(
+            &metrics,
+            "kabar_messages_dead_lettered_total{reason=\"authError\",space=\"ops\"}",
+        );
+        if client_errors == Some(1.0) && auth_errors == Some(1.0) {
+            assert_eq!(
+                metric_value(&metrics, "kabar_dead_letters{space=\"ops\"}"),
+                Some(2.0)
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dead letters not counted:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let store = kabar::outbox::Store::open(&kabar.config.state_dir()).expect("open store");
+    let dead = store
+        .read(|c| kabar::outbox::dead_letters(c, Some("ops")))
+        .await
+        .expect("read");
+    let reasons: Vec<(&str, Option<u16>)> =
+        dead.iter().map(|d| (d.reason.as_str(), d.status)).collect();
+    assert_eq!(
+        reasons,
+        [("clientError", Some(400)), ("authError", Some(403))]
+    );
+    assert!(
+        dead[0].detail.contains("INVALID_ARGUMENT"),
+        "{}",
+        dead[0].detail
+    );
+    for secret in chat.secrets() {
+        assert!(
+            !dead.iter().any(|d| d.detail.contains(&secret)),
+            "dead letter detail holds a secret"
+        );
+    }
+    store.close();
+    kabar.stop().await;
+}
+
+#[tokio::test]
+async fn slow_answers_time_out_and_are_retried() {
+    let chat = FakeChat::start().await;
+    chat.set_rate_limit(None);
+    let kabar = InProcess::start(config(
+        "  request_timeout: 300ms\n  backoff: {initial: 100ms, max: 200ms}\n  rate_limit_per_second: 50\n",
+        &space_yaml(&chat, "ops", ""),
+    ))
+    .await;
+    chat.set_mode(
+        Some("ops"),
+        Mode::Slow {
+            delay: Duration::from_secs(2),
+            accept: false,
+        },
+    );
+    let (status, _) = post_alerts(
+        &kabar.url("/alerts"),
+        &notification("ops", &[("Slow", "firing")]),
+    )
+    .await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    chat.set_mode(Some("ops"), Mode::Normal);
+    chat.wait_for_messages("ops", 1, WAIT).await;
+    let metrics = metrics_text(&kabar.url("")).await;
+    let timeouts = metric_value(
+        &metrics,
+        "kabar_messages_failed_total{reason=\"timeout\",space=\"ops\"}",
+    );
+    assert!(timeouts.is_some_and(|t| t >= 1.0), "{timeouts:?}");
+    kabar.stop().await;
+}
+
+#[tokio::test]
+async fn messages_past_give_up_after_are_dead_lettered_as_expired() {
+    let chat = FakeChat::start().await;
+    chat.set_mode(Some("ops"), Mode::Fail(Failure::status(503)));
+    let kabar = InProcess::start(config(
+        "  give_up_after: 1s\n  backoff: {initial: 100ms, max: 200ms}\n  rate_limit_per_second: 20\n",
+        &space_yaml(&chat, "ops", ""),
+    ))
+    .await;
+    let (status, _) = post_alerts(
+        &kabar.url("/alerts"),
+        &notification("ops", &[("Doomed", "firing")]),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let base = kabar.url("");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let metrics = metrics_text(&base).await;
+        if metric_value(
+            &metrics,
+            "kabar_messages_dead_lettered_total{reason=\"expired\",space=\"ops\"}",
+        ) == Some(1.0)
+        {
+            assert_eq!(
+                metric_value(&metrics, "kabar_outbox_messages{space=\"ops\"}"),
+                Some(0.0)
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never expired:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    kabar.stop().await;
+}
+
+#[tokio::test]
+async fn threading_off_posts_top_level_messages() {
+    let chat = FakeChat::start().await;
+    chat.set_rate_limit(None);
+    let kabar = InProcess::start(config(
+        "  rate_limit_per_second: 50\n",
+        &space_yaml(&chat, "ops", "    threading: 'off'\n"),
+    ))
+    .await;
+    post_alerts(
+        &kabar.url("/alerts"),
+        &notification("ops", &[("A", "firing")]),
+    )
+    .await;
+    post_alerts(
+        &kabar.url("/alerts"),
+        &notification("ops", &[("A", "resolved")]),
+    )
+    .await;
+    let messages = chat.wait_for_messages("ops", 2, WAIT).await;
+    assert!(
+        messages
+            .iter()
+            .all(|m| m.opened_thread && m.thread_key.is_none() && m.reply_option.is_none())
+    );
+    kabar.stop().await;
+}
+
+async fn raw_post(
+    url: &str,
+    content_type: Option<&str>,
+    auth: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut request = client().post(url).body(body);
+    if let Some(ct) = content_type {
+        request = request.header("content-type", ct);
+    }
+    if let Some(auth) = auth {
+        request = request.header("authorization", auth);
+    }
+    let response = request.send().await.expect("kabar answers");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, headers, body)
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors() {
+    let chat = FakeChat::start().await;
+    let cfg = TestConfig::new(&format!(
+        "max_body_bytes: 2048\ndelivery: {{allow_any_host: true}}\nspaces:\n{}",
+        space_yaml(
+            &chat,
+            "ops",
+            "    receivers: [ops, 'monitoring/team/ops']\n"
+        )
+        .replace("    receivers: [ops]\n", "")
+    ));
+    let kabar = InProcess::start(cfg).await;
+    let url = kabar.url("/alerts");
+    let bearer = format!("Bearer {TEST_TOKEN}");
+    let good = serde_json::to_vec(&notification("ops", &[("A", "firing")])).expect("json");
+
+    let (status, headers, body) =
+        raw_post(&url, Some("application/json"), None, good.clone()).await;
+    assert_eq!(status, 401);
+    assert_eq!(headers["www-authenticate"], "Bearer realm=\"kabar\"");
+    assert!(body["hint"].as_str().is_some());
+    let (status, _, _) = raw_post(
+        &url,
+        Some("application/json"),
+        Some("Bearer wrong"),
+        good.clone(),
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    let (status, _, body) = raw_post(&url, Some("text/plain"), Some(&bearer), good.clone()).await;
+    assert_eq!(status, 415, "{body}");
+
+    let (status, _, body) = raw_post(
+        &url,
+        Some("application/json"),
+        Some(&bearer),
+        vec![b' '; 4096],
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+
+    let (status, _, body) = raw_post(
+        &url,
+        Some("application/json"),
+        Some(&bearer),
+        b"{\"receiver\": ".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let bad_time = br#"{"receiver":"ops","status":"firing","alerts":[{"status":"firing","labels":{},"startsAt":"noon"}]}"#;
+    let (status, _, body) = raw_post(
+        &url,
+        Some("application/json"),
+        Some(&bearer),
+        bad_time.to_vec(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .expect("error")
+            .contains("alerts[0].startsAt"),
+        "{body}"
+    );
+
+    let (status, _, body) = raw_post(
+        &url,
+        Some("application/json"),
+        Some(&bearer),
+        b"[{\"labels\":{}}]".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert!(
+        body["hint"].as_str().expect("hint").contains("Prometheus"),
+        "{body}"
+    );
+
+    let other = serde_json::to_vec(&notification("monitoring/other/ops", &[("A", "firing")]))
+        .expect("json");
+    let (status, _, body) = raw_post(&url, Some("application/json"), Some(&bearer), other).await;
+    assert_eq!(status, 404);
+    assert!(
+        body["error"]
+            .as_str()
+            .expect("error")
+            .contains("monitoring/team/ops"),
+        "{body}"
+    );
+    assert!(
+        body["hint"]
+            .as_str()
+            .expect("hint")
+            .contains("namespace/config/receiver"),
+        "{body}"
+    );
+
+    let (status, _, body) = raw_post(
+        &kabar.url("/alerts/nope"),
+        Some("application/json"),
+        Some(&bearer),
+        good.clone(),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(
+        body["error"].as_str().expect("error").contains("ops"),
+        "{body}"
+    );
+
+    let response = client().get(&url).send().await.expect("answer");
+    assert_eq!(response.status().as_u16(), 405);
+    let response = client()
+        .get(kabar.url("/nowhere"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status().as_u16(), 404);
+
+    let metrics = metrics_text(&kabar.url("")).await;
+    for (reason, count) in [
+        ("unauthorized", 2.0),
+        ("unsupportedMediaType", 1.0),
+        ("tooLarge", 1.0),
+        ("badRequest", 2.0),
+        ("bareAlertArray", 1.0),
+        ("unknownReceiver", 2.0),
+    ] {
+        let series = format!("kabar_requests_rejected_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric_value(&metrics, &series), Some(count), "{series}");
+    }
+    let (status, _, body) = raw_post(&url, Some("application/json"), Some(&bearer), good).await;
+    assert_eq!((status, body["queued"].clone()), (200, json!(1)));
+    kabar.stop().await;
+}
+
+#[tokio::test]
+async fn health_metrics_landing_and_reload() {
+    let chat = FakeChat::start().await;
+    let kabar = InProcess::start(config("", &space_yaml(&chat, "ops", ""))).await;
+    let http = client();
+    assert_eq!(
+        http.get(kabar.url("/healthz"))
+            .send()
+            .await
+            .expect("healthz")
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.get(kabar.url("/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .status(),
+        200
+    );
+    let landing = http
+        .get(kabar.url("/"))
+        .send()
+        .await
+        .expect("landing")
+        .text()
+        .await
+        .expect("text");
+    assert!(landing.contains("ops") && landing.contains("kabar"));
+
+    let metrics = metrics_text(&kabar.url("")).await;
+    assert!(metrics.contains("kabar_notifications_received_total{space=\"ops\"} 0"));
+    assert!(metrics.contains("kabar_build_info{"));
+    assert!(metrics.contains("process_resident_memory_bytes"));
+    assert_eq!(
+        metric_value(&metrics, "kabar_config_last_reload_successful"),
+        Some(1.0)
+    );
+    for secret in chat.secrets() {
+        assert!(
+            !landing.contains(&secret) && !metrics.contains(&secret),
+            "a webhook secret leaked"
+        );
+    }
+
+    // A broken file keeps the running config and says why.
+    std::fs::write(&kabar.config.path, "spaces:\n  ops:\n    dry_run: maybe\n").expect("write");
+    let response = http
+        .post(kabar.url("/-/reload"))
+        .send()
+        .await
+        .expect("reload");
+    assert_eq!(response.status(), 500);
+    let body: Value = response.json().await.expect("json");
+    assert!(
+        body["error"]
+            .as_str()
+            .expect("error")
+            .contains("spaces.ops.dry_run"),
+        "{body}"
+    );
+    let metrics = metrics_text(&kabar.url("")).await;
+    assert_eq!(
+        metric_value(&metrics, "kabar_config_last_reload_successful"),
+        Some(0.0)
+    );
+    let (status, _) = post_alerts(
+        &kabar.url("/alerts"),
+        &notification("ops", &[("A", "firing")]),
+    )
+    .await;
+    assert_eq!(status, 200, "still serving the old config");
+
+    // A good file adds a space, live.
+    kabar.config.rewrite(&format!(
+        "delivery:\n  allow_any_host: true\nspaces:\n{}  extra:\n    dry_run: true\n",
+        space_yaml(&chat, "ops", "")
+    ));
+    let response = http
+        .post(kabar.url("/-/reload"))
+        .send()
+        .await
+        .expect("reload");
+    assert_eq!(response.status(), 200);
+    let (status, body) = post_alerts(
+        &kabar.url("/alerts/extra"),
+        &notification("x", &[("B", "firing")]),
+    )
+    .await;
+    assert_eq!((status, body["queued"].clone()), (200, json!(1)));
+    let metrics = metrics_text(&kabar.url("")).await;
+    assert!(
+        metrics.contains("kabar_notifications_received_total{space=\"extra\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(&metrics, "kabar_config_last_reload_successful"),
+        Some(1.0)
+    );
+    kabar.stop().await;
+}
+
+/// The exposition passes Prometheus's own linter. promtool comes from Debian's
+/// `prometheus` package; CI installs it and sets KABAR_REQUIRE_E2E so this cannot skip.
+#[tokio::test]
+async fn metrics_pass_promtool_check() {
+    let Some(promtool) = common::tools::require_tool(&["promtool"], "prometheus") else {
+        return;
+    };
+    let chat = FakeChat::start().await;
+    let kabar = InProcess::start(config(
+        "",
+        &format!(
+            "{}  demo:\n    dry_run: true\n",
+            space_yaml(&chat, "ops", "")
+        ),
+    ))
+    .await;
+    post_alerts(
+        &kabar.url("/alerts"),
+        &notification("ops", &[("A", "firing")]),
+    )
+    .await;
+    chat.wait_for_messages("ops", 1, WAIT).await;
+    let metrics = metrics_text(&kabar.url("")).await;
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(metrics.as_bytes())
+        .expect("write");
+    let output = child.wait_with_output().expect("promtool finishes");
+    assert!(
+        output.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    kabar.stop().await;
+}
