@@ -21,7 +21,6 @@ use tempfile::TempDir;
 
 /// How long `start` waits for `/-/ready`.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
-const INSTALL_HINT: &str = "apt-get install -y --no-install-recommends prometheus-alertmanager";
 
 /// Paths of the Alertmanager binaries found on this machine.
 #[derive(Debug, Clone)]
@@ -38,61 +37,14 @@ pub struct AlertmanagerBinaries {
 /// can never mean "skipped"), otherwise prints a loud warning and returns `None`; the test
 /// should then return early.
 pub fn require_binaries() -> Option<AlertmanagerBinaries> {
-    let alertmanager = find_binary(&["prometheus-alertmanager", "alertmanager"]);
-    let amtool = find_binary(&["amtool"]);
-    if let Some(alertmanager) = alertmanager {
-        return Some(AlertmanagerBinaries {
-            alertmanager,
-            amtool,
-        });
-    }
-    if e2e_required() {
-        panic!(
-            "prometheus-alertmanager is not installed: {INSTALL_HINT} \
-             (KABAR_REQUIRE_E2E makes this test mandatory)"
-        );
-    }
-    eprintln!(
-        "\n\
-         ==================================================================\n\
-         SKIPPED: this end-to-end test needs the real Alertmanager, and\n\
-         prometheus-alertmanager was found neither on PATH nor in /usr/bin.\n\
-         Install it with:\n    {INSTALL_HINT}\n\
-         Set KABAR_REQUIRE_E2E=1 (CI does) to make a missing binary fail.\n\
-         ==================================================================\n"
-    );
-    None
-}
-
-fn e2e_required() -> bool {
-    let set = |name: &str, values: &[&str]| {
-        std::env::var(name)
-            .map(|v| {
-                values
-                    .iter()
-                    .any(|want| v.trim().eq_ignore_ascii_case(want))
-            })
-            .unwrap_or(false)
-    };
-    set("KABAR_REQUIRE_E2E", &["1", "true", "yes"]) || set("CI", &["true", "1"])
-}
-
-fn find_binary(names: &[&str]) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect())
-        .unwrap_or_default();
-    dirs.push(PathBuf::from("/usr/bin"));
-    names
-        .iter()
-        .flat_map(|name| dirs.iter().map(move |dir| dir.join(name)))
-        .find(|candidate| is_executable(candidate))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    let alertmanager = super::tools::require_tool(
+        &["prometheus-alertmanager", "alertmanager"],
+        "prometheus-alertmanager",
+    )?;
+    Some(AlertmanagerBinaries {
+        alertmanager,
+        amtool: super::tools::find_binary(&["amtool"]),
+    })
 }
 
 /// How the single route and webhook receiver are configured.

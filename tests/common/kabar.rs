@@ -196,6 +196,12 @@ impl KabarProcess {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("spawn the kabar binary");
+        // Owned by the struct from here on, so a failed start still kills and reaps it.
+        let mut process = KabarProcess {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log_path: log_path.to_owned(),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let mut text = String::new();
@@ -204,15 +210,13 @@ impl KabarProcess {
             }
             let text = text.get(start_offset as usize..).unwrap_or("");
             if let Some(addr) = parse_listening(text) {
-                return KabarProcess {
-                    child,
-                    addr,
-                    log_path: log_path.to_owned(),
-                };
+                process.addr = addr;
+                return process;
             }
+            let exited = matches!(process.child.try_wait(), Ok(Some(_)));
             assert!(
-                Instant::now() < deadline,
-                "kabar did not start within 20 s; log:\n{text}"
+                !exited && Instant::now() < deadline,
+                "kabar did not start (exited: {exited}); log:\n{text}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }

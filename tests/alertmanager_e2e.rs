@@ -1,0 +1,146 @@
+//! End to end: the real Alertmanager → kabar → the fake Chat.
+//!
+//! Needs Debian's prometheus-alertmanager. Without it these tests say SKIPPED loudly;
+//! with KABAR_REQUIRE_E2E=1 (CI) a missing binary fails them.
+
+mod common;
+
+use std::time::Duration;
+
+use common::alertmanager::{Alertmanager, AlertmanagerOptions, TestAlert, require_binaries};
+use common::fake_chat::FakeChat;
+use common::kabar::{InProcess, TEST_TOKEN, TestConfig, metric_value, metrics_text};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn kabar_config(chat: &FakeChat, auth: &str) -> TestConfig {
+    TestConfig::new(&format!(
+        "{auth}delivery:\n  allow_any_host: true\nspaces:\n  ops:\n    webhook_url: \"{}\"\n    receivers: [gchat]\n",
+        chat.webhook_url("ops")
+    ))
+}
+
+async fn wait_for_notifications(kabar: &InProcess, at_least: f64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let metrics = metrics_text(&kabar.url("")).await;
+        let received = metric_value(
+            &metrics,
+            "kabar_notifications_received_total{space=\"ops\"}",
+        )
+        .unwrap_or(0.0);
+        if received >= at_least {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Alertmanager sent only {received} notifications, expected {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn group_fires_one_resolves_and_resends_post_only_what_changed() {
+    let Some(binaries) = require_binaries() else {
+        return;
+    };
+    let chat = FakeChat::start().await;
+    let kabar = InProcess::start(kabar_config(&chat, "")).await;
+    let mut options = AlertmanagerOptions::new(kabar.url("/alerts"));
+    options.bearer_token = Some(TEST_TOKEN.to_owned());
+    // Re-send the unchanged group on every group_interval tick (2 s).
+    options.repeat_interval = "1s";
+    let am = Alertmanager::start(&binaries, options).await;
+
+    let alerts: Vec<TestAlert> = ["db1", "db2", "db3"]
+        .iter()
+        .map(|host| {
+            TestAlert::new("DiskFull")
+                .label("instance", host)
+                .label("severity", "critical")
+                .annotation("summary", &format!("Disk almost full on {host}"))
+        })
+        .collect();
+    am.fire(&alerts).await;
+    chat.wait_for_messages("ops", 3, WAIT).await;
+
+    am.resolve(&alerts[1..2]).await;
+    chat.wait_for_messages("ops", 4, WAIT).await;
+    // Let Alertmanager re-send the group (now two firing, one resolved) a few times.
+    let metrics = metrics_text(&kabar.url("")).await;
+    let so_far = metric_value(
+        &metrics,
+        "kabar_notifications_received_total{space=\"ops\"}",
+    )
+    .unwrap_or(0.0);
+    wait_for_notifications(&kabar, so_far + 2.0).await;
+
+    let messages = chat.messages("ops");
+    let threads = chat.threads("ops");
+    let opened = messages.iter().filter(|m| m.opened_thread).count();
+    assert_eq!(
+        opened,
+        3,
+        "three thread-opening messages:\n{}",
+        chat.describe("ops")
+    );
+    assert_eq!(
+        messages.len(),
+        4,
+        "nothing but the resolve was posted again:\n{}",
+        chat.describe("ops")
+    );
+    assert_eq!(threads.len(), 3);
+    let db2 = threads
+        .iter()
+        .find(|t| t.messages[0].text.as_deref().unwrap_or("").contains("db2"))
+        .expect("db2's thread");
+    assert_eq!(db2.messages.len(), 2, "{}", chat.describe("ops"));
+    let reply = db2.messages[1].text.as_deref().unwrap_or("");
+    assert!(reply.starts_with("✅ *RESOLVED* · *DiskFull*"), "{reply}");
+    assert!(
+        chat.requests_for("ops").iter().all(|r| r.status == 200),
+        "kabar kept to Chat's rate limit:\n{}",
+        chat.describe("ops")
+    );
+    let metrics = metrics_text(&kabar.url("")).await;
+    let unchanged = metric_value(
+        &metrics,
+        "kabar_alerts_suppressed_total{reason=\"unchanged\",space=\"ops\"}",
+    );
+    assert!(
+        unchanged.is_some_and(|n| n >= 2.0),
+        "re-sends were suppressed: {unchanged:?}"
+    );
+    drop(am);
+    kabar.stop().await;
+}
+
+#[tokio::test]
+async fn basic_auth_from_alertmanager_is_accepted() {
+    let Some(binaries) = require_binaries() else {
+        return;
+    };
+    let chat = FakeChat::start().await;
+    let kabar = InProcess::start(kabar_config(
+        &chat,
+        "auth:\n  basic: {username: alertmanager, password: \"pa:ss word\"}\n",
+    ))
+    .await;
+    let mut options = AlertmanagerOptions::new(kabar.url("/alerts"));
+    options.basic_auth = Some(("alertmanager".to_owned(), "pa:ss word".to_owned()));
+    let am = Alertmanager::start(&binaries, options).await;
+    am.fire(&[TestAlert::new("BasicAuth").label("severity", "warning")])
+        .await;
+    let messages = chat.wait_for_messages("ops", 1, WAIT).await;
+    assert!(
+        messages[0]
+            .text
+            .as_deref()
+            .unwrap_or("")
+            .contains("*BasicAuth*")
+    );
+    drop(am);
+    kabar.stop().await;
+}
