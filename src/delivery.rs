@@ -393,9 +393,9 @@ impl Sender {
             space = %self.space,
             kind = %message.kind,
             thread_key = message.thread_key.as_deref().unwrap_or("(none)"),
-            body = %message.body,
             "dry run, would post:\n{text}"
         );
+        debug!(space = %self.space, body = %message.body, "dry run request body");
         let id = message.id;
         match self
             .shared
