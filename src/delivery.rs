@@ -225,10 +225,13 @@ impl Sender {
                         {
                             break;
                         }
+                        let step = self.send(&message, &url).await;
+                        // Pace from the answer, not the send: Chat counts arrivals, and a
+                        // request that sets off on time can still arrive early relative to
+                        // a previous one that was slow to get there.
                         let interval =
                             Duration::from_secs_f64(1.0 / delivery.rate_limit_per_second);
                         next_send = Instant::now() + interval;
-                        let step = self.send(&message, &url).await;
                         if let Step::RetryAfter(_) = step {
                             attempt += 1;
                         }

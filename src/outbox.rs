@@ -7,6 +7,7 @@
 //! disk, while a burst of requests shares one fsync instead of paying one each.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
@@ -172,6 +173,9 @@ pub struct Store {
 
 struct Inner {
     jobs: Mutex<Option<mpsc::Sender<Box<dyn WriteJob>>>>,
+    /// Transactions committed by the writer: with `writes`, how well batching works.
+    commits: Arc<AtomicU64>,
+    writes: AtomicU64,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
     path: PathBuf,
@@ -270,13 +274,17 @@ impl Store {
         let conn = open_connection(&path)?;
         migrate(&conn)?;
         let (jobs, receiver) = mpsc::channel::<Box<dyn WriteJob>>();
+        let commits = Arc::new(AtomicU64::new(0));
+        let writer_commits = Arc::clone(&commits);
         let writer = std::thread::Builder::new()
             .name("kabar-store-writer".into())
-            .spawn(move || writer_loop(conn, receiver))
+            .spawn(move || writer_loop(conn, receiver, &writer_commits))
             .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
         Ok(Store {
             inner: Arc::new(Inner {
                 jobs: Mutex::new(Some(jobs)),
+                commits,
+                writes: AtomicU64::new(0),
                 writer: Mutex::new(Some(writer)),
                 readers: Mutex::new(Vec::new()),
                 path,
@@ -300,6 +308,7 @@ impl Store {
             result: None,
             done,
         });
+        self.inner.writes.fetch_add(1, Ordering::Relaxed);
         {
             let jobs = self.inner.jobs.lock().map_err(|_| StoreError::Closed)?;
             jobs.as_ref()
@@ -350,6 +359,14 @@ impl Store {
         result
     }
 
+    /// (write jobs submitted, transactions committed) since the store was opened.
+    pub fn write_stats(&self) -> (u64, u64) {
+        (
+            self.inner.writes.load(Ordering::Relaxed),
+            self.inner.commits.load(Ordering::Relaxed),
+        )
+    }
+
     /// Stops accepting writes, lets the writer finish what it has, and waits for it.
     pub fn close(&self) {
         if let Ok(mut jobs) = self.inner.jobs.lock() {
@@ -373,7 +390,7 @@ impl Store {
     }
 }
 
-fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Box<dyn WriteJob>>) {
+fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Box<dyn WriteJob>>, commits: &AtomicU64) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -394,6 +411,8 @@ fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Box<dyn WriteJob>>) {
         let commit = conn.execute_batch("COMMIT");
         if commit.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
+        } else {
+            commits.fetch_add(1, Ordering::Relaxed);
         }
         for job in batch {
             job.complete(commit.as_ref().map(|_| ()));
@@ -768,6 +787,37 @@ mod tests {
             .await
             .expect("prune");
         assert_eq!((episodes, digests), (1, 1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_commits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let writes: Vec<_> = (0..300)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let body = format!("m{i}");
+                    store
+                        .write(move |conn| enqueue(conn, &message("ops", &body)))
+                        .await
+                })
+            })
+            .collect();
+        for write in writes {
+            write.await.expect("task").expect("write");
+        }
+        let (submitted, commits) = store.write_stats();
+        assert_eq!(submitted, 300);
+        assert!(
+            commits < 300,
+            "300 concurrent writes took {commits} commits: no batching"
+        );
+        let queued = store
+            .read(|c| next_messages(c, "ops", 0, 1000))
+            .await
+            .expect("read");
+        assert_eq!(queued.len(), 300, "every acknowledged write is there");
     }
 
     #[tokio::test]
