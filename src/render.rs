@@ -726,17 +726,29 @@ mod tests {
         Notification::parse(&std::fs::read(path).expect("fixture")).expect("parses")
     }
 
-    fn render(config: &Config, kind: MessageKind, n: &Notification) -> RenderedMessage {
-        let renderer = Renderer::new(config).expect("templates compile");
-        let input = RenderInput {
+    /// A config whose space "ops" uses a template file with `source`.
+    fn with_template(source: &str) -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.hbs");
+        std::fs::write(&path, source).expect("write template");
+        let c = config(&format!("    templates: {{text: '{}'}}\n", path.display()));
+        (dir, c)
+    }
+
+    fn input<'a>(config: &'a Config, kind: MessageKind, n: &'a Notification) -> RenderInput<'a> {
+        RenderInput {
             space: &config.spaces["ops"],
             kind,
             alert: &n.alerts[0],
             notification: n,
             thread_key: Some("kabar:ops:x".into()),
             now: NOW.parse().expect("now"),
-        };
-        let (message, failure) = renderer.render(&input);
+        }
+    }
+
+    fn render(config: &Config, kind: MessageKind, n: &Notification) -> RenderedMessage {
+        let renderer = Renderer::new(config).expect("templates compile");
+        let (message, failure) = renderer.render(&input(config, kind, n));
         assert!(failure.is_none(), "{failure:?}");
         message
     }
@@ -836,20 +848,10 @@ mod tests {
 
     #[test]
     fn failing_user_template_falls_back_to_builtin() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("t.hbs");
-        std::fs::write(&path, "{{truncate alert.name \"many\"}}").expect("write");
-        let c = config(&format!("    templates: {{text: '{}'}}\n", path.display()));
+        let (_dir, c) = with_template("{{truncate alert.name \"many\"}}");
         let renderer = Renderer::new(&c).expect("compiles");
         let n = fixture("firing.json");
-        let input = RenderInput {
-            space: &c.spaces["ops"],
-            kind: MessageKind::Firing,
-            alert: &n.alerts[0],
-            notification: &n,
-            thread_key: None,
-            now: NOW.parse().expect("now"),
-        };
+        let input = input(&c, MessageKind::Firing, &n);
         let (message, failure) = renderer.render(&input);
         assert!(message.fell_back);
         assert!(text_of(&message).starts_with("🔴 *FIRING* · *DiskFull*"));
@@ -860,31 +862,17 @@ mod tests {
 
     #[test]
     fn broken_template_is_reported_with_line() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("t.hbs");
-        std::fs::write(&path, "ok\n{{#if x}}never closed\n").expect("write");
-        let c = config(&format!("    templates: {{text: '{}'}}\n", path.display()));
+        let (_dir, c) = with_template("ok\n{{#if x}}never closed\n");
         let err = Renderer::new(&c).expect_err("does not compile").to_string();
         assert!(err.contains("t.hbs") && err.contains("line"), "{err}");
     }
 
     #[test]
     fn empty_output_falls_back() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("t.hbs");
-        std::fs::write(&path, "  {{alert.labels.nothing}}\n").expect("write");
-        let c = config(&format!("    templates: {{text: '{}'}}\n", path.display()));
+        let (_dir, c) = with_template("  {{alert.labels.nothing}}\n");
         let n = fixture("firing.json");
         let renderer = Renderer::new(&c).expect("compiles");
-        let input = RenderInput {
-            space: &c.spaces["ops"],
-            kind: MessageKind::Firing,
-            alert: &n.alerts[0],
-            notification: &n,
-            thread_key: None,
-            now: NOW.parse().expect("now"),
-        };
-        let (message, failure) = renderer.render(&input);
+        let (message, failure) = renderer.render(&input(&c, MessageKind::Firing, &n));
         assert!(message.fell_back);
         assert!(matches!(failure, Some(RenderFailure::Empty { .. })));
     }
