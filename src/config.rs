@@ -108,6 +108,27 @@ pub enum Threading {
     Off,
 }
 
+impl Format {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Text => "text",
+            Format::Card => "card",
+        }
+    }
+}
+
+impl Threading {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Threading::PerAlert => "per_alert",
+            Threading::PerGroup => "per_group",
+            Threading::Off => "off",
+        }
+    }
+}
+
 /// A Chat mention target, already in Chat's `users/...` form.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mention(String);

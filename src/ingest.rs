@@ -541,4 +541,11 @@ mod tests {
             assert!(!error.hint().is_empty());
         }
     }
+
+    #[test]
+    fn a_store_that_cannot_write_answers_503_so_alertmanager_retries() {
+        let response = ApiError::StoreUnavailable(StoreError::Closed).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "10");
+    }
 }

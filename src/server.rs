@@ -395,12 +395,12 @@ async fn landing(State(app): State<Arc<AppState>>) -> Html<String> {
             target @ Target::Webhook(_) => target.describe(),
         };
         rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:?}</td><td>{:?}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape_html(&space.name),
             escape_html(&target),
             escape_html(&space.receivers.join(", ")),
-            space.options.format,
-            space.options.threading,
+            space.options.format.as_str(),
+            space.options.threading.as_str(),
         ));
     }
     let auth = match runtime.config.auth {
