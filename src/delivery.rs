@@ -284,7 +284,7 @@ impl Sender {
             .with_label_values(&[&self.space])
             .observe(started.elapsed().as_secs_f64());
         match result {
-            Ok(_) => {
+            Ok(accepted) => {
                 let id = message.id;
                 if let Err(e) = self
                     .shared
@@ -305,7 +305,13 @@ impl Sender {
                     .delivery_latency
                     .with_label_values(&[&self.space])
                     .observe(latency);
-                debug!(space = %self.space, id = message.id, kind = %message.kind, "delivered");
+                debug!(
+                    space = %self.space,
+                    id = message.id,
+                    kind = %message.kind,
+                    thread = accepted.thread_name.as_deref().unwrap_or("(none)"),
+                    "delivered"
+                );
                 Step::Next
             }
             Err(failure) => {
