@@ -199,15 +199,9 @@ async fn sighup_reloads_and_a_bad_file_keeps_the_old_config() {
 
     std::fs::write(&config.path, "spaces: [not, a, map]\n").expect("write");
     kabar.signal("HUP");
-    let deadline = std::time::Instant::now() + WAIT;
-    while !kabar.logs().contains("configuration reload failed") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no reload failure logged:\n{}",
-            kabar.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    kabar
+        .wait_for_log("configuration reload failed", WAIT)
+        .await;
     let (status, _) = post_alerts(
         &kabar.url("/alerts"),
         &notification("ops", &[("Still", "firing")]),
@@ -220,30 +214,14 @@ async fn sighup_reloads_and_a_bad_file_keeps_the_old_config() {
         chat.webhook_url("ops")
     ));
     kabar.signal("HUP");
-    let deadline = std::time::Instant::now() + WAIT;
-    while !kabar.logs().contains("configuration reloaded") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no reload logged:\n{}",
-            kabar.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    kabar.wait_for_log("configuration reloaded", WAIT).await;
     let (status, _) = post_alerts(
         &kabar.url("/alerts/added"),
         &notification("x", &[("New", "firing")]),
     )
     .await;
     assert_eq!(status, 200);
-    let deadline = std::time::Instant::now() + WAIT;
-    while !kabar.logs().contains("dry run, would post") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "dry run printed nothing:\n{}",
-            kabar.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    kabar.wait_for_log("dry run, would post", WAIT).await;
     assert_no_secrets(&kabar.logs(), &all_secrets(&chat));
 }
 

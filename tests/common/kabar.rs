@@ -265,6 +265,19 @@ impl KabarProcess {
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
+
+    /// Waits until the log contains `needle`; panics with the log if it never does.
+    pub async fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.logs().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} never logged:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 impl Drop for KabarProcess {
