@@ -118,7 +118,7 @@ impl ChatClient {
             retry_after: None,
             detail: "the webhook URL is not a valid URL".to_owned(),
         })?;
-        let secrets = url_secrets(webhook);
+        let secrets = url_secrets(webhook, &url);
         let secret_refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
         let response = self
             .http
@@ -172,13 +172,12 @@ fn webhook_request_url(webhook: &Secret, threaded: bool) -> Option<reqwest::Url>
     Some(url)
 }
 
-/// The query values of the webhook URL (key, token): scrubbed from any text we keep.
-fn url_secrets(webhook: &Secret) -> Vec<String> {
+/// The webhook URL and its query values (key, token), taken from the request URL built
+/// from it: scrubbed from any text we keep.
+fn url_secrets(webhook: &Secret, request_url: &reqwest::Url) -> Vec<String> {
     let mut values = vec![webhook.expose().to_owned()];
-    if let Ok(url) = reqwest::Url::parse(webhook.expose()) {
-        values.extend(url.query_pairs().map(|(_, v)| v.into_owned()));
-        values.extend(url.query().map(str::to_owned));
-    }
+    values.extend(request_url.query_pairs().map(|(_, v)| v.into_owned()));
+    values.extend(request_url.query().map(str::to_owned));
     values
 }
 

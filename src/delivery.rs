@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::chat::{ChatClient, SendFailure, backoff_delay};
-use crate::config::{Config, Target};
+use crate::config::{self, Config, Target};
 use crate::metrics::{DeadLetterReason, Metrics};
 use crate::outbox::{self, QueuedMessage, Store, now_ms};
 use crate::runtime::Runtime;
@@ -135,6 +135,37 @@ impl Delivery {
     }
 }
 
+/// When a space may send next: the token bucket after each answer, pushed further out by
+/// the backoff after each failure.
+struct Pacing {
+    next_send: Instant,
+    failures: u32,
+}
+
+impl Pacing {
+    /// Chat answered (whatever it said): the next request waits one interval. Paced from
+    /// the answer, not the send: Chat counts arrivals, and a request that sets off on time
+    /// can still arrive early relative to a previous one that was slow to get there.
+    fn answered(&mut self, delivery: &config::Delivery) {
+        self.next_send =
+            Instant::now() + Duration::from_secs_f64(1.0 / delivery.rate_limit_per_second);
+    }
+
+    /// The head message must be tried again; returns how long it waits.
+    fn failed(&mut self, delivery: &config::Delivery, hint: Duration) -> Duration {
+        self.failures += 1;
+        let wait = backoff_delay(
+            self.failures,
+            delivery.backoff_initial,
+            delivery.backoff_max,
+            (!hint.is_zero()).then_some(hint),
+            fastrand::f64(),
+        );
+        self.next_send = self.next_send.max(Instant::now() + wait);
+        wait
+    }
+}
+
 struct Sender {
     space: String,
     shared: Arc<Shared>,
@@ -146,7 +177,8 @@ struct Sender {
 enum Step {
     /// Done with it (sent or dead-lettered): move on.
     Next,
-    /// Try it again after this long (zero: no hint, use the backoff).
+    /// Try it again: after the server's hint if it gave one, else after the backoff
+    /// (zero).
     RetryAfter(Duration),
 }
 
@@ -163,13 +195,21 @@ impl Sender {
         }
     }
 
+    /// Waits until `at` unless told to stop first; false if stopping.
+    async fn pause_until(&mut self, at: Instant) -> bool {
+        let now = Instant::now();
+        at <= now || self.pause(at - now).await
+    }
+
     async fn run(mut self) {
         debug!(space = %self.space, "sender started");
         let mut queue: VecDeque<QueuedMessage> = VecDeque::new();
         // Messages this process already finished with; a failed delete must not resend.
         let mut last_done = 0i64;
-        let mut next_send = Instant::now();
-        let mut attempt: u32 = 0;
+        let mut pacing = Pacing {
+            next_send: Instant::now(),
+            failures: 0,
+        };
         while !self.stopping() {
             if queue.is_empty() {
                 let space = self.space.clone();
@@ -220,35 +260,12 @@ impl Sender {
                 match target {
                     Target::DryRun => self.print(&message).await,
                     Target::Webhook(url) => {
-                        if Instant::now() < next_send
-                            && !self.pause(next_send - Instant::now()).await
-                        {
+                        if !self.pause_until(pacing.next_send).await {
                             break;
                         }
                         let step = self.send(&message, &url).await;
-                        // Pace from the answer, not the send: Chat counts arrivals, and a
-                        // request that sets off on time can still arrive early relative to
-                        // a previous one that was slow to get there.
-                        let interval =
-                            Duration::from_secs_f64(1.0 / delivery.rate_limit_per_second);
-                        next_send = Instant::now() + interval;
-                        if let Step::RetryAfter(_) = step {
-                            attempt += 1;
-                        }
-                        match step {
-                            Step::RetryAfter(hint) => {
-                                let wait = backoff_delay(
-                                    attempt,
-                                    delivery.backoff_initial,
-                                    delivery.backoff_max,
-                                    (!hint.is_zero()).then_some(hint),
-                                    fastrand::f64(),
-                                );
-                                next_send = next_send.max(Instant::now() + wait);
-                                Step::RetryAfter(wait)
-                            }
-                            other => other,
-                        }
+                        pacing.answered(&delivery);
+                        step
                     }
                 }
             };
@@ -256,13 +273,12 @@ impl Sender {
                 Step::Next => {
                     queue.pop_front();
                     last_done = message.id;
-                    attempt = 0;
+                    pacing.failures = 0;
                 }
-                Step::RetryAfter(wait) => {
-                    debug!(space = %self.space, attempt, wait_ms = wait.as_millis() as u64, "waiting before retry");
-                    // Webhook sends wait through next_send; this covers store trouble in
-                    // dry-run and expiry handling, which have no pacing of their own.
-                    if next_send <= Instant::now() && !self.pause(wait.max(STORE_RETRY)).await {
+                Step::RetryAfter(hint) => {
+                    let wait = pacing.failed(&delivery, hint);
+                    debug!(space = %self.space, failures = pacing.failures, wait_ms = wait.as_millis() as u64, "waiting before retry");
+                    if !self.pause_until(pacing.next_send).await {
                         break;
                     }
                 }

@@ -262,72 +262,49 @@ impl Metrics {
         }
     }
 
-    /// Creates every series of a space at zero, so dashboards and rate() see it at once.
-    pub fn init_space(&self, space: &str) {
-        self.notifications_received.with_label_values(&[space]);
+    /// Every series of a space: one list, so creating and removing them cannot drift apart.
+    fn space_series<'a>(&'a self, space: &'a str) -> Vec<(&'a dyn SpaceSeries, Vec<&'a str>)> {
+        let mut series: Vec<(&dyn SpaceSeries, Vec<&str>)> = vec![
+            (&self.notifications_received, vec![space]),
+            (&self.messages_sent, vec![space]),
+            (&self.chat_request_duration, vec![space]),
+            (&self.delivery_latency, vec![space]),
+            (&self.outbox_messages, vec![space]),
+            (&self.outbox_oldest_age, vec![space]),
+            (&self.dead_letters, vec![space]),
+            (&self.template_fallbacks, vec![space]),
+            (&self.messages_truncated, vec![space]),
+        ];
         for status in ["firing", "resolved"] {
-            self.alerts_received.with_label_values(&[space, status]);
+            series.push((&self.alerts_received, vec![space, status]));
         }
         for reason in SuppressReason::ALL {
-            self.alerts_suppressed
-                .with_label_values(&[space, reason.as_str()]);
+            series.push((&self.alerts_suppressed, vec![space, reason.as_str()]));
         }
         for kind in MessageKind::ALL {
-            self.messages_queued
-                .with_label_values(&[space, kind.as_str()]);
+            series.push((&self.messages_queued, vec![space, kind.as_str()]));
         }
-        self.messages_sent.with_label_values(&[space]);
         for class in FailureClass::ALL {
-            self.messages_failed
-                .with_label_values(&[space, class.as_str()]);
+            series.push((&self.messages_failed, vec![space, class.as_str()]));
         }
         for reason in DeadLetterReason::ALL {
-            self.messages_dead_lettered
-                .with_label_values(&[space, reason.as_str()]);
+            series.push((&self.messages_dead_lettered, vec![space, reason.as_str()]));
         }
-        self.chat_request_duration.with_label_values(&[space]);
-        self.delivery_latency.with_label_values(&[space]);
-        self.outbox_messages.with_label_values(&[space]);
-        self.outbox_oldest_age.with_label_values(&[space]);
-        self.dead_letters.with_label_values(&[space]);
-        self.template_fallbacks.with_label_values(&[space]);
-        self.messages_truncated.with_label_values(&[space]);
+        series
+    }
+
+    /// Creates every series of a space at zero, so dashboards and rate() see it at once.
+    pub fn init_space(&self, space: &str) {
+        for (vec, labels) in self.space_series(space) {
+            vec.create(&labels);
+        }
     }
 
     /// Drops the series of a space that left the config.
     pub fn remove_space(&self, space: &str) {
-        let _ = self.notifications_received.remove_label_values(&[space]);
-        for status in ["firing", "resolved"] {
-            let _ = self.alerts_received.remove_label_values(&[space, status]);
+        for (vec, labels) in self.space_series(space) {
+            vec.remove(&labels);
         }
-        for reason in SuppressReason::ALL {
-            let _ = self
-                .alerts_suppressed
-                .remove_label_values(&[space, reason.as_str()]);
-        }
-        for kind in MessageKind::ALL {
-            let _ = self
-                .messages_queued
-                .remove_label_values(&[space, kind.as_str()]);
-        }
-        let _ = self.messages_sent.remove_label_values(&[space]);
-        for class in FailureClass::ALL {
-            let _ = self
-                .messages_failed
-                .remove_label_values(&[space, class.as_str()]);
-        }
-        for reason in DeadLetterReason::ALL {
-            let _ = self
-                .messages_dead_lettered
-                .remove_label_values(&[space, reason.as_str()]);
-        }
-        let _ = self.chat_request_duration.remove_label_values(&[space]);
-        let _ = self.delivery_latency.remove_label_values(&[space]);
-        let _ = self.outbox_messages.remove_label_values(&[space]);
-        let _ = self.outbox_oldest_age.remove_label_values(&[space]);
-        let _ = self.dead_letters.remove_label_values(&[space]);
-        let _ = self.template_fallbacks.remove_label_values(&[space]);
-        let _ = self.messages_truncated.remove_label_values(&[space]);
     }
 
     pub fn init_reject_reasons(&self) {
@@ -350,6 +327,23 @@ impl Metrics {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+/// A labelled metric family of any kind, as far as space bookkeeping needs it.
+trait SpaceSeries {
+    fn create(&self, labels: &[&str]);
+    fn remove(&self, labels: &[&str]);
+}
+
+impl<T: prometheus::core::MetricVecBuilder> SpaceSeries for prometheus::core::MetricVec<T> {
+    fn create(&self, labels: &[&str]) {
+        self.with_label_values(labels);
+    }
+
+    fn remove(&self, labels: &[&str]) {
+        // Absent already is fine: the goal is that it is gone.
+        let _ = self.remove_label_values(labels);
     }
 }
 

@@ -241,7 +241,10 @@ pub fn plan<S: EpisodeStore>(
                 alert_index,
                 thread_key: match options.threading {
                     Threading::Off => None,
-                    Threading::PerAlert | Threading::PerGroup => Some(key.thread_key()),
+                    Threading::PerAlert => Some(key.thread_key()),
+                    // Config refuses per_group until group threads exist; should one get
+                    // here, the alert's own thread is the safe place for its messages.
+                    Threading::PerGroup => Some(key.thread_key()),
                 },
             }),
         }
