@@ -9,11 +9,11 @@ use serde_json::{Value, json};
 use crate::chat::REPLY_OPTION;
 use crate::config::Target;
 use crate::ingest::prepare;
-use crate::payload::{Notification, PayloadError};
+use crate::payload::{AlertStatus, Notification, PayloadError};
 use crate::render::{RenderFailure, RenderInput};
 use crate::routing::{RoutingError, route};
 use crate::runtime::{LoadError, Runtime};
-use crate::state::{MemoryEpisodes, MessageKind};
+use crate::state::{AlertSet, MemoryEpisodes, MessageKind, Subject};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -38,19 +38,61 @@ pub enum CommandError {
 }
 
 /// Built-in sample notifications every template must render: realistic, edge-case and
-/// hostile content.
+/// hostile content, for every kind of message.
 fn samples() -> Vec<(&'static str, Notification)> {
     let long = "x".repeat(20_000);
+    let typical_alert = |name: &str, instance: &str, status: &str| {
+        json!({"status": status,
+            "labels": {"alertname": name, "severity": "critical", "instance": instance, "job": "node", "team": "storage"},
+            "annotations": {"summary": format!("Disk almost full on {instance}"), "description": "/var is 97% full",
+                "runbook_url": "https://runbooks.example/disk", "dashboard_url": "https://grafana.example/d/node"},
+            "startsAt": "2026-11-28T00:32:38Z",
+            "endsAt": if status == "resolved" { "2026-11-28T00:59:38Z" } else { "0001-01-01T00:00:00Z" },
+            "generatorURL": "http://prometheus.example/graph?g0.expr=up"})
+    };
+    let group = |status: &str, alerts: Vec<Value>, truncated: usize| {
+        json!({"version": "4", "receiver": "sample", "status": status, "externalURL": "http://alertmanager.example:9093",
+            "groupKey": "{}:{alertname=\"DiskFull\"}", "groupLabels": {"alertname": "DiskFull"},
+            "commonLabels": {"alertname": "DiskFull"}, "truncatedAlerts": truncated, "alerts": alerts})
+    };
     let raw = [
         (
-            "typical",
-            json!({"receiver": "sample", "status": "firing", "externalURL": "http://alertmanager.example:9093",
-                "groupKey": "{}:{alertname=\"DiskFull\"}", "groupLabels": {"alertname": "DiskFull"},
-                "alerts": [{"status": "firing", "labels": {"alertname": "DiskFull", "severity": "critical", "instance": "db1:9100", "job": "node"},
-                    "annotations": {"summary": "Disk almost full on db1", "description": "/var is 97% full",
-                        "runbook_url": "https://runbooks.example/disk", "dashboard_url": "https://grafana.example/d/node"},
-                    "startsAt": "2026-11-28T00:52:38Z", "endsAt": "2026-11-28T01:19:38Z",
-                    "generatorURL": "http://prometheus.example/graph?g0.expr=up", "fingerprint": "efb0c6c488e007da"}]}),
+            "firing",
+            group(
+                "firing",
+                vec![typical_alert("DiskFull", "db1:9100", "firing")],
+                0,
+            ),
+        ),
+        (
+            "resolved",
+            group(
+                "resolved",
+                vec![typical_alert("DiskFull", "db1:9100", "resolved")],
+                0,
+            ),
+        ),
+        (
+            "group",
+            group(
+                "firing",
+                vec![
+                    typical_alert("DiskFull", "db1:9100", "firing"),
+                    typical_alert("DiskFull", "db2:9100", "firing"),
+                    typical_alert("DiskFull", "db3:9100", "resolved"),
+                ],
+                2,
+            ),
+        ),
+        (
+            "digest",
+            group(
+                "firing",
+                (0..30)
+                    .map(|i| typical_alert("DiskFull", &format!("db{i}:9100"), "firing"))
+                    .collect(),
+                0,
+            ),
         ),
         (
             "missing labels",
@@ -58,12 +100,22 @@ fn samples() -> Vec<(&'static str, Notification)> {
                 "startsAt": "2026-11-28T00:52:38Z"}]}),
         ),
         (
+            "unicode",
+            json!({"receiver": "sample", "status": "firing", "externalURL": "http://am",
+                "groupLabels": {"ालर्ट": "ディスク"},
+                "alerts": [{"status": "firing",
+                    "labels": {"alertname": "ディスク満杯 🔥", "severity": "warning", "city": "Zürich", "rtl": "שלום \u{200F}עולם"},
+                    "annotations": {"summary": "👩‍💻 Ünïcødé ✓ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢", "description": "مرحبا\u{202E}txet"},
+                    "startsAt": "2026-11-28T00:52:38Z"}]}),
+        ),
+        (
             "huge and hostile values",
             json!({"receiver": "sample", "status": "firing", "externalURL": "http://am",
                 "alerts": [{"status": "firing",
-                    "labels": {"alertname": "<users/all> Ünïcødé 🔥 \u{202E}", "severity": "warning", "huge": long},
-                    "annotations": {"summary": "<https://evil.example|bank> \"quotes\" \\ back\nslash", "description": long},
-                    "startsAt": "2026-11-28T00:52:38.123456789+05:30", "generatorURL": "javascript:alert(1)"}]}),
+                    "labels": {"alertname": "<users/all> \"}]} 🔥 \u{202E}", "severity": "critical", "huge": long},
+                    "annotations": {"summary": "<https://evil.example|bank> \"quotes\" \\ back\nslash <b>bold</b>", "description": long,
+                        "runbook_url": "javascript:alert(1)"},
+                    "startsAt": "2026-11-28T00:52:38.123456789+05:30", "generatorURL": "https://x.example/\"><script>"}]}),
         ),
     ];
     raw.into_iter()
@@ -75,34 +127,74 @@ fn samples() -> Vec<(&'static str, Notification)> {
         .collect()
 }
 
-/// Validates the config and renders every space's template against the samples.
+/// Every message a sample can produce: each alert as firing, reminder and resolved, and
+/// the whole notification as a group and as a digest.
+fn sample_messages(notification: &Notification) -> Vec<(MessageKind, Subject)> {
+    let mut messages = Vec::new();
+    for i in 0..notification.alerts.len() {
+        for kind in [
+            MessageKind::Firing,
+            MessageKind::Reminder,
+            MessageKind::Resolved,
+        ] {
+            messages.push((kind, Subject::Alert(i)));
+        }
+    }
+    let mut changes = AlertSet::default();
+    for (i, alert) in notification.alerts.iter().enumerate() {
+        match alert.status {
+            AlertStatus::Firing => changes.firing.push(i),
+            AlertStatus::Resolved => changes.resolved.push(i),
+        }
+    }
+    let reminders = AlertSet {
+        still_firing: changes.firing.clone(),
+        ..AlertSet::default()
+    };
+    let digest = AlertSet {
+        firing: (0..notification.alerts.len()).collect(),
+        ..AlertSet::default()
+    };
+    // A plan never posts an empty set; neither do the samples.
+    for (kind, set) in [
+        (MessageKind::Group, changes),
+        (MessageKind::Group, reminders),
+        (MessageKind::Digest, digest),
+    ] {
+        if !set.is_empty() {
+            messages.push((kind, Subject::Alerts(set)));
+        }
+    }
+    messages
+}
+
+/// Validates the config and renders every space's templates against the samples.
 /// Returns a human summary.
 pub fn check(config_path: &Path) -> Result<String, CommandError> {
     let runtime = Runtime::load(config_path)?;
     let now: Timestamp = "2026-11-28T01:00:00Z"
         .parse()
         .unwrap_or_else(|_| Timestamp::now());
+    let samples = samples();
     for space in runtime.config.spaces.values() {
-        for (sample, notification) in samples() {
-            for alert in &notification.alerts {
-                for kind in MessageKind::ALL {
-                    runtime
-                        .renderer
-                        .render_strict(&RenderInput {
-                            space,
-                            kind,
-                            alert,
-                            notification: &notification,
-                            thread_key: Some("kabar:check".to_owned()),
-                            now,
-                        })
-                        .map_err(|failure| CommandError::Template {
-                            space: space.name.clone(),
-                            sample,
-                            kind: kind.as_str(),
-                            failure,
-                        })?;
-                }
+        for (sample, notification) in &samples {
+            for (kind, subject) in sample_messages(notification) {
+                runtime
+                    .renderer
+                    .render_strict(&RenderInput {
+                        space,
+                        kind,
+                        subject: &subject,
+                        notification,
+                        thread_key: Some("kabar:check".to_owned()),
+                        now,
+                    })
+                    .map_err(|failure| CommandError::Template {
+                        space: space.name.clone(),
+                        sample,
+                        kind: kind.as_str(),
+                        failure,
+                    })?;
             }
         }
     }
@@ -128,15 +220,19 @@ pub fn check(config_path: &Path) -> Result<String, CommandError> {
             Target::DryRun => "dry run".to_owned(),
             t @ Target::Webhook(_) => t.describe(),
         };
-        let template = runtime
-            .renderer
-            .template_of(&space.name)
-            .unwrap_or("built-in");
+        let files = runtime.renderer.templates_of(space);
+        let templates = if files.is_empty() {
+            "built-in".to_owned()
+        } else {
+            files.join(", ")
+        };
         let _ = writeln!(
             out,
-            "  space {}: {target}; receivers {}; template {template}",
+            "  space {}: {target}; receivers {}; {} messages, threading {}; templates {templates}",
             space.name,
-            space.receivers.join(", ")
+            space.receivers.join(", "),
+            space.options.format.as_str(),
+            space.options.threading.as_str(),
         );
     }
     Ok(out)
@@ -174,7 +270,7 @@ pub fn render(
                 requests.push(json!({
                 "space": message.space,
                 "kind": message.kind.as_str(),
-                "fingerprint": message.alert_fingerprint,
+                "fingerprints": message.fingerprints,
                 "threadKey": message.thread_key,
                 "query": message.thread_key.as_ref().map(|_| format!("messageReplyOption={REPLY_OPTION}")),
                 "body": body,
@@ -200,7 +296,27 @@ mod tests {
 
     #[test]
     fn samples_all_parse() {
-        assert_eq!(samples().len(), 3);
+        assert_eq!(samples().len(), 7);
+    }
+
+    #[test]
+    fn check_passes_the_builtin_templates_in_both_formats() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("kabar.yaml");
+        std::fs::write(
+            &config,
+            "defaults:\n  mentions: {critical: [all]}\nspaces:\n  cards:\n    dry_run: true\n  texts:\n    dry_run: true\n    format: text\n    threading: per_group\n",
+        )
+        .expect("write");
+        let summary = check(&config).expect("the built-in templates pass");
+        assert!(
+            summary.contains("space cards: dry run; receivers cards; card messages"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("text messages, threading per_group"),
+            "{summary}"
+        );
     }
 
     #[test]
@@ -249,11 +365,16 @@ mod tests {
             requests[0]["body"]["thread"]["threadKey"],
             requests[0]["threadKey"]
         );
+        // Cards by default, with the text version kept for a refused card.
+        assert!(requests[1]["body"]["cardsV2"].is_array());
         assert!(
-            requests[1]["body"]["text"]
+            requests[1]["body"]["fallbackText"]
                 .as_str()
-                .expect("text")
-                .contains("p99 high on web2")
+                .expect("fallbackText")
+                .contains("HighLatency"),
+            "{}",
+            requests[1]["body"]
         );
+        assert!(requests[1]["body"].to_string().contains("p99 high on web2"));
     }
 }

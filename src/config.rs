@@ -180,7 +180,7 @@ pub struct SpaceOptions {
 impl Default for SpaceOptions {
     fn default() -> Self {
         SpaceOptions {
-            format: Format::Text,
+            format: Format::Card,
             threading: Threading::PerAlert,
             send_resolved: true,
             reminder_interval: Duration::from_secs(4 * 3600),
@@ -708,21 +708,9 @@ fn apply_options(
     base_dir: &Path,
 ) -> Result<SpaceOptions, ConfigError> {
     if let Some(format) = raw.format {
-        if format == Format::Card {
-            return Err(invalid(
-                format!("{key}.format"),
-                "card messages are not available in this version of kabar yet; use text",
-            ));
-        }
         options.format = format;
     }
     if let Some(threading) = raw.threading {
-        if threading == Threading::PerGroup {
-            return Err(invalid(
-                format!("{key}.threading"),
-                "per_group threads are not available in this version of kabar yet; use per_alert or off",
-            ));
-        }
         options.threading = threading;
     }
     if let Some(v) = raw.send_resolved {

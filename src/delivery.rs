@@ -180,6 +180,8 @@ enum Step {
     /// Try it again: after the server's hint if it gave one, else after the backoff
     /// (zero).
     RetryAfter(Duration),
+    /// Chat refused the card as invalid: send the message's text version instead.
+    UseFallback,
 }
 
 impl Sender {
@@ -275,6 +277,13 @@ impl Sender {
                     last_done = message.id;
                     pacing.failures = 0;
                 }
+                Step::UseFallback => {
+                    if let Some(head) = queue.front_mut()
+                        && let Some(text) = head.fallback_body.take()
+                    {
+                        head.body = text;
+                    }
+                }
                 Step::RetryAfter(hint) => {
                     let wait = pacing.failed(&delivery, hint);
                     debug!(space = %self.space, failures = pacing.failures, wait_ms = wait.as_millis() as u64, "waiting before retry");
@@ -335,6 +344,9 @@ impl Sender {
                     .messages_failed
                     .with_label_values(&[&self.space, failure.class.as_str()])
                     .inc();
+                if failure.status == Some(400) && message.fallback_body.is_some() {
+                    return self.use_fallback(message, &failure).await;
+                }
                 if failure.class.is_permanent() {
                     let reason = if failure.class == crate::chat::FailureClass::AuthError {
                         DeadLetterReason::AuthError
@@ -346,6 +358,30 @@ impl Sender {
                         .await;
                 }
                 self.retry_later(message, &failure).await
+            }
+        }
+    }
+
+    /// A card Chat calls invalid is sent once more as text; if that fails too, the text
+    /// goes to the dead letters like any other rejected message.
+    async fn use_fallback(&self, message: &QueuedMessage, failure: &SendFailure) -> Step {
+        warn!(
+            space = %self.space,
+            id = message.id,
+            error = %failure.detail,
+            "Chat refused the card; sending the message as text instead"
+        );
+        let (id, detail) = (message.id, failure.detail.clone());
+        match self
+            .shared
+            .store
+            .write(move |conn| outbox::switch_to_fallback(conn, id, &detail))
+            .await
+        {
+            Ok(()) => Step::UseFallback,
+            Err(e) => {
+                warn!(space = %self.space, error = %e, "cannot record the switch to text");
+                Step::RetryAfter(STORE_RETRY)
             }
         }
     }
@@ -410,16 +446,30 @@ impl Sender {
 
     /// Dry-run spaces print what would be sent, then treat it as delivered.
     async fn print(&self, message: &QueuedMessage) -> Step {
-        let text = serde_json::from_str::<serde_json::Value>(&message.body)
-            .ok()
-            .and_then(|body| body["text"].as_str().map(str::to_owned))
-            .unwrap_or_default();
-        info!(
-            space = %self.space,
-            kind = %message.kind,
-            thread_key = message.thread_key.as_deref().unwrap_or("(none)"),
-            "dry run, would post:\n{text}"
-        );
+        let text_of = |body: &str| {
+            serde_json::from_str::<serde_json::Value>(body)
+                .ok()
+                .and_then(|body| body["text"].as_str().map(str::to_owned))
+                .unwrap_or_default()
+        };
+        match &message.fallback_body {
+            // A card: its text version reads best in a log; the card itself follows.
+            Some(fallback) => info!(
+                space = %self.space,
+                kind = %message.kind,
+                thread_key = message.thread_key.as_deref().unwrap_or("(none)"),
+                "dry run, would post a card (shown as its text version; the card body follows):\n{}\n{}",
+                text_of(fallback),
+                message.body
+            ),
+            None => info!(
+                space = %self.space,
+                kind = %message.kind,
+                thread_key = message.thread_key.as_deref().unwrap_or("(none)"),
+                "dry run, would post:\n{}",
+                text_of(&message.body)
+            ),
+        }
         debug!(space = %self.space, body = %message.body, "dry run request body");
         let id = message.id;
         match self

@@ -23,7 +23,7 @@ use crate::render::RenderInput;
 use crate::routing::{RoutingError, route};
 use crate::runtime::Runtime;
 use crate::server::AppState;
-use crate::state::{EpisodeStore, MessageKind, SuppressReason, plan};
+use crate::state::{EpisodeStore, MessageKind, Subject, SuppressReason, plan};
 
 /// Every way an HTTP request can fail, and its answer.
 #[derive(Debug, thiserror::Error)]
@@ -300,6 +300,7 @@ async fn accept(
                                 kind: message.kind.as_str(),
                                 thread_key: message.thread_key.as_deref(),
                                 body: &message.body,
+                                fallback_body: message.fallback_body.as_deref(),
                                 received_ms: received.as_millisecond(),
                             },
                         )
@@ -375,9 +376,12 @@ async fn accept(
 pub struct Outgoing {
     pub space: String,
     pub kind: MessageKind,
-    pub alert_fingerprint: String,
+    /// The fingerprints of the alerts the message is about.
+    pub fingerprints: Vec<String>,
     pub thread_key: Option<String>,
     pub body: String,
+    /// For a card: the text body sent instead if Chat refuses the card.
+    pub fallback_body: Option<String>,
 }
 
 /// What one notification did in one space.
@@ -413,17 +417,22 @@ pub fn prepare<S: EpisodeStore>(
         ..SpaceOutcome::default()
     };
     for message in planned.messages {
-        let alert = &notification.alerts[message.alert_index];
-        let (rendered, failure) = runtime.renderer.render(&RenderInput {
+        let (rendered, failures) = runtime.renderer.render(&RenderInput {
             space,
             kind: message.kind,
-            alert,
+            subject: &message.subject,
             notification,
             thread_key: message.thread_key,
             now,
         });
-        if let Some(failure) = failure {
-            outcome.template_failures.push(failure.to_string());
+        if rendered.fell_back {
+            outcome.template_failures.push(
+                failures
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            );
         }
         if rendered.truncated {
             outcome.truncated += 1;
@@ -431,13 +440,32 @@ pub fn prepare<S: EpisodeStore>(
         emit(&Outgoing {
             space: space.name.clone(),
             kind: message.kind,
-            alert_fingerprint: alert.fingerprint(),
+            fingerprints: subject_fingerprints(&message.subject, notification),
             thread_key: rendered.thread_key,
             body: rendered.body,
+            fallback_body: rendered.fallback_body,
         })?;
         outcome.queued.push(message.kind);
     }
     Ok(outcome)
+}
+
+fn subject_fingerprints(subject: &Subject, notification: &Notification) -> Vec<String> {
+    let indexes: Vec<usize> = match subject {
+        Subject::Alert(i) => vec![*i],
+        Subject::Alerts(set) => set
+            .firing
+            .iter()
+            .chain(&set.resolved)
+            .chain(&set.still_firing)
+            .copied()
+            .collect(),
+    };
+    indexes
+        .into_iter()
+        .filter_map(|i| notification.alerts.get(i))
+        .map(|a| a.fingerprint())
+        .collect()
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use crate::state::{Episode, EpisodeKey, EpisodeStore};
+use crate::state::{Episode, EpisodeKey, EpisodeStore, GroupEpisode};
 
 pub const DATABASE_FILE: &str = "kabar.db";
 /// Upper bound of jobs in one transaction, so one commit never waits on an endless queue.
@@ -63,6 +63,8 @@ pub struct QueuedMessage {
     pub kind: String,
     pub thread_key: Option<String>,
     pub body: String,
+    /// A text body to send instead if Chat rejects a card body as invalid (400).
+    pub fallback_body: Option<String>,
     /// When kabar received the notification that produced it (Unix ms).
     pub received_ms: i64,
     pub attempts: i64,
@@ -75,6 +77,7 @@ pub struct NewMessage<'a> {
     pub kind: &'a str,
     pub thread_key: Option<&'a str>,
     pub body: &'a str,
+    pub fallback_body: Option<&'a str>,
     pub received_ms: i64,
 }
 
@@ -199,19 +202,12 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-const SCHEMA_VERSION: i64 = 1;
-
-fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::SchemaTooNew {
-            found: version,
-            supported: SCHEMA_VERSION,
-        });
-    }
-    if version < 1 {
-        conn.execute_batch(
-            "BEGIN;
+/// Schema changes, in order: entry `i` takes the database from version `i` to `i + 1`.
+/// Each runs in its own transaction and sets `user_version`, so a crash mid-way leaves a
+/// consistent version behind.
+const MIGRATIONS: [&str; 2] = [
+    // v1: outbox, dead letters, episode state, duplicate detection.
+    "BEGIN;
              CREATE TABLE outbox (
                  id INTEGER PRIMARY KEY AUTOINCREMENT,
                  space TEXT NOT NULL,
@@ -258,7 +254,35 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
              CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
              PRAGMA user_version = 1;
              COMMIT;",
-        )?;
+    // v2: cards carry a text body to fall back to; digests send an alert's replies to
+    // the digest's thread; per_group threads live as long as their group.
+    "BEGIN;
+             ALTER TABLE outbox ADD COLUMN fallback_body TEXT;
+             ALTER TABLE episodes ADD COLUMN thread_key TEXT;
+             CREATE TABLE group_episodes (
+                 space TEXT NOT NULL,
+                 group_key TEXT NOT NULL,
+                 thread_key TEXT NOT NULL,
+                 open INTEGER NOT NULL,
+                 seen_ms INTEGER NOT NULL,
+                 PRIMARY KEY (space, group_key)
+             ) WITHOUT ROWID;
+             CREATE INDEX group_episodes_by_seen ON group_episodes (seen_ms);
+             PRAGMA user_version = 2;
+             COMMIT;",
+];
+const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for step in &MIGRATIONS[version.max(0) as usize..] {
+        conn.execute_batch(step)?;
     }
     Ok(())
 }
@@ -429,13 +453,15 @@ pub fn now_ms() -> i64 {
 
 pub fn enqueue(conn: &Connection, message: &NewMessage<'_>) -> Result<i64, StoreError> {
     conn.prepare_cached(
-        "INSERT INTO outbox (space, kind, thread_key, body, received_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO outbox (space, kind, thread_key, body, fallback_body, received_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
     .execute(params![
         message.space,
         message.kind,
         message.thread_key,
         message.body,
+        message.fallback_body,
         message.received_ms
     ])?;
     Ok(conn.last_insert_rowid())
@@ -449,7 +475,7 @@ pub fn next_messages(
     limit: usize,
 ) -> Result<Vec<QueuedMessage>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, space, kind, thread_key, body, received_ms, attempts FROM outbox
+        "SELECT id, space, kind, thread_key, body, fallback_body, received_ms, attempts FROM outbox
          WHERE space = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
     )?;
     let rows = stmt.query_map(params![space, after_id, limit as i64], |row| {
@@ -459,8 +485,9 @@ pub fn next_messages(
             kind: row.get(2)?,
             thread_key: row.get(3)?,
             body: row.get(4)?,
-            received_ms: row.get(5)?,
-            attempts: row.get(6)?,
+            fallback_body: row.get(5)?,
+            received_ms: row.get(6)?,
+            attempts: row.get(7)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -476,6 +503,17 @@ pub fn remove(conn: &Connection, id: i64) -> Result<(), StoreError> {
 pub fn record_failure(conn: &Connection, id: i64, error: &str) -> Result<(), StoreError> {
     conn.prepare_cached(
         "UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
+    )?
+    .execute(params![id, error])?;
+    Ok(())
+}
+
+/// Chat refused the message's card: from now on it is its text fallback, which the
+/// sender tries once. Recorded in the store so a restart does not try the card again.
+pub fn switch_to_fallback(conn: &Connection, id: i64, error: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE outbox SET body = fallback_body, fallback_body = NULL, attempts = attempts + 1,
+         last_error = ?2 WHERE id = ?1 AND fallback_body IS NOT NULL",
     )?
     .execute(params![id, error])?;
     Ok(())
@@ -551,6 +589,8 @@ pub fn prune(conn: &Connection, now_ms: i64) -> Result<(usize, usize), StoreErro
     let episodes = conn
         .prepare_cached("DELETE FROM episodes WHERE seen_ms < ?1")?
         .execute(params![now_ms - EPISODE_RETENTION_MS])?;
+    conn.prepare_cached("DELETE FROM group_episodes WHERE seen_ms < ?1")?
+        .execute(params![now_ms - EPISODE_RETENTION_MS])?;
     let window = crate::state::DUPLICATE_WINDOW.as_millis() as i64;
     let digests = conn
         .prepare_cached("DELETE FROM recent_notifications WHERE received_ms < ?1")?
@@ -575,7 +615,7 @@ impl EpisodeStore for SqlEpisodes<'_> {
         let row = self
             .0
             .prepare_cached(
-                "SELECT firing_posted, resolved, last_post_ms, seen_ms FROM episodes
+                "SELECT firing_posted, resolved, last_post_ms, thread_key, seen_ms FROM episodes
                  WHERE space = ?1 AND fingerprint = ?2 AND starts_at_ns = ?3",
             )?
             .query_row(
@@ -586,8 +626,9 @@ impl EpisodeStore for SqlEpisodes<'_> {
                             firing_posted: row.get(0)?,
                             resolved: row.get(1)?,
                             last_post_ms: row.get(2)?,
+                            thread_key: row.get(3)?,
                         },
-                        row.get::<_, i64>(3)?,
+                        row.get::<_, i64>(4)?,
                     ))
                 },
             )
@@ -613,8 +654,9 @@ impl EpisodeStore for SqlEpisodes<'_> {
     ) -> Result<(), StoreError> {
         self.0
             .prepare_cached(
-                "INSERT OR REPLACE INTO episodes (space, fingerprint, starts_at_ns, firing_posted, resolved, last_post_ms, seen_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT OR REPLACE INTO episodes
+                 (space, fingerprint, starts_at_ns, firing_posted, resolved, last_post_ms, thread_key, seen_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
             .execute(params![
                 key.space,
@@ -623,6 +665,7 @@ impl EpisodeStore for SqlEpisodes<'_> {
                 episode.firing_posted,
                 episode.resolved,
                 episode.last_post_ms,
+                episode.thread_key,
                 now_ms
             ])?;
         Ok(())
@@ -648,6 +691,41 @@ impl EpisodeStore for SqlEpisodes<'_> {
             .execute(params![space, digest, now_ms])?;
         Ok(previous.is_some_and(|at| at >= since_ms))
     }
+
+    fn group_episode(
+        &mut self,
+        space: &str,
+        group_key: &str,
+    ) -> Result<Option<GroupEpisode>, StoreError> {
+        Ok(self
+            .0
+            .prepare_cached(
+                "SELECT thread_key, open FROM group_episodes WHERE space = ?1 AND group_key = ?2",
+            )?
+            .query_row(params![space, group_key], |row| {
+                Ok(GroupEpisode {
+                    thread_key: row.get(0)?,
+                    open: row.get(1)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn save_group_episode(
+        &mut self,
+        space: &str,
+        group_key: &str,
+        group: &GroupEpisode,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.0
+            .prepare_cached(
+                "INSERT OR REPLACE INTO group_episodes (space, group_key, thread_key, open, seen_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![space, group_key, group.thread_key, group.open, now_ms])?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -660,6 +738,7 @@ mod tests {
             kind: "firing",
             thread_key: Some("k"),
             body,
+            fallback_body: None,
             received_ms: 1,
         }
     }
@@ -768,25 +847,116 @@ mod tests {
             firing_posted: true,
             resolved: false,
             last_post_ms: 7,
+            thread_key: Some("kabar:ops:digest:1".into()),
         };
-        let k = key.clone();
-        let loaded = store
+        let group = GroupEpisode {
+            thread_key: "kabar:ops:group:1".into(),
+            open: true,
+        };
+        let (k, e, g) = (key.clone(), episode.clone(), group.clone());
+        let (loaded, loaded_group) = store
             .write(move |conn| {
                 let mut episodes = SqlEpisodes(conn);
-                episodes.save_episode(&k, &episode, now_ms())?;
+                episodes.save_episode(&k, &e, now_ms())?;
+                episodes.save_group_episode("ops", "{}:{a=\"b\"}", &g, now_ms())?;
                 let seen_first = episodes.seen_notification("ops", u64::MAX, 1_000, 0)?;
                 let seen_again = episodes.seen_notification("ops", u64::MAX, 2_000, 0)?;
                 assert!(!seen_first && seen_again);
-                episodes.episode(&k)
+                Ok((
+                    episodes.episode(&k)?,
+                    episodes.group_episode("ops", "{}:{a=\"b\"}")?,
+                ))
             })
             .await
             .expect("write");
         assert_eq!(loaded, Some(episode));
+        assert_eq!(loaded_group, Some(group));
         let (episodes, digests) = store
             .write(|conn| prune(conn, now_ms() + EPISODE_RETENTION_MS + 1))
             .await
             .expect("prune");
         assert_eq!((episodes, digests), (1, 1));
+        let group_left = store
+            .read(|conn| SqlEpisodes(conn).group_episode("ops", "{}:{a=\"b\"}"))
+            .await
+            .expect("read");
+        assert_eq!(group_left, None, "pruned with the episodes");
+    }
+
+    #[tokio::test]
+    async fn a_refused_card_becomes_its_text_for_good() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let id = store
+            .write(|conn| {
+                enqueue(
+                    conn,
+                    &NewMessage {
+                        fallback_body: Some("{\"text\":\"t\"}"),
+                        ..message("ops", "{\"cardsV2\":[]}")
+                    },
+                )
+            })
+            .await
+            .expect("enqueue");
+        store
+            .write(move |conn| switch_to_fallback(conn, id, "400 invalid card"))
+            .await
+            .expect("switch");
+        // Only once: a second switch finds no fallback and leaves the text alone.
+        store
+            .write(move |conn| switch_to_fallback(conn, id, "again"))
+            .await
+            .expect("switch");
+        let queued = store
+            .read(|conn| next_messages(conn, "ops", 0, 10))
+            .await
+            .expect("read");
+        assert_eq!(queued[0].body, "{\"text\":\"t\"}");
+        assert_eq!(queued[0].fallback_body, None);
+        assert_eq!(queued[0].attempts, 1);
+    }
+
+    #[tokio::test]
+    async fn a_version_1_store_is_migrated_with_its_queue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let conn = Connection::open(dir.path().join(DATABASE_FILE)).expect("open");
+            conn.execute_batch(MIGRATIONS[0]).expect("v1 schema");
+            conn.execute(
+                "INSERT INTO outbox (space, kind, thread_key, body, received_ms) VALUES ('ops', 'firing', 'k', '{}', 5)",
+                [],
+            )
+            .expect("insert");
+            conn.execute(
+                "INSERT INTO episodes VALUES ('ops', 'fp', 1, 1, 0, 2, 3)",
+                [],
+            )
+            .expect("insert");
+        }
+        let store = Store::open(dir.path()).expect("migrates");
+        let queued = store
+            .read(|conn| next_messages(conn, "ops", 0, 10))
+            .await
+            .expect("read");
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].fallback_body, None);
+        let key = EpisodeKey {
+            space: "ops".into(),
+            fingerprint: "fp".into(),
+            starts_at_ns: 1,
+        };
+        let episode = store
+            .write(move |conn| SqlEpisodes(conn).episode(&key))
+            .await
+            .expect("read")
+            .expect("kept");
+        assert!(episode.firing_posted && episode.thread_key.is_none());
+        let version: i64 = store
+            .read(|conn| Ok(conn.pragma_query_value(None, "user_version", |row| row.get(0))?))
+            .await
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

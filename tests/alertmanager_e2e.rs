@@ -14,10 +14,27 @@ use common::kabar::{InProcess, TEST_TOKEN, TestConfig, metric_value, metrics_tex
 const WAIT: Duration = Duration::from_secs(30);
 
 fn kabar_config(chat: &FakeChat, auth: &str) -> TestConfig {
+    kabar_config_with(chat, auth, "")
+}
+
+/// One space "ops" for receiver gchat, with `options` (space keys) added.
+fn kabar_config_with(chat: &FakeChat, auth: &str, options: &str) -> TestConfig {
     TestConfig::new(&format!(
-        "{auth}delivery:\n  allow_any_host: true\nspaces:\n  ops:\n    webhook_url: \"{}\"\n    receivers: [gchat]\n",
+        "{auth}delivery:\n  allow_any_host: true\nspaces:\n  ops:\n    webhook_url: \"{}\"\n    receivers: [gchat]\n{options}",
         chat.webhook_url("ops")
     ))
+}
+
+fn disk_alerts(hosts: &[&str]) -> Vec<TestAlert> {
+    hosts
+        .iter()
+        .map(|host| {
+            TestAlert::new("DiskFull")
+                .label("instance", host)
+                .label("severity", "critical")
+                .annotation("summary", &format!("Disk almost full on {host}"))
+        })
+        .collect()
 }
 
 async fn wait_for_notifications(kabar: &InProcess, at_least: f64) {
@@ -53,15 +70,7 @@ async fn group_fires_one_resolves_and_resends_post_only_what_changed() {
     options.repeat_interval = "1s";
     let am = Alertmanager::start(&binaries, options).await;
 
-    let alerts: Vec<TestAlert> = ["db1", "db2", "db3"]
-        .iter()
-        .map(|host| {
-            TestAlert::new("DiskFull")
-                .label("instance", host)
-                .label("severity", "critical")
-                .annotation("summary", &format!("Disk almost full on {host}"))
-        })
-        .collect();
+    let alerts = disk_alerts(&["db1", "db2", "db3"]);
     am.fire(&alerts).await;
     chat.wait_for_messages("ops", 3, WAIT).await;
 
@@ -94,11 +103,14 @@ async fn group_fires_one_resolves_and_resends_post_only_what_changed() {
     assert_eq!(threads.len(), 3);
     let db2 = threads
         .iter()
-        .find(|t| t.messages[0].text.as_deref().unwrap_or("").contains("db2"))
+        .find(|t| t.messages[0].shown().contains("db2"))
         .expect("db2's thread");
     assert_eq!(db2.messages.len(), 2, "{}", chat.describe("ops"));
-    let reply = db2.messages[1].text.as_deref().unwrap_or("");
-    assert!(reply.starts_with("✅ *RESOLVED* · *DiskFull*"), "{reply}");
+    let reply = &db2.messages[1].body;
+    assert_eq!(
+        reply["cardsV2"][0]["card"]["header"]["title"], "✅ DiskFull",
+        "a resolved card: {reply}"
+    );
     assert!(
         chat.requests_for("ops").iter().all(|r| r.status == 200),
         "kabar kept to Chat's rate limit:\n{}",
@@ -134,12 +146,109 @@ async fn basic_auth_from_alertmanager_is_accepted() {
     am.fire(&[TestAlert::new("BasicAuth").label("severity", "warning")])
         .await;
     let messages = chat.wait_for_messages("ops", 1, WAIT).await;
+    assert!(messages[0].shown().contains("BasicAuth"));
+    drop(am);
+    kabar.stop().await;
+}
+
+#[tokio::test]
+async fn per_group_three_fire_one_resolves_two_messages_in_one_thread() {
+    let Some(binaries) = require_binaries() else {
+        return;
+    };
+    let chat = FakeChat::start().await;
+    let kabar = InProcess::start(kabar_config_with(&chat, "", "    threading: per_group\n")).await;
+    let mut options = AlertmanagerOptions::new(kabar.url("/alerts"));
+    options.bearer_token = Some(TEST_TOKEN.to_owned());
+    options.repeat_interval = "1s";
+    let am = Alertmanager::start(&binaries, options).await;
+
+    let alerts = disk_alerts(&["db1", "db2", "db3"]);
+    am.fire(&alerts).await;
+    chat.wait_for_messages("ops", 1, WAIT).await;
+    am.resolve(&alerts[1..2]).await;
+    chat.wait_for_messages("ops", 2, WAIT).await;
+    // Unchanged re-sends of the group post nothing more.
+    let metrics = metrics_text(&kabar.url("")).await;
+    let so_far = metric_value(
+        &metrics,
+        "kabar_notifications_received_total{space=\"ops\"}",
+    )
+    .unwrap_or(0.0);
+    wait_for_notifications(&kabar, so_far + 2.0).await;
+
+    let threads = chat.threads("ops");
+    assert_eq!(threads.len(), 1, "one thread:\n{}", chat.describe("ops"));
+    let messages = &threads[0].messages;
+    assert_eq!(messages.len(), 2, "two messages:\n{}", chat.describe("ops"));
+    let first = &messages[0].body["cardsV2"][0]["card"];
+    assert_eq!(first["header"]["title"], "🔴 3 firing");
+    let shown = messages[0].shown();
+    for host in ["db1", "db2", "db3"] {
+        assert!(shown.contains(host), "{host} listed: {shown}");
+    }
+    let second = &messages[1].body["cardsV2"][0]["card"];
+    assert_eq!(second["header"]["title"], "✅ 1 resolved");
+    let shown = messages[1].shown();
     assert!(
-        messages[0]
-            .text
-            .as_deref()
-            .unwrap_or("")
-            .contains("*BasicAuth*")
+        shown.contains("db2") && !shown.contains("db1"),
+        "only the change: {shown}"
+    );
+    drop(am);
+    kabar.stop().await;
+}
+
+#[tokio::test]
+async fn a_storm_posts_one_digest_and_its_alerts_reply_there() {
+    let Some(binaries) = require_binaries() else {
+        return;
+    };
+    let chat = FakeChat::start().await;
+    let kabar = InProcess::start(kabar_config_with(
+        &chat,
+        "",
+        "    max_new_threads_per_notification: 2\n",
+    ))
+    .await;
+    let mut options = AlertmanagerOptions::new(kabar.url("/alerts"));
+    options.bearer_token = Some(TEST_TOKEN.to_owned());
+    let am = Alertmanager::start(&binaries, options).await;
+
+    let alerts = disk_alerts(&["db1", "db2", "db3", "db4", "db5"]);
+    am.fire(&alerts).await;
+    let messages = chat.wait_for_messages("ops", 1, WAIT).await;
+    let digest = &messages[0];
+    assert_eq!(
+        digest.body["cardsV2"][0]["card"]["header"]["title"],
+        "🚨 5 alerts started firing",
+        "{}",
+        chat.describe("ops")
+    );
+    let digest_key = digest.thread_key.clone().expect("the digest has a thread");
+
+    am.resolve(&alerts[2..3]).await;
+    chat.wait_for_messages("ops", 2, WAIT).await;
+    let threads = chat.threads("ops");
+    assert_eq!(
+        threads.len(),
+        1,
+        "no thread per alert:\n{}",
+        chat.describe("ops")
+    );
+    let reply = &threads[0].messages[1];
+    assert_eq!(reply.thread_key.as_deref(), Some(digest_key.as_str()));
+    assert_eq!(
+        reply.body["cardsV2"][0]["card"]["header"]["title"],
+        "✅ DiskFull"
+    );
+    assert!(reply.shown().contains("db3"), "{}", reply.shown());
+    let metrics = metrics_text(&kabar.url("")).await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "kabar_messages_queued_total{kind=\"digest\",space=\"ops\"}"
+        ),
+        Some(1.0)
     );
     drop(am);
     kabar.stop().await;

@@ -14,7 +14,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 fn config_for(chat: &FakeChat, extra_delivery: &str) -> TestConfig {
     TestConfig::new(&format!(
-        "delivery:\n  allow_any_host: true\n  rate_limit_per_second: 50\n  backoff: {{initial: 100ms, max: 500ms}}\n{extra_delivery}spaces:\n  ops:\n    webhook_url: \"{}\"\n",
+        "delivery:\n  allow_any_host: true\n  rate_limit_per_second: 50\n  backoff: {{initial: 100ms, max: 500ms}}\n{extra_delivery}defaults:\n  format: text\nspaces:\n  ops:\n    webhook_url: \"{}\"\n",
         chat.webhook_url("ops")
     ))
 }

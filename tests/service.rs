@@ -20,9 +20,11 @@ fn space_yaml(chat: &FakeChat, name: &str, extra: &str) -> String {
     )
 }
 
+/// These tests follow messages by their text, so their spaces post text; cards have their
+/// own suite (tests/cards.rs).
 fn config(delivery: &str, spaces: &str) -> TestConfig {
     TestConfig::new(&format!(
-        "delivery:\n  allow_any_host: true\n{delivery}spaces:\n{spaces}"
+        "delivery:\n  allow_any_host: true\n{delivery}defaults:\n  format: text\nspaces:\n{spaces}"
     ))
 }
 

@@ -210,6 +210,28 @@ pub struct Received {
     pub ignored_widgets: usize,
 }
 
+impl Received {
+    /// Everything of the message a reader could see: its text, its fallback text and every
+    /// string of its cards, one per line.
+    pub fn shown(&self) -> String {
+        fn collect(value: &Value, out: &mut Vec<String>) {
+            match value {
+                Value::String(s) => out.push(s.clone()),
+                Value::Array(items) => items.iter().for_each(|v| collect(v, out)),
+                Value::Object(map) => map.values().for_each(|v| collect(v, out)),
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        for field in ["text", "fallbackText", "cardsV2"] {
+            if let Some(value) = self.body.get(field) {
+                collect(value, &mut out);
+            }
+        }
+        out.join("\n")
+    }
+}
+
 /// One HTTP request, whatever became of it.
 #[derive(Debug, Clone)]
 pub struct RequestRecord {
@@ -1243,6 +1265,18 @@ fn object_at<'a>(value: &'a Value, at: &str) -> Result<&'a Map<String, Value>, A
     value
         .as_object()
         .ok_or_else(|| ApiError::wrong_type(at, "TYPE_MESSAGE", value))
+}
+
+/// Whether Chat would accept `body` as a message, by the checks the fake's webhook runs;
+/// on success, how many widgets Chat would ignore. For tests that render without sending.
+pub fn check_body(body: &str) -> Result<usize, String> {
+    if body.len() > BODY_LIMIT_BYTES {
+        return Err(format!("{} bytes: over {BODY_LIMIT_BYTES}", body.len()));
+    }
+    let value: Value = serde_json::from_str(body).map_err(|e| format!("not JSON: {e}"))?;
+    check_message(&value)
+        .map(|checked| checked.ignored_widgets)
+        .map_err(|e| e.message)
 }
 
 fn check_message(body: &Value) -> Result<Checked, ApiError> {

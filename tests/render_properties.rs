@@ -1,0 +1,221 @@
+//! Property tests: whatever labels and annotations an alert carries, every body kabar
+//! renders is one Chat accepts (valid JSON, within its limits, the cardsV2 shape) and
+//! none of it can mention anyone or carry a link or markup that alert data put there.
+
+mod common;
+
+use std::path::Path;
+
+use jiff::Timestamp;
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+use kabar::config::Config;
+use kabar::payload::Notification;
+use kabar::render::{RenderInput, Renderer};
+use kabar::state::{AlertSet, MessageKind, Subject};
+
+/// Pieces that have broken Chat integrations: mentions, links, markup, JSON and HTML
+/// syntax, escapes, bidi controls, emoji and combining characters.
+const HOSTILE: &[&str] = &[
+    "<users/all>",
+    "<USERS/123>",
+    "<https://evil.example|bank.example>",
+    "<http://x|",
+    "\"",
+    "\\",
+    "\\u0000",
+    "}]}",
+    "\",\"text\":\"",
+    "<b>",
+    "</font>",
+    "<font color=\"#ff0000\">",
+    "&lt;users/all&gt;",
+    "&amp;",
+    "\n",
+    "\r\n",
+    "\t",
+    "\u{0}",
+    "\u{1b}[31m",
+    "\u{202E}",
+    "\u{2066}",
+    "\u{200F}",
+    "\u{2028}",
+    "👩‍💻",
+    "🔥",
+    "e\u{301}",
+    "*bold*",
+    "`code`",
+    "```",
+    "{{alert.name}}",
+    "<",
+    ">",
+    "|",
+];
+
+fn hostile_text() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        3 => proptest::sample::select(HOSTILE).prop_map(str::to_owned),
+        2 => any::<String>(),
+        1 => "[a-z]{1,12}",
+    ];
+    prop_oneof![
+        8 => proptest::collection::vec(piece.clone(), 0..12).prop_map(|p| p.concat()),
+        // Now and then something large, to exercise the limits.
+        1 => (proptest::collection::vec(piece, 1..4), 200usize..3_000)
+            .prop_map(|(p, n)| p.concat().repeat(n)),
+    ]
+}
+
+type Pairs = Vec<(String, String)>;
+/// An alert's name, labels and annotations.
+type AlertSpec = (String, Pairs, Pairs);
+
+fn labels() -> impl Strategy<Value = Pairs> {
+    proptest::collection::vec(("[a-z_]{1,10}", hostile_text()), 0..12)
+}
+
+fn notification(alerts: &[AlertSpec]) -> Notification {
+    let alerts: Vec<Value> = alerts
+        .iter()
+        .enumerate()
+        .map(|(i, (name, labels, annotations))| {
+            let mut label_map: serde_json::Map<String, Value> =
+                labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+            label_map.insert("alertname".into(), json!(name));
+            label_map.insert(
+                "severity".into(),
+                json!(if i % 2 == 0 { "critical" } else { "warning" }),
+            );
+            let annotation_map: serde_json::Map<String, Value> = annotations
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            json!({"status": if i % 3 == 2 { "resolved" } else { "firing" },
+                "labels": label_map, "annotations": annotation_map,
+                "startsAt": "2026-11-28T00:52:38Z", "endsAt": "2026-11-28T00:59:00Z",
+                "generatorURL": "http://prometheus.local/graph", "fingerprint": format!("fp{i}")})
+        })
+        .collect();
+    let body = json!({"version": "4", "receiver": "ops", "status": "firing",
+        "externalURL": "http://am.example:9093", "groupKey": "{}:{}",
+        "groupLabels": {"alertname": alerts.first().map(|a| a["labels"]["alertname"].clone()).unwrap_or(json!(""))},
+        "truncatedAlerts": 3, "alerts": alerts});
+    Notification::parse(body.to_string().as_bytes()).expect("a valid notification")
+}
+
+fn strings(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
+        Value::Object(map) => map.values().for_each(|v| strings(v, out)),
+        _ => {}
+    }
+}
+
+/// Every `<` in text begins a link kabar made; every `<` in a card string begins markup
+/// the built-in card wrote.
+fn assert_inert(body: &Value) {
+    let text = body["text"].as_str().unwrap_or("");
+    for (at, _) in text.match_indices('<') {
+        let rest = &text[at..];
+        assert!(
+            rest.starts_with("<http://prometheus.local/graph|")
+                || rest.starts_with("<http://am.example:9093/#/"),
+            "a link or mention alert data made: {:?}",
+            &rest[..rest.len().min(60)]
+        );
+    }
+    let mut card_strings = Vec::new();
+    strings(&body["cardsV2"], &mut card_strings);
+    strings(&body["fallbackText"], &mut card_strings);
+    const MARKUP: &[&str] = &["<b>", "</b>", "<i>", "</i>", "<font color=\"#", "</font>"];
+    for s in &card_strings {
+        for (at, _) in s.match_indices('<') {
+            let rest = &s[at..];
+            assert!(
+                MARKUP.iter().any(|m| rest.starts_with(m)),
+                "markup alert data made: {:?}",
+                &rest[..rest.len().min(60)]
+            );
+        }
+    }
+    let all = body.to_string().to_lowercase();
+    assert!(!all.contains("<users/"), "a live mention");
+    for control in ['\u{202E}', '\u{2066}', '\u{200F}'] {
+        assert!(!body.to_string().contains(control), "a bidi control");
+    }
+}
+
+fn check(format: &str, n: &Notification) {
+    let yaml = format!("spaces:\n  ops:\n    dry_run: true\n    format: {format}\n");
+    let config = Config::parse(&yaml, Path::new("."), &|_| None).expect("config");
+    let renderer = Renderer::new(&config).expect("templates");
+    let space = &config.spaces["ops"];
+    let all: Vec<usize> = (0..n.alerts.len()).collect();
+    let mut subjects = vec![
+        (
+            MessageKind::Group,
+            Subject::Alerts(AlertSet {
+                firing: all.clone(),
+                resolved: all.clone(),
+                still_firing: all.clone(),
+            }),
+        ),
+        (
+            MessageKind::Digest,
+            Subject::Alerts(AlertSet {
+                firing: all,
+                ..AlertSet::default()
+            }),
+        ),
+    ];
+    for i in 0..n.alerts.len() {
+        for kind in [
+            MessageKind::Firing,
+            MessageKind::Reminder,
+            MessageKind::Resolved,
+        ] {
+            subjects.push((kind, Subject::Alert(i)));
+        }
+    }
+    for (kind, subject) in &subjects {
+        let (message, failures) = renderer.render(&RenderInput {
+            space,
+            kind: *kind,
+            subject,
+            notification: n,
+            thread_key: Some("kabar:ops:fp:2026-11-28T00:52:38Z".into()),
+            now: Timestamp::from_second(1_795_830_000).expect("now"),
+        });
+        assert!(
+            failures.is_empty(),
+            "the built-in templates never fail: {failures:?}"
+        );
+        for body in std::iter::once(&message.body).chain(message.fallback_body.as_ref()) {
+            let ignored = common::fake_chat::check_body(body)
+                .unwrap_or_else(|e| panic!("Chat would refuse it: {e}"));
+            assert_eq!(ignored, 0, "widgets beyond Chat's 100");
+            let value: Value = serde_json::from_str(body).expect("JSON");
+            let text = value["text"].as_str().unwrap_or("");
+            assert!(text.encode_utf16().count() <= 4096);
+            assert_inert(&value);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_alert_content_renders_to_a_body_chat_accepts(
+        alerts in proptest::collection::vec(
+            (hostile_text(), labels(), labels()),
+            1..4,
+        )
+    ) {
+        let n = notification(&alerts);
+        check("card", &n);
+        check("text", &n);
+    }
+}
