@@ -320,6 +320,23 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_templates_pass_check() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/templates");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("kabar.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "defaults:\n  templates: {{card: '{0}/card.hbs', text: '{0}/text.hbs'}}\nspaces:\n  cards:\n    dry_run: true\n  texts:\n    dry_run: true\n    format: text\n",
+                examples.display()
+            ),
+        )
+        .expect("write");
+        let summary = check(&config).expect("the examples pass");
+        assert!(summary.contains("card.hbs"), "{summary}");
+    }
+
+    #[test]
     fn check_reports_the_template_and_line_of_a_failure() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(
