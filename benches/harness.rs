@@ -18,7 +18,6 @@
 //! disk, so commits pay for fsync). bench/run.sh calls these; see bench/README.md.
 
 #[path = "../tests/common/fake_chat.rs"]
-#[allow(dead_code)]
 mod fake_chat;
 
 use std::collections::HashMap;
@@ -39,7 +38,7 @@ use kabar::payload::Notification;
 use kabar::runtime::Runtime;
 use kabar::state::MemoryEpisodes;
 
-use fake_chat::{FakeChat, Failure, Mode};
+use fake_chat::{Failure, FakeChat, Mode};
 
 const TOKEN: &str = "kabar-bench-token-5d1c";
 
@@ -144,7 +143,11 @@ fn write_config(
     for i in 0..spaces {
         let name = format!("s{i}");
         // The first space also takes POST /alerts (receiver "bench") for the ingest runs.
-        let receivers = if i == 0 { "bench, s0".to_owned() } else { name.clone() };
+        let receivers = if i == 0 {
+            "bench, s0".to_owned()
+        } else {
+            name.clone()
+        };
         yaml.push_str(&format!(
             "  {name}:\n    webhook_url: \"{}\"\n    receivers: [{receivers}]\n",
             chat.webhook_url(&name)
@@ -191,7 +194,11 @@ impl Kabar {
     }
 
     /// Polls /readyz until 200; returns the time from `since`.
-    async fn wait_ready(&mut self, http: &reqwest::Client, since: Instant) -> Result<Duration, Error> {
+    async fn wait_ready(
+        &mut self,
+        http: &reqwest::Client,
+        since: Instant,
+    ) -> Result<Duration, Error> {
         let deadline = since + Duration::from_secs(120);
         loop {
             if let Ok(response) = http.get(format!("{}/readyz", self.base)).send().await
@@ -435,7 +442,12 @@ async fn paced(
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
     let mut tasks = Vec::new();
     for _ in 0..workers {
-        let (next, http, run, base) = (Arc::clone(&next), http.clone(), run.clone(), base.to_owned());
+        let (next, http, run, base) = (
+            Arc::clone(&next),
+            http.clone(),
+            run.clone(),
+            base.to_owned(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let (mut ok, mut failed) = (0u64, 0u64);
@@ -498,7 +510,12 @@ async fn paced_command(args: &Args) -> Result<(), Error> {
 }
 
 /// A fresh work dir (old state removed) and a started fake Chat with a config for it.
-async fn setup(args: &Args, name: &str, spaces: usize, rate: f64) -> Result<(FakeChat, PathBuf, PathBuf), Error> {
+async fn setup(
+    args: &Args,
+    name: &str,
+    spaces: usize,
+    rate: f64,
+) -> Result<(FakeChat, PathBuf, PathBuf), Error> {
     let dir = args.path("work", "bench/work").join(name);
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
@@ -524,7 +541,11 @@ async fn delivery(args: &Args) -> Result<(), Error> {
     let started = Instant::now();
     let mut kabar = Kabar::spawn(&binary, &config, &dir.join("kabar.log"))?;
     let ready = kabar.wait_ready(&http, started).await?;
-    let (t0, cpu0, sent0) = (Instant::now(), cpu_seconds(kabar.pid())?, metric_sum(&kabar.metrics(&http).await?, "kabar_messages_sent_total"));
+    let (t0, cpu0, sent0) = (
+        Instant::now(),
+        cpu_seconds(kabar.pid())?,
+        metric_sum(&kabar.metrics(&http).await?, "kabar_messages_sent_total"),
+    );
     let mut per_second = Vec::new();
     let mut last = sent0;
     let deadline = t0 + Duration::from_secs_f64(per_space as f64 / rate * 3.0 + 60.0);
@@ -547,7 +568,11 @@ async fn delivery(args: &Args) -> Result<(), Error> {
     let delivered_in_window = sent - sent0;
     // The window ends at the first poll that saw the queue empty; the rate of the full
     // seconds only (the last one is partial) is what a sustained sender achieves.
-    let full: Vec<f64> = per_second.iter().copied().take(per_second.len().saturating_sub(1)).collect();
+    let full: Vec<f64> = per_second
+        .iter()
+        .copied()
+        .take(per_second.len().saturating_sub(1))
+        .collect();
     let mut sorted = full.clone();
     println!(
         "{}",

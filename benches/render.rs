@@ -92,7 +92,10 @@ fn render_benchmarks(c: &mut Criterion) {
                 now,
             };
             let (probe, failures) = renderer.render(&input);
-            assert!(failures.is_empty(), "built-in templates failed: {failures:?}");
+            assert!(
+                failures.is_empty(),
+                "built-in templates failed: {failures:?}"
+            );
             assert!(!probe.fell_back, "built-in templates fell back");
             bench.bench_function(BenchmarkId::new(format, case), |b| {
                 b.iter(|| renderer.render(std::hint::black_box(&input)))
