@@ -281,8 +281,7 @@ fn cli_check_render_and_version() {
         "kabar:ops:efb0c6c488e007da:2026-11-28T00:52:38Z"
     );
     assert_eq!(
-        rendered[0]["body"]["cardsV2"][0]["card"]["header"]["title"],
-        "🔴 DiskFull",
+        rendered[0]["body"]["cardsV2"][0]["card"]["header"]["title"], "🔴 DiskFull",
         "a card by default: {}",
         rendered[0]["body"]
     );
