@@ -210,25 +210,31 @@ pub struct Received {
     pub ignored_widgets: usize,
 }
 
+/// Every string inside a JSON value, depth first.
+pub fn json_strings(value: &Value) -> Vec<String> {
+    fn collect(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::String(s) => out.push(s.clone()),
+            Value::Array(items) => items.iter().for_each(|v| collect(v, out)),
+            Value::Object(map) => map.values().for_each(|v| collect(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    collect(value, &mut out);
+    out
+}
+
 impl Received {
     /// Everything of the message a reader could see: its text, its fallback text and every
     /// string of its cards, one per line.
     pub fn shown(&self) -> String {
-        fn collect(value: &Value, out: &mut Vec<String>) {
-            match value {
-                Value::String(s) => out.push(s.clone()),
-                Value::Array(items) => items.iter().for_each(|v| collect(v, out)),
-                Value::Object(map) => map.values().for_each(|v| collect(v, out)),
-                _ => {}
-            }
-        }
-        let mut out = Vec::new();
-        for field in ["text", "fallbackText", "cardsV2"] {
-            if let Some(value) = self.body.get(field) {
-                collect(value, &mut out);
-            }
-        }
-        out.join("\n")
+        ["text", "fallbackText", "cardsV2"]
+            .iter()
+            .filter_map(|field| self.body.get(*field))
+            .flat_map(json_strings)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
