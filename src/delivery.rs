@@ -156,11 +156,14 @@ impl Pacing {
     /// the answer, not the send: Chat counts arrivals, and a request that sets off on time
     /// can still arrive early relative to a previous one that was slow to get there.
     fn answered(&mut self, delivery: &config::Delivery) {
+        self.next_send = Instant::now() + self.interval(delivery);
+    }
+
+    fn interval(&self, delivery: &config::Delivery) -> Duration {
         let configured = 1.0 / delivery.rate_limit_per_second;
         // Slowed down, the interval still never exceeds backoff.max (or the configured one).
         let ceiling = delivery.backoff_max.as_secs_f64().max(configured);
-        self.next_send =
-            Instant::now() + Duration::from_secs_f64((configured * self.slowdown).min(ceiling));
+        Duration::from_secs_f64((configured * self.slowdown).min(ceiling))
     }
 
     fn rate_limited(&mut self) {
@@ -480,12 +483,6 @@ impl Sender {
 mod pacing_tests {
     use super::*;
 
-    fn interval(pacing: &mut Pacing, delivery: &config::Delivery) -> Duration {
-        let before = Instant::now();
-        pacing.answered(delivery);
-        pacing.next_send.saturating_duration_since(before)
-    }
-
     #[test]
     fn a_429_slows_the_space_and_deliveries_win_the_pace_back() {
         let delivery = config::Delivery {
@@ -498,15 +495,15 @@ mod pacing_tests {
             failures: 0,
             slowdown: 1.0,
         };
-        let configured = interval(&mut pacing, &delivery);
+        let configured = pacing.interval(&delivery);
         assert!(configured <= Duration::from_millis(200), "{configured:?}");
         for _ in 0..3 {
             pacing.rate_limited();
         }
-        let slowed = interval(&mut pacing, &delivery);
+        let slowed = pacing.interval(&delivery);
         assert!(slowed >= Duration::from_millis(1500), "{slowed:?}");
         pacing.delivered();
-        let one_later = interval(&mut pacing, &delivery);
+        let one_later = pacing.interval(&delivery);
         assert!(
             one_later < slowed && one_later > Duration::from_secs(1),
             "{one_later:?}"
@@ -514,11 +511,11 @@ mod pacing_tests {
         for _ in 0..200 {
             pacing.delivered();
         }
-        assert!(interval(&mut pacing, &delivery) <= Duration::from_millis(200));
+        assert!(pacing.interval(&delivery) <= Duration::from_millis(200));
         for _ in 0..100 {
             pacing.rate_limited();
         }
-        let capped = interval(&mut pacing, &delivery);
+        let capped = pacing.interval(&delivery);
         assert!(
             capped <= delivery.backoff_max,
             "never above backoff.max: {capped:?}"
