@@ -284,7 +284,7 @@ fn logs_clean(config: &TestConfig, chat: &FakeChat) {
     assert_logs_clean(&logs, &config.path, chat);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_down_for_a_while_then_back_delivers_everything_in_order() {
     let chat = FakeChat::start().await;
     chat.set_rate_limit(None);
@@ -363,12 +363,320 @@ async fn rate_limit_storm(retry_after: Option<&str>) {
     logs_clean(&config, &chat);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_storm_without_retry_after_slows_to_the_allowance() {
     rate_limit_storm(None).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_storm_with_retry_after_slows_to_the_allowance() {
     rate_limit_storm(Some("1")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_503_are_retried_in_order_without_duplicates() {
+    let chat = FakeChat::start().await;
+    chat.set_rate_limit(None);
+    let config = config(
+        "  rate_limit_per_second: 50\n",
+        &[("ops", chat.webhook_url("ops"))],
+    );
+    let kabar = KabarProcess::spawn(&config.path, &log_path(&config));
+    chat.fail_next("ops", 4, Failure::status(503));
+    let acked = post_all(&kabar.url(""), "ops", &names("Flaky", 10), true).await;
+    // Two more bursts while the queue drains, one of them naming a wait.
+    chat.wait_for_messages("ops", 5, WAIT).await;
+    chat.fail_next("ops", 5, Failure::status(503));
+    chat.wait_for_messages("ops", 10, WAIT).await;
+    chat.fail_next(
+        "ops",
+        3,
+        Failure::Status {
+            status: 503,
+            retry_after: Some("1".to_owned()),
+        },
+    );
+    let verdict = verify(&chat, &config.state_dir(), &acked).await;
+    assert_eq!(
+        (verdict.delivered, verdict.duplicates, verdict.dead_lettered),
+        (acked.len(), 0, 0)
+    );
+    let failed_503 = chat
+        .requests_for("ops")
+        .iter()
+        .filter(|r| r.status == 503)
+        .count();
+    assert_eq!(failed_503, 12, "every injected 503 was met by a retry");
+    let metrics = metrics_text(&kabar.url("")).await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "kabar_messages_failed_total{reason=\"serverError\",space=\"ops\"}"
+        ),
+        Some(12.0)
+    );
+    drop(kabar);
+    logs_clean(&config, &chat);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanently_rejected_messages_are_dead_lettered_and_the_space_moves_on() {
+    let chat = FakeChat::start().await;
+    chat.set_rate_limit(None);
+    // One poisoned message among many in `ops`; `revoked` lost its webhook (403 on all).
+    chat.reject_when_text_contains("Poison", 400);
+    chat.set_mode(Some("revoked"), Mode::Fail(Failure::status(403)));
+    let config = config(
+        "  rate_limit_per_second: 50\n",
+        &[
+            ("ops", chat.webhook_url("ops")),
+            ("revoked", chat.webhook_url("revoked")),
+        ],
+    );
+    let kabar = KabarProcess::spawn(&config.path, &log_path(&config));
+    let base = kabar.url("");
+    let mut alerts = names("Good", 10);
+    alerts.insert(5, "Poison".to_owned());
+    let mut acked = post_all(&base, "ops", &alerts, true).await;
+    acked.extend(post_all(&base, "revoked", &names("Gone", 3), true).await);
+
+    let verdict = verify(&chat, &config.state_dir(), &acked).await;
+    assert_eq!(verdict.duplicates, 0);
+    let dead = dead_letters(&config.state_dir());
+    let summary: Vec<(String, String, Option<u16>)> = dead
+        .iter()
+        .map(|d| (d.space.clone(), d.reason.clone(), d.status))
+        .collect();
+    let poison: Vec<_> = dead.iter().filter(|d| d.text.contains("*Poison*")).collect();
+    assert_eq!(poison.len(), 2, "firing and resolved of Poison: {summary:?}");
+    assert!(
+        poison
+            .iter()
+            .all(|d| d.space == "ops" && d.reason == "clientError" && d.status == Some(400)),
+        "{summary:?}"
+    );
+    let revoked: Vec<_> = dead.iter().filter(|d| d.space == "revoked").collect();
+    assert_eq!(revoked.len(), 6, "{summary:?}");
+    assert!(
+        revoked
+            .iter()
+            .all(|d| d.reason == "authError" && d.status == Some(403)),
+        "{summary:?}"
+    );
+    assert_eq!(dead.len(), 8, "nothing else is dead-lettered: {summary:?}");
+    // Everything after the poisoned message still went out.
+    assert_eq!(chat.messages("ops").len(), 20);
+    assert!(chat.messages("revoked").is_empty());
+
+    let metrics = metrics_text(&base).await;
+    for (series, value) in [
+        (
+            "kabar_messages_dead_lettered_total{reason=\"clientError\",space=\"ops\"}",
+            2.0,
+        ),
+        (
+            "kabar_messages_dead_lettered_total{reason=\"authError\",space=\"revoked\"}",
+            6.0,
+        ),
+    ] {
+        assert_eq!(metric_value(&metrics, series), Some(value), "{series}");
+    }
+    drop(kabar);
+    logs_clean(&config, &chat);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_slower_than_request_timeout_are_retried_and_only_lost_answers_duplicate() {
+    let chat = FakeChat::start().await;
+    chat.set_rate_limit(None);
+    let config = config(
+        "  rate_limit_per_second: 50\n  request_timeout: 300ms\n",
+        &[("ops", chat.webhook_url("ops"))],
+    );
+    let kabar = KabarProcess::spawn(&config.path, &log_path(&config));
+    // First Chat stalls without creating anything, then stalls after creating the message
+    // (the answer is lost: kabar cannot know it went through), then recovers.
+    chat.set_mode(
+        Some("ops"),
+        Mode::Slow {
+            delay: Duration::from_millis(800),
+            accept: false,
+        },
+    );
+    let acked = post_all(&kabar.url(""), "ops", &names("Slow", 5), true).await;
+    chat.wait_for_requests("ops", 2, WAIT).await;
+    chat.set_mode(
+        Some("ops"),
+        Mode::Slow {
+            delay: Duration::from_millis(800),
+            accept: true,
+        },
+    );
+    chat.wait_for_requests("ops", 4, WAIT).await;
+    chat.set_mode(Some("ops"), Mode::Normal);
+
+    let verdict = verify(&chat, &config.state_dir(), &acked).await;
+    assert_eq!(verdict.delivered, acked.len());
+    let lost_answers = chat
+        .requests_for("ops")
+        .iter()
+        .filter(|r| r.status == 0 && r.message_name.is_some())
+        .count();
+    eprintln!(
+        "slow Chat: {lost_answers} message(s) accepted with the answer lost, {} duplicate(s)",
+        verdict.duplicates
+    );
+    assert!(lost_answers >= 1, "the accept-then-stall phase ran");
+    assert_eq!(
+        verdict.duplicates, lost_answers,
+        "duplicates only where Chat accepted a request whose answer was lost"
+    );
+    let metrics = metrics_text(&kabar.url("")).await;
+    assert!(
+        metric_value(
+            &metrics,
+            "kabar_messages_failed_total{reason=\"timeout\",space=\"ops\"}"
+        )
+        .unwrap_or(0.0)
+            >= 3.0,
+        "{metrics}"
+    );
+    drop(kabar);
+    logs_clean(&config, &chat);
+}
+
+/// The seed for the kill rounds: KABAR_FAULT_SEED if set (to replay a failure), else the
+/// clock.
+fn fault_seed() -> u64 {
+    std::env::var("KABAR_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_during_bursts_loses_nothing_acknowledged() {
+    let seed = fault_seed();
+    eprintln!("kill rounds: seed {seed} (replay with KABAR_FAULT_SEED={seed})");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let chat = FakeChat::start().await;
+    chat.set_rate_limit(None);
+    let config = config(
+        "  rate_limit_per_second: 50\n",
+        &[("ops", chat.webhook_url("ops"))],
+    );
+    let log = log_path(&config);
+    let rounds = rng.usize(8..=12);
+    let mut acked: Vec<Acked> = Vec::new();
+    let mut kills = 0;
+    for round in 0..rounds {
+        let kabar = KabarProcess::spawn(&config.path, &log);
+        let base = kabar.url("");
+        let done = Arc::new(AtomicUsize::new(0));
+        let burst: Vec<_> = (0..12)
+            .map(|i| {
+                let (base, done) = (base.clone(), Arc::clone(&done));
+                let alert = format!("Kill{round:02}x{i:02}");
+                tokio::spawn(async move {
+                    let mut acked = Vec::new();
+                    for kind in [Kind::Firing, Kind::Resolved] {
+                        match post_one(&base, "ops", &alert, kind).await {
+                            Some(one) => acked.push(one),
+                            None => break,
+                        }
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                    acked
+                })
+            })
+            .collect();
+        // Somewhere in the burst: before the first answer, among the posts, or while the
+        // sender drains the queue (up to 24 posts per round).
+        let after_acks = rng.usize(0..=24);
+        let extra = Duration::from_millis(rng.u64(0..30));
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while done.load(Ordering::SeqCst) < after_acks && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(extra).await;
+        kabar.kill_9();
+        kills += 1;
+        let mut round_acked = 0;
+        for task in burst {
+            let got = task.await.expect("burst task");
+            round_acked += got.len();
+            acked.extend(got);
+        }
+        eprintln!(
+            "round {round}: killed {extra:?} after {after_acks} answers, {round_acked} acknowledged, \
+             {} delivered so far",
+            chat.messages("ops").len()
+        );
+    }
+    let kabar = KabarProcess::spawn(&config.path, &log);
+    assert!(!acked.is_empty(), "no round acknowledged anything");
+    let verdict = verify(&chat, &config.state_dir(), &acked).await;
+    eprintln!(
+        "kill rounds (seed {seed}): {kills} kills, {} acknowledged, {} delivered, {} duplicate(s)",
+        acked.len(),
+        verdict.delivered,
+        verdict.duplicates
+    );
+    assert_eq!(verdict.delivered, acked.len());
+    assert!(
+        verdict.duplicates <= kills,
+        "at most one duplicate per kill (the request in flight): {} > {kills}",
+        verdict.duplicates
+    );
+    drop(kabar);
+    logs_clean(&config, &chat);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_delivery_finishes_the_request_in_flight_and_loses_nothing() {
+    let chat = FakeChat::start().await;
+    chat.set_rate_limit(None);
+    chat.set_mode(
+        Some("ops"),
+        Mode::Slow {
+            delay: Duration::from_millis(1500),
+            accept: false,
+        },
+    );
+    let config = config(
+        "  rate_limit_per_second: 50\n  request_timeout: 5s\n",
+        &[("ops", chat.webhook_url("ops"))],
+    );
+    let log = log_path(&config);
+    let kabar = KabarProcess::spawn(&config.path, &log);
+    let acked = post_all(&kabar.url(""), "ops", &names("Term", 4), true).await;
+    // The first message is now in flight, stalled at Chat.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(chat.requests_for("ops").is_empty(), "still in flight");
+    kabar.signal("TERM");
+    let code = kabar.wait_exit(Duration::from_secs(15));
+    assert_eq!(code, Some(0), "SIGTERM exits cleanly");
+    let requests = chat.requests_for("ops");
+    assert_eq!(
+        requests.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![200],
+        "the request in flight was finished, and nothing more was sent:\n{}",
+        chat.describe("ops")
+    );
+
+    chat.set_mode(Some("ops"), Mode::Normal);
+    let kabar = KabarProcess::spawn(&config.path, &log);
+    let verdict = verify(&chat, &config.state_dir(), &acked).await;
+    assert_eq!(
+        (verdict.delivered, verdict.duplicates),
+        (acked.len(), 0),
+        "a clean stop sends nothing twice"
+    );
+    drop(kabar);
+    logs_clean(&config, &chat);
 }
