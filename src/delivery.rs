@@ -332,15 +332,20 @@ impl Sender {
         match result {
             Ok(accepted) => {
                 let id = message.id;
-                if let Err(e) = self
+                // Chat has it. Until the store records that, the space sends nothing else:
+                // moving on would post every later message a second time after a restart,
+                // where waiting bounds that to this one.
+                while let Err(e) = self
                     .shared
                     .store
                     .write(move |conn| outbox::remove(conn, id))
                     .await
                 {
-                    // Chat has it. This process moves past it; if the delete never lands
-                    // the message is sent once more after a restart, never lost.
-                    warn!(space = %self.space, error = %e, "sent, but cannot remove it from the outbox");
+                    warn!(space = %self.space, error = %e, "sent, but cannot remove it from the outbox; retrying");
+                    if self.stopping() {
+                        break;
+                    }
+                    tokio::time::sleep(STORE_RETRY).await;
                 }
                 metrics
                     .messages_sent

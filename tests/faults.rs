@@ -680,3 +680,274 @@ async fn sigterm_during_delivery_finishes_the_request_in_flight_and_loses_nothin
     drop(kabar);
     logs_clean(&config, &chat);
 }
+
+/// A small tmpfs mounted on a state_dir, so a test can fill it or make it read-only;
+/// unmounted on drop.
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts `size` (e.g. "8m") on `path`. Without the privilege to mount, the test skips
+    /// loudly, or fails under KABAR_REQUIRE_E2E/CI (the tools.rs policy).
+    fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(path).expect("create the state_dir mount point");
+        let root = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("Uid:"))
+                    .and_then(|l| l.split_whitespace().nth(1).map(|uid| uid == "0"))
+            })
+            .unwrap_or(false);
+        let mounted = root
+            && Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+                .arg(path)
+                .status()
+                .is_ok_and(|s| s.success());
+        if mounted {
+            return Some(Tmpfs {
+                path: path.to_owned(),
+            });
+        }
+        let why = if root {
+            "mount -t tmpfs failed (no CAP_SYS_ADMIN in this container?)"
+        } else {
+            "it must run as root to mount a tmpfs"
+        };
+        assert!(
+            !tools_required(),
+            "this test needs a small tmpfs as state_dir, but {why} (KABAR_REQUIRE_E2E/CI \
+             makes it mandatory)"
+        );
+        eprintln!(
+            "\n==================================================================\n\
+             SKIPPED: this test needs a small tmpfs as state_dir, but {why}.\n\
+             Run the tests as root, or set KABAR_REQUIRE_E2E=1 to make this fail.\n\
+             ==================================================================\n"
+        );
+        None
+    }
+
+    fn remount(&self, options: &str) {
+        let output = Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.path)
+            .output()
+            .expect("run mount");
+        assert!(
+            output.status.success(),
+            "mount -o remount,{options} {:?}: {}",
+            self.path,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Writes a file until the filesystem is full; returns its path.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.path.join("filler");
+        let mut file = std::fs::File::create(&path).expect("create the filler file");
+        let chunk = vec![0x5a_u8; 64 * 1024];
+        loop {
+            match file.write(&chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy, so a process still holding a file there cannot keep the mount alive.
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+fn integrity_check(state_dir: &Path) -> String {
+    let conn = rusqlite::Connection::open(state_dir.join("kabar.db")).expect("open kabar.db");
+    conn.query_row("PRAGMA integrity_check", [], |row| row.get::<_, String>(0))
+        .expect("integrity_check runs")
+}
+
+/// Posts a notification and returns status, Retry-After and body.
+async fn post_raw(base: &str, body: &Value) -> (u16, Option<String>, Value) {
+    let response = client()
+        .post(format!("{base}/alerts"))
+        .bearer_auth(TEST_TOKEN)
+        .json(body)
+        .send()
+        .await
+        .expect("kabar answers");
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (status, retry_after, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn readyz(base: &str) -> u16 {
+    client()
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+async fn wait_ready(base: &str, want: u16) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let got = readyz(base).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz stayed {got}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn assert_store_refusal(status: u16, retry_after: Option<&str>, body: &Value) {
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        retry_after.is_some_and(|v| v.parse::<u64>().is_ok()),
+        "a 503 names when to retry: {retry_after:?}"
+    );
+    let (error, hint) = (body["error"].as_str(), body["hint"].as_str());
+    assert!(
+        error.is_some_and(|e| !e.is_empty()) && hint.is_some_and(|h| h.contains("state_dir")),
+        "JSON error with a hint about state_dir: {body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_dir_full_refuses_with_503_then_recovers_without_losing_or_corrupting() {
+    let chat = FakeChat::start().await;
+    chat.set_rate_limit(None);
+    let config = config(
+        "  rate_limit_per_second: 50\n",
+        &[("ops", chat.webhook_url("ops"))],
+    );
+    let Some(tmpfs) = Tmpfs::mount(&config.state_dir(), "6m") else {
+        return;
+    };
+    // Chat is down: what kabar acknowledges stays queued on the filling disk.
+    chat.set_mode(Some("ops"), Mode::Fail(Failure::status(503)));
+    let kabar = KabarProcess::spawn(&config.path, &log_path(&config));
+    let base = kabar.url("");
+    let mut acked = post_all(&base, "ops", &names("BeforeFull", 5), false).await;
+
+    let filler = tmpfs.fill();
+    // Big annotations make each notification need new pages, so the full disk shows even
+    // though SQLite reuses the space its WAL already holds.
+    let mut refused = None;
+    for i in 0..200 {
+        let alert = format!("WhileFull{i:03}");
+        let mut body = notification("ops", &[(&alert, "firing")]);
+        body["alerts"][0]["annotations"]["description"] = Value::from("x".repeat(16 * 1024));
+        let (status, retry_after, answer) = post_raw(&base, &body).await;
+        if status == 200 {
+            acked.push(Acked {
+                space: "ops".to_owned(),
+                alert,
+                kind: Kind::Firing,
+            });
+        } else {
+            refused = Some((status, retry_after, answer));
+            break;
+        }
+    }
+    let (status, retry_after, answer) = refused.expect("a full state_dir refuses a write");
+    assert_store_refusal(status, retry_after.as_deref(), &answer);
+    wait_ready(&base, 503).await;
+    let metrics = metrics_text(&base).await;
+    assert!(
+        metric_value(
+            &metrics,
+            "kabar_requests_rejected_total{reason=\"storeUnavailable\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{metrics}"
+    );
+
+    // Space comes back: kabar is ready again, takes new notifications and delivers
+    // everything it acknowledged, before and after.
+    std::fs::remove_file(&filler).expect("remove the filler");
+    wait_ready(&base, 200).await;
+    acked.extend(post_all(&base, "ops", &names("AfterFull", 3), false).await);
+    chat.set_mode(Some("ops"), Mode::Normal);
+    let verdict = verify(&chat, &config.state_dir(), &acked).await;
+    assert_eq!((verdict.delivered, verdict.duplicates), (acked.len(), 0));
+    kabar.signal("TERM");
+    let exited = tokio::task::spawn_blocking(move || kabar.wait_exit(Duration::from_secs(15)))
+        .await
+        .expect("wait for kabar");
+    assert_eq!(exited, Some(0));
+    assert_eq!(integrity_check(&config.state_dir()), "ok");
+    logs_clean(&config, &chat);
+    drop(tmpfs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_dir_read_only_refuses_with_503_then_recovers_without_losing_or_corrupting() {
+    let chat = FakeChat::start().await;
+    chat.set_rate_limit(None);
+    let config = config(
+        "  rate_limit_per_second: 50\n",
+        &[("ops", chat.webhook_url("ops"))],
+    );
+    let Some(tmpfs) = Tmpfs::mount(&config.state_dir(), "8m") else {
+        return;
+    };
+    chat.set_mode(Some("ops"), Mode::Fail(Failure::status(503)));
+    let log = log_path(&config);
+    let kabar = KabarProcess::spawn(&config.path, &log);
+    let mut acked = post_all(&kabar.url(""), "ops", &names("BeforeRo", 5), false).await;
+    // Linux refuses to remount read-only while a file is open for writing, so this is the
+    // crash-then-restart story: kabar dies, the disk comes back read-only, kabar restarts.
+    kabar.kill_9();
+    tmpfs.remount("ro");
+    chat.set_mode(Some("ops"), Mode::Normal);
+    let kabar = KabarProcess::spawn(&config.path, &log);
+    let base = kabar.url("");
+    let (status, retry_after, answer) =
+        post_raw(&base, &notification("ops", &[("WhileRo", "firing")])).await;
+    assert_store_refusal(status, retry_after.as_deref(), &answer);
+    assert_eq!(readyz(&base).await, 503);
+    // Give the sender time to try what it can while the disk is read-only.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    kabar.kill_9();
+    tmpfs.remount("rw");
+    let kabar = KabarProcess::spawn(&config.path, &log);
+    let base = kabar.url("");
+    wait_ready(&base, 200).await;
+    acked.extend(post_all(&base, "ops", &names("AfterRo", 3), false).await);
+    let verdict = verify(&chat, &config.state_dir(), &acked).await;
+    eprintln!(
+        "read-only state_dir: {} delivered, {} duplicate(s)",
+        verdict.delivered, verdict.duplicates
+    );
+    assert_eq!(verdict.delivered, acked.len());
+    assert!(
+        verdict.duplicates <= 1,
+        "at most the one message sent while its delivery could not be recorded"
+    );
+    kabar.signal("TERM");
+    let exited = tokio::task::spawn_blocking(move || kabar.wait_exit(Duration::from_secs(15)))
+        .await
+        .expect("wait for kabar");
+    assert_eq!(exited, Some(0));
+    assert_eq!(integrity_check(&config.state_dir()), "ok");
+    logs_clean(&config, &chat);
+    drop(tmpfs);
+}
