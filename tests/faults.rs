@@ -186,9 +186,10 @@ async fn verify(chat: &FakeChat, state_dir: &Path, acked: &[Acked]) -> Verdict {
         let missing: Vec<&Acked> = acked
             .iter()
             .filter(|a| {
-                let in_chat = chat.messages(&a.space).iter().any(|m| {
-                    is_message_for(m.text.as_deref().unwrap_or(""), &a.alert, a.kind)
-                });
+                let in_chat = chat
+                    .messages(&a.space)
+                    .iter()
+                    .any(|m| is_message_for(m.text.as_deref().unwrap_or(""), &a.alert, a.kind));
                 let in_dead = dead
                     .iter()
                     .any(|d| d.space == a.space && is_message_for(&d.text, &a.alert, a.kind));
@@ -447,8 +448,15 @@ async fn permanently_rejected_messages_are_dead_lettered_and_the_space_moves_on(
         .iter()
         .map(|d| (d.space.clone(), d.reason.clone(), d.status))
         .collect();
-    let poison: Vec<_> = dead.iter().filter(|d| d.text.contains("*Poison*")).collect();
-    assert_eq!(poison.len(), 2, "firing and resolved of Poison: {summary:?}");
+    let poison: Vec<_> = dead
+        .iter()
+        .filter(|d| d.text.contains("*Poison*"))
+        .collect();
+    assert_eq!(
+        poison.len(),
+        2,
+        "firing and resolved of Poison: {summary:?}"
+    );
     assert!(
         poison
             .iter()
@@ -702,7 +710,13 @@ impl Tmpfs {
             .unwrap_or(false);
         let mounted = root
             && Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0755"),
+                    "tmpfs",
+                ])
                 .arg(path)
                 .status()
                 .is_ok_and(|s| s.success());
@@ -788,7 +802,11 @@ async fn post_raw(base: &str, body: &Value) -> (u16, Option<String>, Value) {
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    (status, retry_after, response.json().await.unwrap_or(Value::Null))
+    (
+        status,
+        retry_after,
+        response.json().await.unwrap_or(Value::Null),
+    )
 }
 
 async fn readyz(base: &str) -> u16 {

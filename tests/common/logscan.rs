@@ -63,7 +63,10 @@ pub fn assert_logs_clean(logs: &str, config_path: &Path, chat: &FakeChat) {
              would check the wrong strings"
         );
     }
-    assert!(!secrets.is_empty(), "no secret to scan for in {config_path:?}");
+    assert!(
+        !secrets.is_empty(),
+        "no secret to scan for in {config_path:?}"
+    );
     assert!(!logs.is_empty(), "no log lines to scan");
     assert_no_secrets(logs, &secrets);
 }
