@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use common::fake_chat::{Failure, FakeChat, Mode, RequestRecord};
 use common::kabar::{
     KabarProcess, TEST_TOKEN, TestConfig, client, metric_value, metrics_text, notification,
-    post_alerts,
 };
 use common::logscan::assert_logs_clean;
 use common::tools::tools_required;

@@ -48,7 +48,10 @@ async fn the_scanner_reads_the_real_secrets_and_finds_a_planted_one() {
         assert!(secrets.iter().any(|s| s == value), "query value {value:?}");
     }
     for issued in chat.secrets() {
-        assert!(secrets.contains(&issued), "fake Chat's {issued:?} is scanned");
+        assert!(
+            secrets.contains(&issued),
+            "fake Chat's {issued:?} is scanned"
+        );
     }
 
     // Each secret planted in an otherwise clean log is caught.
@@ -87,7 +90,11 @@ async fn no_secret_in_any_log_line_through_failures_reloads_and_signals() {
 
     // Wrong and missing credentials.
     let body = notification("ops", &[("Secretive", "firing")]);
-    for auth in [None, Some((USERNAME, "not-the-password")), Some(("", PASSWORD))] {
+    for auth in [
+        None,
+        Some((USERNAME, "not-the-password")),
+        Some(("", PASSWORD)),
+    ] {
         let (status, answer) = post_with(&base, auth, &body).await;
         assert_eq!(status, 401, "{answer}");
         assert!(!answer.contains(PASSWORD));
@@ -123,9 +130,7 @@ async fn no_secret_in_any_log_line_through_failures_reloads_and_signals() {
     let delivered = notification("ops", &[("Delivered", "firing")]);
     assert_eq!(post_with(&base, good, &delivered).await.0, 200);
     chat.wait_for_messages("ops", 1, WAIT).await;
-    kabar
-        .wait_for_log("message dead-lettered", WAIT)
-        .await;
+    kabar.wait_for_log("message dead-lettered", WAIT).await;
 
     // A reload that fails on a webhook URL carrying a credential must not echo it.
     let leaky_token = "reload-token-3b9f0c2d71";
@@ -142,7 +147,10 @@ async fn no_secret_in_any_log_line_through_failures_reloads_and_signals() {
         .expect("reload answers");
     let reload_status = reload.status().as_u16();
     let reload_body = reload.text().await.unwrap_or_default();
-    assert!(reload_status >= 400, "a broken webhook URL fails the reload");
+    assert!(
+        reload_status >= 400,
+        "a broken webhook URL fails the reload"
+    );
     assert!(!reload_body.contains(leaky_token), "{reload_body}");
     kabar.signal("HUP");
     kabar
@@ -159,7 +167,11 @@ async fn no_secret_in_any_log_line_through_failures_reloads_and_signals() {
     assert_eq!(code, Some(0));
 
     let logs = std::fs::read_to_string(&log).expect("read the log");
-    for expected in ["delivery failed; will retry", "message dead-lettered", "reload"] {
+    for expected in [
+        "delivery failed; will retry",
+        "message dead-lettered",
+        "reload",
+    ] {
         assert!(
             logs.contains(expected),
             "the run logged {expected:?}, so the scan covered it"
