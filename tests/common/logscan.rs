@@ -10,8 +10,8 @@ use super::fake_chat::FakeChat;
 use super::kabar::assert_no_secrets;
 
 /// Every secret in a kabar config: the bearer token, the basic password, and for each
-/// space's webhook URL the whole URL, its query values (`key`, `token`) and its path with
-/// the query (`/v1/spaces/S/messages?key=..&token=..`).
+/// space's webhook URL the whole URL, its query values (`key`, `token`), and its path with
+/// and without the query (`/v1/spaces/S/messages?key=..&token=..`).
 pub fn config_secrets(config_path: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(config_path).expect("read the kabar config");
     let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("config is YAML");
@@ -34,6 +34,10 @@ pub fn config_secrets(config_path: &Path) -> Vec<String> {
             };
             if let Some((_, path_and_query)) = after_scheme.split_once('/') {
                 secrets.push(format!("/{path_and_query}"));
+                // The path alone names the space's webhook; kabar shows at most the host.
+                if let Some((path, _)) = path_and_query.split_once('?') {
+                    secrets.push(format!("/{path}"));
+                }
             }
             if let Some((_, query)) = url.split_once('?') {
                 for pair in query.split('&') {
