@@ -226,6 +226,20 @@ async fn corpus_of_malformed_bodies_gets_the_right_4xx_and_a_useful_json_error()
         "wrong answers:\n{}",
         problems.join("\n")
     );
+    // What was accepted is deliverable: one message per odd-but-valid alert (the empty
+    // alert list makes none), each taken by Chat.
+    let accepted_alerts = 5;
+    kabar
+        .chat
+        .wait_for_messages("ops", accepted_alerts, WAIT)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let requests = kabar.chat.requests_for("ops");
+    assert!(
+        requests.len() == accepted_alerts && requests.iter().all(|r| r.status == 200),
+        "{}",
+        kabar.chat.describe("ops")
+    );
     kabar.assert_alive().await;
     kabar.finish();
 }
