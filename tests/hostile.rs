@@ -634,3 +634,50 @@ async fn hostile_alert_content_renders_inert() {
     kabar.assert_alive().await;
     kabar.finish();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn line_breaks_in_payload_fields_cannot_forge_log_lines() {
+    let kabar = start(4 * 1024 * 1024).await;
+    let forged = "\n1999-01-01T00:00:00.000000Z ERROR kabar: FORGED by the payload\r\n";
+    let mut by_receiver = notification(&format!("evil{forged}"), &[("LogA", "firing")]);
+    by_receiver["groupKey"] = Value::from(format!("{{}}:{{x=\"{forged}\"}}"));
+    let response = client()
+        .post(kabar.url("/alerts/ops"))
+        .bearer_auth(TEST_TOKEN)
+        .json(&by_receiver)
+        .send()
+        .await
+        .expect("kabar answers");
+    assert_eq!(response.status(), 200, "explicit space, odd receiver name");
+    let mut bad_status = notification("ops", &[("LogB", "firing")]);
+    bad_status["alerts"][0]["status"] = Value::from(format!("firing{forged}"));
+    let answer = kabar
+        .post_json(&serde_json::to_vec(&bad_status).expect("json"))
+        .await;
+    assert!(
+        answer.refusal_problem(400, "status").is_none(),
+        "{}",
+        answer.raw
+    );
+    let unknown_receiver = notification(&format!("nobody{forged}"), &[("LogC", "firing")]);
+    let answer = kabar
+        .post_json(&serde_json::to_vec(&unknown_receiver).expect("json"))
+        .await;
+    assert_eq!(answer.status, 404);
+
+    kabar
+        .process
+        .wait_for_log("notification accepted", WAIT)
+        .await;
+    let logs = kabar.process.logs();
+    let forged_lines: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.starts_with("1999-01-01"))
+        .collect();
+    assert!(
+        forged_lines.is_empty(),
+        "a payload value wrote its own log line(s): {forged_lines:?}"
+    );
+    assert!(logs.contains("FORGED"), "the values were logged, escaped");
+    kabar.finish();
+}
