@@ -978,3 +978,42 @@ async fn state_dir_read_only_refuses_with_503_then_recovers_without_losing_or_co
     logs_clean(&config, &chat);
     drop(tmpfs);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_down_past_give_up_after_dead_letters_as_expired_and_the_space_recovers() {
+    let chat = FakeChat::start().await;
+    chat.set_rate_limit(None);
+    chat.set_mode(Some("ops"), Mode::Fail(Failure::status(503)));
+    let config = config(
+        "  rate_limit_per_second: 50\n  give_up_after: 1s\n",
+        &[("ops", chat.webhook_url("ops"))],
+    );
+    let kabar = KabarProcess::spawn(&config.path, &log_path(&config));
+    let base = kabar.url("");
+    let mut acked = post_all(&base, "ops", &names("Expiring", 3), false).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while dead_letters(&config.state_dir()).len() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never expired: {:?}",
+            dead_letters(&config.state_dir())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dead = dead_letters(&config.state_dir());
+    assert!(
+        dead.iter()
+            .all(|d| d.reason == "expired" && d.status.is_none()),
+        "{dead:?}"
+    );
+    // Chat back: the next notification goes straight out.
+    chat.set_mode(Some("ops"), Mode::Normal);
+    acked.extend(post_all(&base, "ops", &names("Fresh", 1), false).await);
+    let verdict = verify(&chat, &config.state_dir(), &acked).await;
+    assert_eq!(
+        (verdict.delivered, verdict.dead_lettered, verdict.duplicates),
+        (1, 3, 0)
+    );
+    drop(kabar);
+    logs_clean(&config, &chat);
+}
