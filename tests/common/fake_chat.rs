@@ -306,6 +306,7 @@ impl Shared {
 
 struct ChatState {
     rate_per_second: Option<f64>,
+    rate_limit_retry_after: Option<String>,
     global_mode: Mode,
     space_modes: HashMap<String, Mode>,
     fail_next: HashMap<String, VecDeque<Failure>>,
@@ -362,6 +363,7 @@ impl FakeChat {
         let shared = Arc::new(Shared {
             state: Mutex::new(ChatState {
                 rate_per_second: Some(1.0),
+                rate_limit_retry_after: None,
                 global_mode: Mode::Normal,
                 space_modes: HashMap::new(),
                 fail_next: HashMap::new(),
@@ -448,6 +450,18 @@ impl FakeChat {
             );
         }
         self.shared().lock().rate_per_second = per_second;
+    }
+
+    /// Makes the rate limiter's own 429s carry `Retry-After: value` (`None`, the default,
+    /// sends none, like Chat). Lets a test storm kabar with 429s that name a wait.
+    pub fn set_rate_limit_retry_after(&self, value: Option<&str>) {
+        if let Some(value) = value {
+            assert!(
+                HeaderValue::from_str(value).is_ok(),
+                "fake Chat: Retry-After value {value:?} is not a valid header value"
+            );
+        }
+        self.shared().lock().rate_limit_retry_after = value.map(str::to_owned);
     }
 
     /// Sets the mode of one space (`Some`) or the global mode (`None`). A space's own mode
@@ -1142,11 +1156,12 @@ fn accept(state: &mut ChatState, incoming: &Incoming) -> Result<(Received, Value
             updated: now,
         });
         if !bucket.take(rate, now) {
-            // Chat's 429s are not documented to carry Retry-After; the fake sends none.
-            return Err(ApiError::new(
-                429,
-                "Resource has been exhausted (e.g. check quota).",
-            ));
+            // Chat's 429s are not documented to carry Retry-After; the fake sends none
+            // unless a test asks for it with `set_rate_limit_retry_after`.
+            return Err(ApiError {
+                retry_after: state.rate_limit_retry_after.clone(),
+                ..ApiError::new(429, "Resource has been exhausted (e.g. check quota).")
+            });
         }
     }
 

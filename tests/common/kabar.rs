@@ -180,6 +180,12 @@ pub struct KabarProcess {
 impl KabarProcess {
     /// Starts `kabar serve` and waits until it logs its address.
     pub fn spawn(config: &Path, log_path: &Path) -> KabarProcess {
+        KabarProcess::spawn_with_log_filter(config, log_path, "debug")
+    }
+
+    /// Like `spawn`, with `RUST_LOG` set to `filter` (e.g. to quiet a chatty dependency
+    /// while kabar itself logs at debug).
+    pub fn spawn_with_log_filter(config: &Path, log_path: &Path, filter: &str) -> KabarProcess {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -189,7 +195,7 @@ impl KabarProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_kabar"))
             .args(["serve", "--config"])
             .arg(config)
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", filter)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
