@@ -9,6 +9,7 @@
 pub mod chat;
 pub mod commands;
 pub mod config;
+pub mod dead_letters;
 pub mod delivery;
 pub mod ingest;
 pub mod metrics;
