@@ -61,6 +61,9 @@ pub struct Delivery {
     pub backoff_max: Duration,
     pub give_up_after: Duration,
     pub allow_any_host: bool,
+    /// Outbound HTTP(S) proxy for Chat requests; may carry credentials. When absent, the
+    /// standard HTTPS_PROXY / HTTP_PROXY / NO_PROXY variables apply.
+    pub proxy_url: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -200,6 +203,7 @@ impl Default for Delivery {
             backoff_max: Duration::from_secs(60),
             give_up_after: Duration::from_secs(24 * 3600),
             allow_any_host: false,
+            proxy_url: None,
         }
     }
 }
@@ -441,6 +445,8 @@ struct RawDelivery {
     backoff: Option<RawBackoff>,
     give_up_after: Option<RawDuration>,
     allow_any_host: Option<bool>,
+    proxy_url: Option<String>,
+    proxy_url_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -562,7 +568,7 @@ impl RawConfig {
             ));
         }
         let auth = self.auth.map(|a| resolve_auth(a, base_dir)).transpose()?;
-        let delivery = resolve_delivery(self.delivery)?;
+        let delivery = resolve_delivery(self.delivery, base_dir)?;
 
         let defaults_raw = self.defaults.unwrap_or_default();
         let defaults = apply_options(SpaceOptions::default(), defaults_raw, "defaults", base_dir)?;
@@ -656,7 +662,7 @@ fn resolve_auth(raw: RawAuth, base_dir: &Path) -> Result<Auth, ConfigError> {
     }
 }
 
-fn resolve_delivery(raw: Option<RawDelivery>) -> Result<Delivery, ConfigError> {
+fn resolve_delivery(raw: Option<RawDelivery>, base_dir: &Path) -> Result<Delivery, ConfigError> {
     let mut d = Delivery::default();
     let Some(raw) = raw else { return Ok(d) };
     if let Some(rate) = raw.rate_limit_per_second {
@@ -698,7 +704,43 @@ fn resolve_delivery(raw: Option<RawDelivery>) -> Result<Delivery, ConfigError> {
         d.give_up_after = v;
     }
     d.allow_any_host = raw.allow_any_host.unwrap_or(false);
+    d.proxy_url = one_secret(
+        "delivery.proxy_url",
+        raw.proxy_url,
+        raw.proxy_url_file,
+        base_dir,
+    )?;
+    if let Some(proxy) = &d.proxy_url {
+        check_proxy_url(proxy)?;
+    }
     Ok(d)
+}
+
+/// The proxy URL may hold a password, so no message here repeats any part of it.
+fn check_proxy_url(proxy: &Secret) -> Result<(), ConfigError> {
+    const KEY: &str = "delivery.proxy_url";
+    let parsed = reqwest::Url::parse(proxy.expose()).map_err(|e| {
+        invalid(
+            KEY,
+            format!("not a valid URL ({e}); expected http://[user:password@]host:port"),
+        )
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(invalid(
+            KEY,
+            "must be an http:// or https:// proxy URL such as http://proxy.example:3128",
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(KEY, "names no host"));
+    }
+    if parsed.path() != "/" || parsed.query().is_some() {
+        return Err(invalid(
+            KEY,
+            "must be only scheme, optional user:password, host and port (no path or query)",
+        ));
+    }
+    Ok(())
 }
 
 fn apply_options(
@@ -1068,5 +1110,34 @@ mod tests {
         assert!(parse_duration("h").is_err());
         assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1s500ms");
+    }
+
+    #[test]
+    fn proxy_url_is_validated_and_kept_secret() {
+        let with = |proxy: &str| {
+            parse(&format!(
+                "delivery: {{proxy_url: \"{proxy}\"}}\nspaces:\n  demo: {{dry_run: true}}\n"
+            ))
+        };
+        let config = with("http://am:pr0xy-pass@proxy.internal:3128").expect("valid");
+        let proxy = config.delivery.proxy_url.as_ref().expect("proxy kept");
+        assert_eq!(proxy.expose(), "http://am:pr0xy-pass@proxy.internal:3128");
+        assert!(!format!("{config:?}").contains("pr0xy-pass"));
+        assert!(with("https://proxy.internal:8443").is_ok());
+        for (bad, expected) in [
+            (
+                "socks5://u:pr0xy-pass@proxy:1080",
+                "must be an http:// or https:// proxy",
+            ),
+            ("pr0xy-pass", "not a valid URL"),
+            ("http://u:pr0xy-pass@proxy:3128/path", "no path or query"),
+        ] {
+            let message = with(bad).expect_err(bad).to_string();
+            assert!(message.starts_with("delivery.proxy_url: "), "{message}");
+            assert!(message.contains(expected), "{message}");
+            assert!(!message.contains("pr0xy-pass"), "{message}");
+        }
+        let unset = parse("spaces:\n  demo: {dry_run: true}\n").expect("valid");
+        assert!(unset.delivery.proxy_url.is_none());
     }
 }

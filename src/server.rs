@@ -84,6 +84,9 @@ impl AppState {
         {
             warn!("listen and state_dir changes take effect only after a restart");
         }
+        if runtime.config.delivery.proxy_url != old.config.delivery.proxy_url {
+            warn!("delivery.proxy_url changes take effect only after a restart");
+        }
         for name in old.config.spaces.keys() {
             if !runtime.config.spaces.contains_key(name) {
                 metrics.remove_space(name);
@@ -147,7 +150,10 @@ impl Service {
         metrics
             .config_last_reload_success_timestamp
             .set(now_ms() as f64 / 1000.0);
-        let chat = ChatClient::new(config.delivery.request_timeout)?;
+        let chat = ChatClient::with_proxy(
+            config.delivery.request_timeout,
+            config.delivery.proxy_url.as_ref(),
+        )?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| ServeError::Bind {

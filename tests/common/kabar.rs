@@ -180,6 +180,11 @@ pub struct KabarProcess {
 impl KabarProcess {
     /// Starts `kabar serve` and waits until it logs its address.
     pub fn spawn(config: &Path, log_path: &Path) -> KabarProcess {
+        KabarProcess::spawn_with_env(config, log_path, &[])
+    }
+
+    /// `spawn` with extra environment variables for the child (HTTPS_PROXY, ...).
+    pub fn spawn_with_env(config: &Path, log_path: &Path, envs: &[(&str, &str)]) -> KabarProcess {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -191,6 +196,7 @@ impl KabarProcess {
             .arg(config)
             .env("RUST_LOG", "debug")
             .env("NO_COLOR", "1")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))

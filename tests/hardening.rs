@@ -1,0 +1,335 @@
+//! Security hardening, against the real binary: outbound proxies (configured and from the
+//! environment) without leaking their credentials, and the start-up warning for
+//! `delivery.allow_any_host`.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use common::fake_chat::FakeChat;
+use common::kabar::{
+    KabarProcess, TEST_TOKEN, TestConfig, assert_no_secrets, metric_value, metrics_text,
+    notification, post_alerts,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const WAIT: Duration = Duration::from_secs(30);
+const PROXY_USER: &str = "kabar-proxy-user";
+const PROXY_PASSWORD: &str = "pr0xy-s3cret-pw";
+
+/// What a proxy client sent before the body: the request line and Proxy-Authorization.
+#[derive(Debug, Clone)]
+struct Seen {
+    request_line: String,
+    proxy_authorization: Option<String>,
+}
+
+/// A minimal HTTP proxy on 127.0.0.1. `forward`: absolute-form requests are passed on to
+/// their (local) target in origin form; otherwise it records the request and hangs up,
+/// like a proxy that cannot reach the internet.
+struct TestProxy {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestProxy {
+    async fn start(forward: bool) -> TestProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&seen);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let record = Arc::clone(&record);
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(WAIT, handle(client, record, forward)).await;
+                });
+            }
+        });
+        TestProxy { addr, seen, task }
+    }
+
+    fn url_with_credentials(&self) -> String {
+        format!("http://{PROXY_USER}:{PROXY_PASSWORD}@{}", self.addr)
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("proxy log").clone()
+    }
+
+    async fn wait_for_request(&self) -> Seen {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(first) = self.seen().into_iter().next() {
+                return first;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nothing reached the proxy"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn handle(mut client: TcpStream, record: Arc<Mutex<Vec<Seen>>>, forward: bool) {
+    let mut buffer = Vec::new();
+    let head_end = loop {
+        if let Some(pos) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        match client.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+        }
+        if buffer.len() > 64 * 1024 {
+            return;
+        }
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or("").to_owned();
+    let headers: Vec<&str> = lines.filter(|l| !l.is_empty()).collect();
+    let proxy_authorization = headers
+        .iter()
+        .find_map(|h| {
+            h.split_once(':')
+                .filter(|(name, _)| name.eq_ignore_ascii_case("proxy-authorization"))
+        })
+        .map(|(_, value)| value.trim().to_owned());
+    record.lock().expect("proxy log").push(Seen {
+        request_line: request_line.clone(),
+        proxy_authorization,
+    });
+    if !forward {
+        return;
+    }
+    let mut parts = request_line.splitn(3, ' ');
+    let (method, target, version) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+    );
+    let Ok(uri) = target.parse::<axum::http::Uri>() else {
+        return;
+    };
+    let (Some(authority), Some(path)) = (uri.authority(), uri.path_and_query()) else {
+        return;
+    };
+    // Only ever forwards to this machine: tests make no outside connections.
+    if authority.host() != "127.0.0.1" {
+        return;
+    }
+    let Ok(mut upstream) = TcpStream::connect(authority.as_str()).await else {
+        return;
+    };
+    let mut rewritten = format!("{method} {path} {version}\r\n");
+    for header in headers
+        .iter()
+        .filter(|h| !h.to_ascii_lowercase().starts_with("proxy-"))
+    {
+        rewritten.push_str(header);
+        rewritten.push_str("\r\n");
+    }
+    rewritten.push_str("\r\n");
+    if upstream.write_all(rewritten.as_bytes()).await.is_err()
+        || upstream.write_all(&buffer[head_end..]).await.is_err()
+    {
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+}
+
+fn expected_proxy_authorization() -> String {
+    let credentials =
+        base64::engine::general_purpose::STANDARD.encode(format!("{PROXY_USER}:{PROXY_PASSWORD}"));
+    format!("Basic {credentials}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_proxy_carries_messages_and_its_password_stays_out_of_the_logs() {
+    let chat = FakeChat::start().await;
+    let proxy = TestProxy::start(true).await;
+    let config = TestConfig::new(&format!(
+        "delivery:\n  allow_any_host: true\n  proxy_url: \"{}\"\nspaces:\n  ops:\n    webhook_url: \"{}\"\n",
+        proxy.url_with_credentials(),
+        chat.webhook_url("ops"),
+    ));
+    let log = config.dir.path().join("kabar.log");
+    // The explicit setting wins over the environment: this proxy does not exist.
+    let kabar = KabarProcess::spawn_with_env(
+        &config.path,
+        &log,
+        &[("HTTP_PROXY", "http://127.0.0.1:9"), ("NO_PROXY", "")],
+    );
+    let (status, _) = post_alerts(
+        &kabar.url("/alerts"),
+        &notification("ops", &[("ViaProxy", "firing")]),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let delivered = chat.wait_for_messages("ops", 1, WAIT).await;
+    assert!(
+        delivered[0]
+            .text
+            .as_deref()
+            .unwrap_or("")
+            .contains("*ViaProxy*")
+    );
+    let seen = proxy.wait_for_request().await;
+    let absolute = format!("POST http://{}/v1/spaces/ops/messages?", chat.addr());
+    assert!(
+        seen.request_line.starts_with(&absolute),
+        "the proxy got an absolute-form request: {}",
+        seen.request_line.split('?').next().unwrap_or("")
+    );
+    assert_eq!(
+        seen.proxy_authorization.as_deref(),
+        Some(expected_proxy_authorization().as_str()),
+        "the proxy credentials from proxy_url are sent to the proxy"
+    );
+
+    let mut secrets = chat.secrets();
+    secrets.extend([
+        TEST_TOKEN.to_owned(),
+        PROXY_PASSWORD.to_owned(),
+        proxy.url_with_credentials(),
+    ]);
+    assert_no_secrets(&kabar.logs(), &secrets);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_proxy_from_the_environment_is_used_for_chat() {
+    let proxy = TestProxy::start(false).await;
+    let webhook = "https://chat.googleapis.com/v1/spaces/AAAAenvproxy/messages?key=envKEYsecret1&token=envTOKENsecret2";
+    let config = TestConfig::new(&format!(
+        "delivery:\n  backoff: {{initial: 100ms, max: 200ms}}\nspaces:\n  ops:\n    webhook_url: \"{webhook}\"\n"
+    ));
+    let log = config.dir.path().join("kabar.log");
+    let proxy_env = proxy.url_with_credentials();
+    let kabar = KabarProcess::spawn_with_env(
+        &config.path,
+        &log,
+        &[("HTTPS_PROXY", proxy_env.as_str()), ("NO_PROXY", "")],
+    );
+    let (status, _) = post_alerts(
+        &kabar.url("/alerts"),
+        &notification("ops", &[("EnvProxy", "firing")]),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // No internet needed: the tunnel request itself proves the variable is honoured.
+    let seen = proxy.wait_for_request().await;
+    assert!(
+        seen.request_line
+            .starts_with("CONNECT chat.googleapis.com:443 "),
+        "{}",
+        seen.request_line
+    );
+    assert_eq!(
+        seen.proxy_authorization.as_deref(),
+        Some(expected_proxy_authorization().as_str())
+    );
+    // The proxy hung up: a network failure, counted, and the message is retried.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = metrics_text(&kabar.url("")).await;
+        let failed = metric_value(
+            &text,
+            "kabar_messages_failed_total{reason=\"network\",space=\"ops\"}",
+        )
+        .unwrap_or(0.0);
+        if failed >= 2.0 && proxy.seen().len() >= 2 {
+            assert_eq!(
+                metric_value(&text, "kabar_outbox_messages{space=\"ops\"}"),
+                Some(1.0),
+                "still queued, not given up"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no retried network failure:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    kabar
+        .wait_for_log("delivery failed; will retry", WAIT)
+        .await;
+    let logs = kabar.logs();
+    assert_no_secrets(
+        &logs,
+        &[
+            "envKEYsecret1".to_owned(),
+            "envTOKENsecret2".to_owned(),
+            PROXY_PASSWORD.to_owned(),
+            TEST_TOKEN.to_owned(),
+        ],
+    );
+}
+
+#[tokio::test]
+async fn allow_any_host_is_warned_about_at_start_up() {
+    let chat = FakeChat::start().await;
+    let lenient = TestConfig::new(&format!(
+        "delivery:\n  allow_any_host: true\nspaces:\n  ops:\n    webhook_url: \"{}\"\n",
+        chat.webhook_url("ops")
+    ));
+    let log = lenient.dir.path().join("kabar.log");
+    let kabar = KabarProcess::spawn(&lenient.path, &log);
+    kabar
+        .wait_for_log(
+            "delivery.allow_any_host is on: webhook URLs may point elsewhere than chat.googleapis.com",
+            WAIT,
+        )
+        .await;
+    assert!(kabar.logs().contains("WARN"), "{}", kabar.logs());
+    drop(kabar);
+
+    let strict = TestConfig::new(
+        "spaces:\n  ops:\n    webhook_url: \"https://chat.googleapis.com/v1/spaces/S/messages?key=k&token=t\"\n",
+    );
+    let log = strict.dir.path().join("kabar.log");
+    let kabar = KabarProcess::spawn(&strict.path, &log);
+    assert!(
+        !kabar.logs().contains("allow_any_host"),
+        "no warning without the setting:\n{}",
+        kabar.logs()
+    );
+
+    // And without it, a webhook elsewhere than Chat (or over http) is refused at start-up.
+    for url in [
+        chat.webhook_url("ops"),
+        "http://chat.googleapis.com/v1/spaces/S/messages?key=k".to_owned(),
+    ] {
+        let refused = TestConfig::new(&format!("spaces:\n  ops:\n    webhook_url: \"{url}\"\n"));
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_kabar"))
+            .args(["check", "--config"])
+            .arg(&refused.path)
+            .output()
+            .expect("run kabar check");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        assert!(
+            stderr.contains(
+                "spaces.ops.webhook_url: must be https://chat.googleapis.com/v1/spaces/..."
+            ),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("key="), "{stderr}");
+    }
+}
