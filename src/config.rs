@@ -42,6 +42,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub auth: Option<Auth>,
     pub delivery: Delivery,
+    /// Limits of the HTTP listener.
+    pub server: Server,
     /// Spaces by name, in name order.
     pub spaces: BTreeMap<String, Space>,
 }
@@ -64,6 +66,25 @@ pub struct Delivery {
     /// Outbound HTTP(S) proxy for Chat requests; may carry credentials. When absent, the
     /// standard HTTPS_PROXY / HTTP_PROXY / NO_PROXY variables apply.
     pub proxy_url: Option<Secret>,
+}
+
+/// How much the HTTP listener lets clients take; read once at start-up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    /// A client must send a request's headers within this, and then its body within this
+    /// again; an idle keep-alive connection is closed after it.
+    pub read_timeout: Duration,
+    /// Webhook requests being processed at once; more are answered 503 at once.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            read_timeout: Duration::from_secs(30),
+            max_concurrent_requests: 256,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -417,6 +438,7 @@ struct RawConfig {
     max_body_bytes: Option<u64>,
     auth: Option<RawAuth>,
     delivery: Option<RawDelivery>,
+    server: Option<RawServer>,
     defaults: Option<RawOptions>,
     spaces: Option<BTreeMap<String, RawSpace>>,
 }
@@ -447,6 +469,13 @@ struct RawDelivery {
     allow_any_host: Option<bool>,
     proxy_url: Option<String>,
     proxy_url_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    read_timeout: Option<RawDuration>,
+    max_concurrent_requests: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -569,6 +598,7 @@ impl RawConfig {
         }
         let auth = self.auth.map(|a| resolve_auth(a, base_dir)).transpose()?;
         let delivery = resolve_delivery(self.delivery, base_dir)?;
+        let server = resolve_server(self.server)?;
 
         let defaults_raw = self.defaults.unwrap_or_default();
         let defaults = apply_options(SpaceOptions::default(), defaults_raw, "defaults", base_dir)?;
@@ -621,6 +651,7 @@ impl RawConfig {
             max_body_bytes: max_body_bytes as usize,
             auth,
             delivery,
+            server,
             spaces,
         })
     }
@@ -714,6 +745,27 @@ fn resolve_delivery(raw: Option<RawDelivery>, base_dir: &Path) -> Result<Deliver
         check_proxy_url(proxy)?;
     }
     Ok(d)
+}
+
+fn resolve_server(raw: Option<RawServer>) -> Result<Server, ConfigError> {
+    let mut server = Server::default();
+    let Some(raw) = raw else { return Ok(server) };
+    if let Some(RawDuration(t)) = raw.read_timeout {
+        if t < Duration::from_secs(1) {
+            return Err(invalid("server.read_timeout", "must be at least 1s"));
+        }
+        server.read_timeout = t;
+    }
+    if let Some(n) = raw.max_concurrent_requests {
+        if !(1..=65_536).contains(&n) {
+            return Err(invalid(
+                "server.max_concurrent_requests",
+                "must be between 1 and 65536",
+            ));
+        }
+        server.max_concurrent_requests = n as usize;
+    }
+    Ok(server)
 }
 
 /// The proxy URL may hold a password, so no message here repeats any part of it.
@@ -1139,5 +1191,33 @@ mod tests {
         }
         let unset = parse("spaces:\n  demo: {dry_run: true}\n").expect("valid");
         assert!(unset.delivery.proxy_url.is_none());
+    }
+
+    #[test]
+    fn server_limits_have_defaults_and_bounds() {
+        let config = parse("spaces:\n  demo: {dry_run: true}\n").expect("valid");
+        assert_eq!(config.server, Server::default());
+        assert_eq!(config.server.read_timeout, Duration::from_secs(30));
+        assert_eq!(config.server.max_concurrent_requests, 256);
+        let tuned = parse(
+            "server: {read_timeout: 5s, max_concurrent_requests: 8}\nspaces:\n  demo: {dry_run: true}\n",
+        )
+        .expect("valid");
+        assert_eq!(tuned.server.read_timeout, Duration::from_secs(5));
+        assert_eq!(tuned.server.max_concurrent_requests, 8);
+        for (bad, key) in [
+            (
+                "server: {read_timeout: 10ms}",
+                "server.read_timeout: must be at least 1s",
+            ),
+            (
+                "server: {max_concurrent_requests: 0}",
+                "server.max_concurrent_requests: must be between",
+            ),
+            ("server: {idle: 1s}", "server.idle: unknown field `idle`"),
+        ] {
+            let message = error_of(&format!("{bad}\nspaces:\n  demo: {{dry_run: true}}\n"));
+            assert!(message.starts_with(key), "{message}");
+        }
     }
 }

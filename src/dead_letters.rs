@@ -513,7 +513,7 @@ mod tests {
             && m.thread_key.as_deref() == Some("kabar:t")
             && m.kind == "firing"));
         let left = store
-            .read_blocking(|c| crate::outbox::dead_letter_counts(c))
+            .read_blocking(crate::outbox::dead_letter_counts)
             .expect("counts");
         assert_eq!(left, vec![("dev".to_owned(), 1)]);
     }

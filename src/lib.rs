@@ -12,6 +12,7 @@ pub mod config;
 pub mod dead_letters;
 pub mod delivery;
 pub mod ingest;
+pub mod listener;
 pub mod metrics;
 pub mod outbox;
 pub mod payload;

@@ -19,6 +19,7 @@ use crate::chat::{ChatClient, ChatClientError};
 use crate::config::{Auth, Target};
 use crate::delivery::{Delivery, Shared};
 use crate::ingest::{self, ApiError};
+use crate::listener::{self, WebhookGuard};
 use crate::metrics::Metrics;
 use crate::outbox::{self, Store, StoreError, now_ms};
 use crate::runtime::{LoadError, Runtime};
@@ -84,8 +85,10 @@ impl AppState {
         {
             warn!("listen and state_dir changes take effect only after a restart");
         }
-        if runtime.config.delivery.proxy_url != old.config.delivery.proxy_url {
-            warn!("delivery.proxy_url changes take effect only after a restart");
+        if runtime.config.delivery.proxy_url != old.config.delivery.proxy_url
+            || runtime.config.server != old.config.server
+        {
+            warn!("delivery.proxy_url and server changes take effect only after a restart");
         }
         for name in old.config.spaces.keys() {
             if !runtime.config.spaces.contains_key(name) {
@@ -178,15 +181,16 @@ impl Service {
             reload_lock: tokio::sync::Mutex::new(()),
         });
         let (stop, stopped) = watch::channel(false);
-        let mut http_stopped = stopped.clone();
-        let router = router(Arc::clone(&app));
-        let http = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = http_stopped.wait_for(|stop| *stop).await;
-                })
-                .await
-        });
+        let http_stopped = stopped.clone();
+        let server_settings = app.runtime().config.server.clone();
+        let guard = WebhookGuard::new(&server_settings, Arc::clone(&app.shared.metrics));
+        let router = router(Arc::clone(&app), guard);
+        let http = tokio::spawn(listener::serve(
+            listener,
+            router,
+            server_settings.read_timeout,
+            http_stopped,
+        ));
         let pruner = tokio::spawn(prune_periodically(store, stopped));
         let queued = app
             .shared
@@ -286,10 +290,14 @@ async fn wait_for_signals(_service: &Service) -> Result<(), ServeError> {
     tokio::signal::ctrl_c().await.map_err(ServeError::Signals)
 }
 
-fn router(app: Arc<AppState>) -> Router {
+fn router(app: Arc<AppState>, guard: WebhookGuard) -> Router {
     Router::new()
         .route("/alerts", post(ingest::receive))
         .route("/alerts/{space}", post(ingest::receive_for_space))
+        .route_layer(axum::middleware::from_fn_with_state(
+            guard,
+            listener::guard_webhook,
+        ))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

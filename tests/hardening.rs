@@ -333,3 +333,204 @@ async fn allow_any_host_is_warned_about_at_start_up() {
         assert!(!stderr.contains("key="), "{stderr}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Listener limits: read timeouts and the bound on webhook requests in progress
+
+use common::kabar::{InProcess, client};
+
+fn limits_config(server: &str) -> TestConfig {
+    TestConfig::new(&format!(
+        "server:\n{server}spaces:\n  demo:\n    dry_run: true\n"
+    ))
+}
+
+/// Reads until the peer closes; returns what it sent and how long that took.
+async fn read_until_closed(stream: &mut tokio::net::tcp::OwnedReadHalf) -> (String, Duration) {
+    let started = tokio::time::Instant::now();
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(WAIT, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => received.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!("kabar kept a trickling connection open for {WAIT:?}"),
+        }
+    }
+    (
+        String::from_utf8_lossy(&received).into_owned(),
+        started.elapsed(),
+    )
+}
+
+/// Writes `head`, then one byte of `trickle` every 200 ms until kabar hangs up (or the
+/// task is aborted, which closes the connection).
+fn trickle(
+    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    head: String,
+    trickle: &'static [u8],
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if writer.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        for byte in trickle.iter().cycle().take(200) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if writer.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_after_the_read_timeout() {
+    let kabar = InProcess::start(limits_config("  read_timeout: 1s\n")).await;
+    let addr = kabar.service.local_addr();
+
+    // Headers trickled byte by byte: hyper's header timeout closes the connection.
+    let (mut reader, writer) = TcpStream::connect(addr)
+        .await
+        .expect("connect")
+        .into_split();
+    trickle(
+        writer,
+        "POST /alerts HTTP/1.1\r\nHost: kabar\r\n".to_owned(),
+        b"X-Slow: 1\r\n",
+    );
+    let (_, took) = read_until_closed(&mut reader).await;
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "trickled headers cut after {took:?}"
+    );
+
+    // Headers on time, body trickled: the request fails with the reason, the
+    // connection closes.
+    let (mut reader, writer) = TcpStream::connect(addr)
+        .await
+        .expect("connect")
+        .into_split();
+    let head = format!(
+        "POST /alerts HTTP/1.1\r\nHost: kabar\r\nAuthorization: Bearer {TEST_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{"
+    );
+    trickle(writer, head, b" ");
+    let (answer, took) = read_until_closed(&mut reader).await;
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "trickled body cut after {took:?}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("server.read_timeout (1s)"), "{answer}");
+
+    // A connection that says nothing at all is closed too.
+    let (mut reader, _writer) = TcpStream::connect(addr)
+        .await
+        .expect("connect")
+        .into_split();
+    let (_, took) = read_until_closed(&mut reader).await;
+    assert!(
+        took < Duration::from_secs(5),
+        "idle connection held {took:?}"
+    );
+
+    // Ordinary clients are unaffected.
+    let (status, _) = post_alerts(
+        &kabar.url("/alerts"),
+        &notification("demo", &[("Fine", "firing")]),
+    )
+    .await;
+    assert_eq!(status, 200);
+    kabar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_requests_beyond_the_bound_get_503_with_retry_after() {
+    let kabar = InProcess::start(limits_config(
+        "  read_timeout: 20s\n  max_concurrent_requests: 2\n",
+    ))
+    .await;
+    let addr = kabar.service.local_addr();
+    let url = kabar.url("/alerts");
+    let body = notification("demo", &[("Busy", "firing")]);
+
+    // Two requests whose bodies never finish occupy both slots.
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let (reader, writer) = TcpStream::connect(addr)
+            .await
+            .expect("connect")
+            .into_split();
+        let head = format!(
+            "POST /alerts HTTP/1.1\r\nHost: kabar\r\nAuthorization: Bearer {TEST_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{"
+        );
+        slow.push((reader, trickle(writer, head, b" ")));
+    }
+
+    // The next one is refused at once (retrying until the slow ones hold their slots).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let refused = loop {
+        let response = client()
+            .post(&url)
+            .bearer_auth(TEST_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("kabar answers");
+        if response.status() == 503 {
+            break response;
+        }
+        assert_eq!(response.status(), 200);
+        assert!(tokio::time::Instant::now() < deadline, "never refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        refused
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("5")
+    );
+    let error: serde_json::Value = refused.json().await.expect("JSON error");
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("server.max_concurrent_requests"),
+        "{error}"
+    );
+    assert!(error["hint"].is_string(), "{error}");
+
+    // Only webhook requests count: health and metrics still answer.
+    let health = client()
+        .get(kabar.url("/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200);
+    let metrics = metrics_text(&kabar.url("")).await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "kabar_requests_rejected_total{reason=\"overloaded\"}"
+        ),
+        Some(1.0)
+    );
+
+    // The slow clients hang up; their slots are free again long before the read timeout.
+    for (reader, writer) in slow {
+        writer.abort();
+        let _ = writer.await;
+        drop(reader);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _) = post_alerts(&url, &body).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(tokio::time::Instant::now() < deadline, "slots never freed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    kabar.stop().await;
+}
