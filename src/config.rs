@@ -76,6 +76,15 @@ pub struct Server {
     pub read_timeout: Duration,
     /// Webhook requests being processed at once; more are answered 503 at once.
     pub max_concurrent_requests: usize,
+    /// Serve HTTPS with this certificate and key instead of plain HTTP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files of the listener's certificate (chain) and private key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 impl Default for Server {
@@ -83,6 +92,7 @@ impl Default for Server {
         Server {
             read_timeout: Duration::from_secs(30),
             max_concurrent_requests: 256,
+            tls: None,
         }
     }
 }
@@ -476,6 +486,14 @@ struct RawDelivery {
 struct RawServer {
     read_timeout: Option<RawDuration>,
     max_concurrent_requests: Option<u64>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -598,7 +616,7 @@ impl RawConfig {
         }
         let auth = self.auth.map(|a| resolve_auth(a, base_dir)).transpose()?;
         let delivery = resolve_delivery(self.delivery, base_dir)?;
-        let server = resolve_server(self.server)?;
+        let server = resolve_server(self.server, base_dir)?;
 
         let defaults_raw = self.defaults.unwrap_or_default();
         let defaults = apply_options(SpaceOptions::default(), defaults_raw, "defaults", base_dir)?;
@@ -747,7 +765,7 @@ fn resolve_delivery(raw: Option<RawDelivery>, base_dir: &Path) -> Result<Deliver
     Ok(d)
 }
 
-fn resolve_server(raw: Option<RawServer>) -> Result<Server, ConfigError> {
+fn resolve_server(raw: Option<RawServer>, base_dir: &Path) -> Result<Server, ConfigError> {
     let mut server = Server::default();
     let Some(raw) = raw else { return Ok(server) };
     if let Some(RawDuration(t)) = raw.read_timeout {
@@ -765,6 +783,10 @@ fn resolve_server(raw: Option<RawServer>) -> Result<Server, ConfigError> {
         }
         server.max_concurrent_requests = n as usize;
     }
+    server.tls = raw.tls.map(|tls| TlsFiles {
+        cert_file: base_dir.join(tls.cert_file),
+        key_file: base_dir.join(tls.key_file),
+    });
     Ok(server)
 }
 
@@ -1205,6 +1227,18 @@ mod tests {
         .expect("valid");
         assert_eq!(tuned.server.read_timeout, Duration::from_secs(5));
         assert_eq!(tuned.server.max_concurrent_requests, 8);
+        assert_eq!(tuned.server.tls, None);
+        let tls = parse(
+            "server: {tls: {cert_file: tls/cert.pem, key_file: /etc/kabar/key.pem}}\nspaces:\n  demo: {dry_run: true}\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            tls.server.tls,
+            Some(TlsFiles {
+                cert_file: PathBuf::from("/nonexistent/tls/cert.pem"),
+                key_file: PathBuf::from("/etc/kabar/key.pem"),
+            })
+        );
         for (bad, key) in [
             (
                 "server: {read_timeout: 10ms}",
@@ -1215,6 +1249,10 @@ mod tests {
                 "server.max_concurrent_requests: must be between",
             ),
             ("server: {idle: 1s}", "server.idle: unknown field `idle`"),
+            (
+                "server: {tls: {cert_file: c.pem}}",
+                "server.tls: missing field `key_file`",
+            ),
         ] {
             let message = error_of(&format!("{bad}\nspaces:\n  demo: {{dry_run: true}}\n"));
             assert!(message.starts_with(key), "{message}");

@@ -3,7 +3,8 @@
 //! processed at once (beyond that: 503 with Retry-After, which Alertmanager retries).
 //!
 //! axum's own `serve` has no read timeouts, so connections are served here with hyper,
-//! whose header-read timeout also closes idle keep-alive connections.
+//! whose header-read timeout also closes idle keep-alive connections. With `server.tls`
+//! each connection first completes a TLS handshake, within the same read timeout.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,10 +21,15 @@ use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::{debug, info, warn};
 
 use crate::config;
@@ -140,12 +146,56 @@ impl http_body::Body for DeadlineBody {
     }
 }
 
-/// Serves HTTP/1.1 on `listener` until `stopped` turns true, then lets requests in
-/// progress finish (idle connections close at once) and returns.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("server.tls.cert_file {path}: {message}")]
+    Certificate { path: String, message: String },
+    #[error("server.tls.key_file {path}: {message}")]
+    Key { path: String, message: String },
+    #[error("server.tls: the certificate and key do not make a TLS server: {0}")]
+    Config(String),
+}
+
+/// Reads the PEM certificate chain and private key named by `server.tls`. They are read
+/// once, at start-up; a renewed certificate takes effect at the next restart.
+pub fn tls_acceptor(files: &config::TlsFiles) -> Result<TlsAcceptor, TlsError> {
+    let cert_path = files.cert_file.display().to_string();
+    let key_path = files.key_file.display().to_string();
+    let certs = CertificateDer::pem_file_iter(&files.cert_file)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Certificate {
+            path: cert_path.clone(),
+            message: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Certificate {
+            path: cert_path,
+            message: "no PEM CERTIFICATE in the file".to_owned(),
+        });
+    }
+    // The key's own parse errors never quote key material; they name the problem.
+    let key = PrivateKeyDer::from_pem_file(&files.key_file).map_err(|e| TlsError::Key {
+        path: key_path,
+        message: e.to_string(),
+    })?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
+/// Serves HTTP/1.1 (over TLS when `tls` is given) on `listener` until `stopped` turns true,
+/// then lets requests in progress finish (idle connections close at once) and returns.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     read_timeout: Duration,
+    tls: Option<TlsAcceptor>,
     mut stopped: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let mut connections = JoinSet::new();
@@ -164,32 +214,21 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
-        let mut conn_stopped = stopped.clone();
+        let router = router.clone();
+        let conn_stopped = stopped.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(read_timeout);
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            let mut connection = std::pin::pin!(connection);
-            let finished = tokio::select! {
-                result = connection.as_mut() => Some(result),
-                stop = conn_stopped.wait_for(|stop| *stop) => {
-                    drop(stop);
-                    None
+            match tls {
+                None => serve_connection(stream, router, read_timeout, conn_stopped).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(read_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, router, read_timeout, conn_stopped).await
+                        }
+                        Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => debug!("TLS handshake not completed within server.read_timeout"),
+                    }
                 }
-            };
-            let result = match finished {
-                Some(result) => result,
-                None => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(e) = result {
-                // Timeouts and clients that hang up are routine at the edge.
-                debug!(error = %e, "connection ended with an error");
             }
         });
     }
@@ -202,4 +241,40 @@ pub async fn serve(
     }
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// One HTTP/1.1 connection until it ends, or until `stopped` asks it to finish its
+/// request in progress and close.
+async fn serve_connection<I>(
+    io: I,
+    router: Router,
+    read_timeout: Duration,
+    mut stopped: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(read_timeout);
+    let connection = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(router));
+    let mut connection = std::pin::pin!(connection);
+    let finished = tokio::select! {
+        result = connection.as_mut() => Some(result),
+        stop = stopped.wait_for(|stop| *stop) => {
+            drop(stop);
+            None
+        }
+    };
+    let result = match finished {
+        Some(result) => result,
+        None => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        // Timeouts and clients that hang up are routine at the edge.
+        debug!(error = %e, "connection ended with an error");
+    }
 }

@@ -46,6 +46,8 @@ pub enum ServeError {
     Signals(std::io::Error),
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] listener::TlsError),
 }
 
 /// State behind every HTTP handler.
@@ -140,6 +142,13 @@ impl Service {
         config_path: Option<PathBuf>,
     ) -> Result<Service, ServeError> {
         let config = &runtime.config;
+        // Before anything starts: a bad certificate or key stops start-up cleanly.
+        let tls = config
+            .server
+            .tls
+            .as_ref()
+            .map(listener::tls_acceptor)
+            .transpose()?;
         let state_dir = config.state_dir.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&state_dir))
             .await
@@ -189,6 +198,7 @@ impl Service {
             listener,
             router,
             server_settings.read_timeout,
+            tls,
             http_stopped,
         ));
         let pruner = tokio::spawn(prune_periodically(store, stopped));
@@ -201,6 +211,7 @@ impl Service {
             .unwrap_or(0);
         info!(
             %addr,
+            tls = server_settings.tls.is_some(),
             version = crate::VERSION,
             revision = crate::REVISION,
             spaces = app.runtime().config.spaces.len(),

@@ -534,3 +534,72 @@ async fn webhook_requests_beyond_the_bound_get_503_with_retry_after() {
     }
     kabar.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// TLS on the listener
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_serves_https_with_the_configured_certificate() {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["kabar.test".to_owned()]).expect("test cert");
+    let cert_pem = certified.cert.pem();
+    let key_pem = certified.signing_key.serialize_pem();
+    let config = TestConfig::new(
+        "server:\n  tls: {cert_file: tls/cert.pem, key_file: tls/key.pem}\nspaces:\n  demo:\n    dry_run: true\n",
+    );
+    // Relative to the config file's folder, like every other file the config names.
+    let tls_dir = config.dir.path().join("tls");
+    std::fs::create_dir_all(&tls_dir).expect("tls dir");
+    std::fs::write(tls_dir.join("cert.pem"), &cert_pem).expect("write cert");
+    std::fs::write(tls_dir.join("key.pem"), &key_pem).expect("write key");
+
+    let kabar = InProcess::start(config).await;
+    let addr = kabar.service.local_addr();
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).expect("pem"))
+        .resolve("kabar.test", addr)
+        .timeout(WAIT)
+        .build()
+        .expect("https client");
+    let response = https
+        .post(format!("https://kabar.test:{}/alerts", addr.port()))
+        .bearer_auth(TEST_TOKEN)
+        .json(&notification("demo", &[("OverTls", "firing")]))
+        .send()
+        .await
+        .expect("kabar answers over TLS");
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["queued"], 1);
+
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let plain = client().get(format!("http://{addr}/healthz")).send().await;
+    assert!(
+        plain.as_ref().map_or(true, |r| r.status() != 200),
+        "plain HTTP was served on the TLS port"
+    );
+    // A client that does not trust the certificate refuses it.
+    let untrusting = reqwest::Client::builder()
+        .resolve("kabar.test", addr)
+        .build()
+        .expect("client");
+    assert!(
+        untrusting
+            .get(format!("https://kabar.test:{}/healthz", addr.port()))
+            .send()
+            .await
+            .is_err()
+    );
+    let config = kabar.stop().await;
+
+    // A key file without a key stops start-up with a message naming the file.
+    std::fs::write(tls_dir.join("key.pem"), &cert_pem).expect("overwrite key");
+    let runtime = kabar::runtime::Runtime::load(&config.path).expect("config still valid");
+    let error = match kabar::server::Service::start(runtime, None).await {
+        Ok(_) => panic!("kabar started with no private key"),
+        Err(e) => e.to_string(),
+    };
+    assert!(error.starts_with("server.tls.key_file "), "{error}");
+    assert!(error.contains("key.pem"), "{error}");
+    assert!(!error.contains("BEGIN"), "{error}");
+}
