@@ -43,7 +43,9 @@ fn assert_only_safe_links(text: &str) {
     let mut rest = text;
     while let Some(open) = rest.find('<') {
         let tail = &rest[open..];
-        let close = tail.find('>').expect("a '<' in rendered text is a closed link");
+        let close = tail
+            .find('>')
+            .expect("a '<' in rendered text is a closed link");
         let link = &tail[1..close];
         let (url, label) = link.split_once('|').expect("a link has a label");
         let scheme = url.get(..8).unwrap_or(url).to_ascii_lowercase();
@@ -73,14 +75,26 @@ fuzz_target!(|data: &[u8]| {
     // The escaping helpers on their own.
     let raw = field(&fields, 0);
     let escaped = escape_text(raw);
-    assert!(!escaped.contains(['<', '>']), "escape_text left markup: {escaped:?}");
+    assert!(
+        !escaped.contains(['<', '>']),
+        "escape_text left markup: {escaped:?}"
+    );
     if let Some(link) = safe_link(raw) {
-        assert!(link.to_ascii_lowercase().starts_with("http"), "not http(s): {link:?}");
-        assert!(!link.contains(['<', '>', '|', '"', ' ']), "unsafe link: {link:?}");
+        assert!(
+            link.to_ascii_lowercase().starts_with("http"),
+            "not http(s): {link:?}"
+        );
+        assert!(
+            !link.contains(['<', '>', '|', '"', ' ']),
+            "unsafe link: {link:?}"
+        );
     }
     let limit = 13 + usize::from(selector) * 16;
     let (fitted, _) = fit_text(raw, limit);
-    assert!(fitted.encode_utf16().count() <= limit, "fit_text overflowed {limit}");
+    assert!(
+        fitted.encode_utf16().count() <= limit,
+        "fit_text overflowed {limit}"
+    );
 
     // A whole message from hostile alert data.
     let severity = match selector % 4 {
@@ -122,12 +136,22 @@ fuzz_target!(|data: &[u8]| {
         thread_key,
         now: "2026-11-28T01:00:00Z".parse().expect("time"),
     });
-    assert!(failure.is_none(), "the built-in template failed: {failure:?}");
-    assert!(message.body.len() <= MAX_BODY_BYTES, "body of {} bytes", message.body.len());
+    assert!(
+        failure.is_none(),
+        "the built-in template failed: {failure:?}"
+    );
+    assert!(
+        message.body.len() <= MAX_BODY_BYTES,
+        "body of {} bytes",
+        message.body.len()
+    );
     let body: Value = serde_json::from_str(&message.body).expect("the body is JSON");
     let text = body["text"].as_str().expect("a text message");
     assert!(!text.trim().is_empty(), "empty message");
-    assert!(text.encode_utf16().count() <= MAX_TEXT_CHARS, "text too long");
+    assert!(
+        text.encode_utf16().count() <= MAX_TEXT_CHARS,
+        "text too long"
+    );
 
     // Mentions: exactly the configured ones, first line, firing messages only.
     // The parsed severity: a fuzzed label name may have replaced the one set above.
