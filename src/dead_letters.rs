@@ -18,10 +18,6 @@ use crate::config::{Config, ConfigError, parse_duration};
 use crate::outbox::{DATABASE_FILE, DeadLetter, Store, StoreError, now_ms};
 use crate::secret::scrub;
 
-/// How long a running kabar may take to notice retried messages: its senders re-read
-/// their outbox queue at least this often (delivery's idle poll).
-pub const PICKUP_WITHIN: &str = "5 seconds";
-
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {
     #[error(transparent)]
@@ -221,9 +217,12 @@ pub fn run(
                     .into_iter()
                     .filter(|space| !config.spaces.contains_key(*space))
                     .collect();
+                // The CLI cannot wake a running kabar; its senders re-read their queue
+                // at least every IDLE_POLL.
                 let _ = write!(
                     out,
-                    "\nA running kabar sends them within {PICKUP_WITHIN}, after what is already queued for their space; a stopped one when it starts."
+                    "\nA running kabar sends them within {}s, after what is already queued for their space; a stopped one when it starts.",
+                    crate::delivery::IDLE_POLL.as_secs()
                 );
                 if !unknown.is_empty() {
                     let _ = write!(
