@@ -23,7 +23,7 @@ use crate::runtime::Runtime;
 const READ_AHEAD: usize = 64;
 /// A sender re-checks its queue this often even without a wake-up, so nothing waits on a
 /// lost notification.
-const IDLE_POLL: Duration = Duration::from_secs(5);
+pub const IDLE_POLL: Duration = Duration::from_secs(5);
 /// How long to wait before reading the store again after it failed.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
