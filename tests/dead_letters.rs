@@ -63,7 +63,7 @@ async fn revoked_webhook_messages_are_listed_retried_and_delivered_by_the_runnin
     chat.set_rate_limit(None);
     chat.set_mode(Some("ops"), Mode::Fail(Failure::status(403)));
     let config = TestConfig::new(&format!(
-        "delivery:\n  allow_any_host: true\n  rate_limit_per_second: 50\nspaces:\n  ops:\n    webhook_url: \"{}\"\n  dev:\n    webhook_url: \"{}\"\n",
+        "delivery:\n  allow_any_host: true\n  rate_limit_per_second: 50\ndefaults:\n  format: text\nspaces:\n  ops:\n    webhook_url: \"{}\"\n  dev:\n    webhook_url: \"{}\"\n",
         chat.webhook_url("ops"),
         chat.webhook_url("dev"),
     ));

@@ -163,7 +163,7 @@ async fn configured_proxy_carries_messages_and_its_password_stays_out_of_the_log
     let chat = FakeChat::start().await;
     let proxy = TestProxy::start(true).await;
     let config = TestConfig::new(&format!(
-        "delivery:\n  allow_any_host: true\n  proxy_url: \"{}\"\nspaces:\n  ops:\n    webhook_url: \"{}\"\n",
+        "delivery:\n  allow_any_host: true\n  proxy_url: \"{}\"\ndefaults:\n  format: text\nspaces:\n  ops:\n    webhook_url: \"{}\"\n",
         proxy.url_with_credentials(),
         chat.webhook_url("ops"),
     ));
