@@ -152,19 +152,10 @@ fn dead_letters(command: DeadLetterCommand) -> ExitCode {
         filter.newer_than.as_deref(),
     )
     .and_then(|selection| run(&filter.config, action, &selection, all));
-    match result {
-        Ok(output) => {
-            println!("{}", output.trim_end());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("kabar: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    report(result)
 }
 
-fn report(result: Result<String, kabar::commands::CommandError>) -> ExitCode {
+fn report(result: Result<String, impl std::fmt::Display>) -> ExitCode {
     match result {
         Ok(output) => {
             println!("{}", output.trim_end());

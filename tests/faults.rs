@@ -284,6 +284,17 @@ fn logs_clean(config: &TestConfig, chat: &FakeChat) {
     assert_logs_clean(&logs, &config.path, chat);
 }
 
+/// SIGTERM, a clean exit, an intact database and no secret in the logs.
+async fn stop_cleanly(kabar: KabarProcess, config: &TestConfig, chat: &FakeChat) {
+    kabar.signal("TERM");
+    let exited = tokio::task::spawn_blocking(move || kabar.wait_exit(Duration::from_secs(15)))
+        .await
+        .expect("wait for kabar");
+    assert_eq!(exited, Some(0));
+    assert_eq!(integrity_check(&config.state_dir()), "ok");
+    logs_clean(config, chat);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_down_for_a_while_then_back_delivers_everything_in_order() {
     let chat = FakeChat::start().await;
@@ -914,13 +925,7 @@ async fn state_dir_full_refuses_with_503_then_recovers_without_losing_or_corrupt
     chat.set_mode(Some("ops"), Mode::Normal);
     let verdict = verify(&chat, &config.state_dir(), &acked).await;
     assert_eq!((verdict.delivered, verdict.duplicates), (acked.len(), 0));
-    kabar.signal("TERM");
-    let exited = tokio::task::spawn_blocking(move || kabar.wait_exit(Duration::from_secs(15)))
-        .await
-        .expect("wait for kabar");
-    assert_eq!(exited, Some(0));
-    assert_eq!(integrity_check(&config.state_dir()), "ok");
-    logs_clean(&config, &chat);
+    stop_cleanly(kabar, &config, &chat).await;
     drop(tmpfs);
 }
 
@@ -969,13 +974,7 @@ async fn state_dir_read_only_refuses_with_503_then_recovers_without_losing_or_co
         verdict.duplicates <= 1,
         "at most the one message sent while its delivery could not be recorded"
     );
-    kabar.signal("TERM");
-    let exited = tokio::task::spawn_blocking(move || kabar.wait_exit(Duration::from_secs(15)))
-        .await
-        .expect("wait for kabar");
-    assert_eq!(exited, Some(0));
-    assert_eq!(integrity_check(&config.state_dir()), "ok");
-    logs_clean(&config, &chat);
+    stop_cleanly(kabar, &config, &chat).await;
     drop(tmpfs);
 }
 
