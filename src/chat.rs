@@ -89,11 +89,33 @@ pub struct Accepted {
 #[derive(Clone, Debug)]
 pub struct ChatClient {
     http: reqwest::Client,
+    /// Kept only to scrub it (it may hold a password) from transport errors.
+    proxy: Option<Secret>,
 }
 
 impl ChatClient {
     pub fn new(timeout: Duration) -> Result<ChatClient, ChatClientError> {
-        let http = reqwest::Client::builder()
+        ChatClient::with_proxy(timeout, None)
+    }
+
+    /// A client that sends through `proxy` when given; otherwise reqwest's default applies:
+    /// HTTPS_PROXY / HTTP_PROXY / ALL_PROXY and NO_PROXY from the environment.
+    pub fn with_proxy(
+        timeout: Duration,
+        proxy: Option<&Secret>,
+    ) -> Result<ChatClient, ChatClientError> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(proxy) = proxy {
+            // The explicit setting wins over the environment for every Chat request.
+            let explicit = reqwest::Proxy::all(proxy.expose()).map_err(|e| {
+                ChatClientError::Build(scrub(
+                    &format!("invalid delivery.proxy_url: {}", e.without_url()),
+                    &[proxy.expose()],
+                ))
+            })?;
+            builder = builder.proxy(explicit);
+        }
+        let http = builder
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             // A redirect would turn the POST into something else; Chat never redirects.
@@ -101,7 +123,10 @@ impl ChatClient {
             .user_agent(concat!("kabar/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ChatClientError::Build(scrub(&e.without_url().to_string(), &[])))?;
-        Ok(ChatClient { http })
+        Ok(ChatClient {
+            http,
+            proxy: proxy.cloned(),
+        })
     }
 
     /// Posts one message body. `threaded` adds the reply option that makes Chat honour the
@@ -118,7 +143,10 @@ impl ChatClient {
             retry_after: None,
             detail: "the webhook URL is not a valid URL".to_owned(),
         })?;
-        let secrets = url_secrets(webhook, &url);
+        let mut secrets = url_secrets(webhook, &url);
+        if let Some(proxy) = &self.proxy {
+            secrets.extend(proxy_secrets(proxy));
+        }
         let secret_refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
         let response = self
             .http
@@ -178,6 +206,15 @@ fn url_secrets(webhook: &Secret, request_url: &reqwest::Url) -> Vec<String> {
     let mut values = vec![webhook.expose().to_owned()];
     values.extend(request_url.query_pairs().map(|(_, v)| v.into_owned()));
     values.extend(request_url.query().map(str::to_owned));
+    values
+}
+
+/// The proxy URL and its password, scrubbed like the webhook's credentials.
+fn proxy_secrets(proxy: &Secret) -> Vec<String> {
+    let mut values = vec![proxy.expose().to_owned()];
+    if let Ok(url) = reqwest::Url::parse(proxy.expose()) {
+        values.extend(url.password().map(str::to_owned));
+    }
     values
 }
 

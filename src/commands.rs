@@ -239,7 +239,8 @@ pub fn check(config_path: &Path) -> Result<String, CommandError> {
 }
 
 /// The Chat requests a payload would produce, as pretty JSON: for each, the space, kind,
-/// thread key, the query kabar adds to the webhook URL, and the exact body.
+/// thread key, the query kabar adds to the webhook URL, the exact body, and for a card the
+/// text body sent instead if Chat refuses it.
 pub fn render(
     config_path: &Path,
     payload_path: &Path,
@@ -267,6 +268,10 @@ pub fn render(
             now,
             |message| {
                 let body: Value = serde_json::from_str(&message.body).unwrap_or(Value::Null);
+                let fallback: Option<Value> = message
+                    .fallback_body
+                    .as_deref()
+                    .and_then(|b| serde_json::from_str(b).ok());
                 requests.push(json!({
                 "space": message.space,
                 "kind": message.kind.as_str(),
@@ -274,6 +279,7 @@ pub fn render(
                 "threadKey": message.thread_key,
                 "query": message.thread_key.as_ref().map(|_| format!("messageReplyOption={REPLY_OPTION}")),
                 "body": body,
+                "fallbackBody": fallback,
             }));
                 Ok(())
             },

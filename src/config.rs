@@ -42,6 +42,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub auth: Option<Auth>,
     pub delivery: Delivery,
+    /// Limits of the HTTP listener.
+    pub server: Server,
     /// Spaces by name, in name order.
     pub spaces: BTreeMap<String, Space>,
 }
@@ -61,6 +63,38 @@ pub struct Delivery {
     pub backoff_max: Duration,
     pub give_up_after: Duration,
     pub allow_any_host: bool,
+    /// Outbound HTTP(S) proxy for Chat requests; may carry credentials. When absent, the
+    /// standard HTTPS_PROXY / HTTP_PROXY / NO_PROXY variables apply.
+    pub proxy_url: Option<Secret>,
+}
+
+/// How much the HTTP listener lets clients take; read once at start-up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    /// A client must send a request's headers within this, and then its body within this
+    /// again; an idle keep-alive connection is closed after it.
+    pub read_timeout: Duration,
+    /// Webhook requests being processed at once; more are answered 503 at once.
+    pub max_concurrent_requests: usize,
+    /// Serve HTTPS with this certificate and key instead of plain HTTP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files of the listener's certificate (chain) and private key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            read_timeout: Duration::from_secs(30),
+            max_concurrent_requests: 256,
+            tls: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -200,6 +234,7 @@ impl Default for Delivery {
             backoff_max: Duration::from_secs(60),
             give_up_after: Duration::from_secs(24 * 3600),
             allow_any_host: false,
+            proxy_url: None,
         }
     }
 }
@@ -413,6 +448,7 @@ struct RawConfig {
     max_body_bytes: Option<u64>,
     auth: Option<RawAuth>,
     delivery: Option<RawDelivery>,
+    server: Option<RawServer>,
     defaults: Option<RawOptions>,
     spaces: Option<BTreeMap<String, RawSpace>>,
 }
@@ -441,6 +477,23 @@ struct RawDelivery {
     backoff: Option<RawBackoff>,
     give_up_after: Option<RawDuration>,
     allow_any_host: Option<bool>,
+    proxy_url: Option<String>,
+    proxy_url_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    read_timeout: Option<RawDuration>,
+    max_concurrent_requests: Option<u64>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -562,7 +615,8 @@ impl RawConfig {
             ));
         }
         let auth = self.auth.map(|a| resolve_auth(a, base_dir)).transpose()?;
-        let delivery = resolve_delivery(self.delivery)?;
+        let delivery = resolve_delivery(self.delivery, base_dir)?;
+        let server = resolve_server(self.server, base_dir)?;
 
         let defaults_raw = self.defaults.unwrap_or_default();
         let defaults = apply_options(SpaceOptions::default(), defaults_raw, "defaults", base_dir)?;
@@ -615,6 +669,7 @@ impl RawConfig {
             max_body_bytes: max_body_bytes as usize,
             auth,
             delivery,
+            server,
             spaces,
         })
     }
@@ -656,7 +711,7 @@ fn resolve_auth(raw: RawAuth, base_dir: &Path) -> Result<Auth, ConfigError> {
     }
 }
 
-fn resolve_delivery(raw: Option<RawDelivery>) -> Result<Delivery, ConfigError> {
+fn resolve_delivery(raw: Option<RawDelivery>, base_dir: &Path) -> Result<Delivery, ConfigError> {
     let mut d = Delivery::default();
     let Some(raw) = raw else { return Ok(d) };
     if let Some(rate) = raw.rate_limit_per_second {
@@ -698,7 +753,68 @@ fn resolve_delivery(raw: Option<RawDelivery>) -> Result<Delivery, ConfigError> {
         d.give_up_after = v;
     }
     d.allow_any_host = raw.allow_any_host.unwrap_or(false);
+    d.proxy_url = one_secret(
+        "delivery.proxy_url",
+        raw.proxy_url,
+        raw.proxy_url_file,
+        base_dir,
+    )?;
+    if let Some(proxy) = &d.proxy_url {
+        check_proxy_url(proxy)?;
+    }
     Ok(d)
+}
+
+fn resolve_server(raw: Option<RawServer>, base_dir: &Path) -> Result<Server, ConfigError> {
+    let mut server = Server::default();
+    let Some(raw) = raw else { return Ok(server) };
+    if let Some(RawDuration(t)) = raw.read_timeout {
+        if t < Duration::from_secs(1) {
+            return Err(invalid("server.read_timeout", "must be at least 1s"));
+        }
+        server.read_timeout = t;
+    }
+    if let Some(n) = raw.max_concurrent_requests {
+        if !(1..=65_536).contains(&n) {
+            return Err(invalid(
+                "server.max_concurrent_requests",
+                "must be between 1 and 65536",
+            ));
+        }
+        server.max_concurrent_requests = n as usize;
+    }
+    server.tls = raw.tls.map(|tls| TlsFiles {
+        cert_file: base_dir.join(tls.cert_file),
+        key_file: base_dir.join(tls.key_file),
+    });
+    Ok(server)
+}
+
+/// The proxy URL may hold a password, so no message here repeats any part of it.
+fn check_proxy_url(proxy: &Secret) -> Result<(), ConfigError> {
+    const KEY: &str = "delivery.proxy_url";
+    let parsed = reqwest::Url::parse(proxy.expose()).map_err(|e| {
+        invalid(
+            KEY,
+            format!("not a valid URL ({e}); expected http://[user:password@]host:port"),
+        )
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(invalid(
+            KEY,
+            "must be an http:// or https:// proxy URL such as http://proxy.example:3128",
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(KEY, "names no host"));
+    }
+    if parsed.path() != "/" || parsed.query().is_some() {
+        return Err(invalid(
+            KEY,
+            "must be only scheme, optional user:password, host and port (no path or query)",
+        ));
+    }
+    Ok(())
 }
 
 fn apply_options(
@@ -1056,5 +1172,78 @@ mod tests {
         assert!(parse_duration("h").is_err());
         assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1s500ms");
+    }
+
+    #[test]
+    fn proxy_url_is_validated_and_kept_secret() {
+        let with = |proxy: &str| {
+            parse(&format!(
+                "delivery: {{proxy_url: \"{proxy}\"}}\nspaces:\n  demo: {{dry_run: true}}\n"
+            ))
+        };
+        let config = with("http://am:pr0xy-pass@proxy.internal:3128").expect("valid");
+        let proxy = config.delivery.proxy_url.as_ref().expect("proxy kept");
+        assert_eq!(proxy.expose(), "http://am:pr0xy-pass@proxy.internal:3128");
+        assert!(!format!("{config:?}").contains("pr0xy-pass"));
+        assert!(with("https://proxy.internal:8443").is_ok());
+        for (bad, expected) in [
+            (
+                "socks5://u:pr0xy-pass@proxy:1080",
+                "must be an http:// or https:// proxy",
+            ),
+            ("pr0xy-pass", "not a valid URL"),
+            ("http://u:pr0xy-pass@proxy:3128/path", "no path or query"),
+        ] {
+            let message = with(bad).expect_err(bad).to_string();
+            assert!(message.starts_with("delivery.proxy_url: "), "{message}");
+            assert!(message.contains(expected), "{message}");
+            assert!(!message.contains("pr0xy-pass"), "{message}");
+        }
+        let unset = parse("spaces:\n  demo: {dry_run: true}\n").expect("valid");
+        assert!(unset.delivery.proxy_url.is_none());
+    }
+
+    #[test]
+    fn server_limits_have_defaults_and_bounds() {
+        let config = parse("spaces:\n  demo: {dry_run: true}\n").expect("valid");
+        assert_eq!(config.server, Server::default());
+        assert_eq!(config.server.read_timeout, Duration::from_secs(30));
+        assert_eq!(config.server.max_concurrent_requests, 256);
+        let tuned = parse(
+            "server: {read_timeout: 5s, max_concurrent_requests: 8}\nspaces:\n  demo: {dry_run: true}\n",
+        )
+        .expect("valid");
+        assert_eq!(tuned.server.read_timeout, Duration::from_secs(5));
+        assert_eq!(tuned.server.max_concurrent_requests, 8);
+        assert_eq!(tuned.server.tls, None);
+        let tls = parse(
+            "server: {tls: {cert_file: tls/cert.pem, key_file: /etc/kabar/key.pem}}\nspaces:\n  demo: {dry_run: true}\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            tls.server.tls,
+            Some(TlsFiles {
+                cert_file: PathBuf::from("/nonexistent/tls/cert.pem"),
+                key_file: PathBuf::from("/etc/kabar/key.pem"),
+            })
+        );
+        for (bad, key) in [
+            (
+                "server: {read_timeout: 10ms}",
+                "server.read_timeout: must be at least 1s",
+            ),
+            (
+                "server: {max_concurrent_requests: 0}",
+                "server.max_concurrent_requests: must be between",
+            ),
+            ("server: {idle: 1s}", "server.idle: unknown field `idle`"),
+            (
+                "server: {tls: {cert_file: c.pem}}",
+                "server.tls: missing field `key_file`",
+            ),
+        ] {
+            let message = error_of(&format!("{bad}\nspaces:\n  demo: {{dry_run: true}}\n"));
+            assert!(message.starts_with(key), "{message}");
+        }
     }
 }

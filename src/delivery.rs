@@ -23,7 +23,7 @@ use crate::runtime::Runtime;
 const READ_AHEAD: usize = 64;
 /// A sender re-checks its queue this often even without a wake-up, so nothing waits on a
 /// lost notification.
-const IDLE_POLL: Duration = Duration::from_secs(5);
+pub const IDLE_POLL: Duration = Duration::from_secs(5);
 /// How long to wait before reading the store again after it failed.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
@@ -140,15 +140,39 @@ impl Delivery {
 struct Pacing {
     next_send: Instant,
     failures: u32,
+    /// How many times slower than rate_limit_per_second this space is paced. A 429 says
+    /// Chat allows the space less than configured (its quota is shared by every writer),
+    /// so the pace halves; each delivery creeps back toward the configured rate.
+    slowdown: f64,
 }
+
+/// Each delivery takes this factor off the slowdown: after a 429 the space stays near the
+/// pace Chat accepted for a few dozen messages instead of probing with 429s again at once.
+const SLOWDOWN_RECOVERY: f64 = 0.97;
+const MAX_SLOWDOWN: f64 = 1024.0;
 
 impl Pacing {
     /// Chat answered (whatever it said): the next request waits one interval. Paced from
     /// the answer, not the send: Chat counts arrivals, and a request that sets off on time
     /// can still arrive early relative to a previous one that was slow to get there.
     fn answered(&mut self, delivery: &config::Delivery) {
-        self.next_send =
-            Instant::now() + Duration::from_secs_f64(1.0 / delivery.rate_limit_per_second);
+        self.next_send = Instant::now() + self.interval(delivery);
+    }
+
+    fn interval(&self, delivery: &config::Delivery) -> Duration {
+        let configured = 1.0 / delivery.rate_limit_per_second;
+        // Slowed down, the interval still never exceeds backoff.max (or the configured one).
+        let ceiling = delivery.backoff_max.as_secs_f64().max(configured);
+        Duration::from_secs_f64((configured * self.slowdown).min(ceiling))
+    }
+
+    fn rate_limited(&mut self) {
+        self.slowdown = (self.slowdown * 2.0).min(MAX_SLOWDOWN);
+    }
+
+    fn delivered(&mut self) {
+        self.failures = 0;
+        self.slowdown = (self.slowdown * SLOWDOWN_RECOVERY).max(1.0);
     }
 
     /// The head message must be tried again; returns how long it waits.
@@ -180,6 +204,8 @@ enum Step {
     /// Try it again: after the server's hint if it gave one, else after the backoff
     /// (zero).
     RetryAfter(Duration),
+    /// Chat answered 429: like `RetryAfter`, and the space is paced slower from now on.
+    RateLimited(Duration),
     /// Chat refused the card as invalid: send the message's text version instead.
     UseFallback,
 }
@@ -211,6 +237,7 @@ impl Sender {
         let mut pacing = Pacing {
             next_send: Instant::now(),
             failures: 0,
+            slowdown: 1.0,
         };
         while !self.stopping() {
             if queue.is_empty() {
@@ -266,6 +293,9 @@ impl Sender {
                             break;
                         }
                         let step = self.send(&message, &url).await;
+                        if matches!(step, Step::RateLimited(_)) {
+                            pacing.rate_limited();
+                        }
                         pacing.answered(&delivery);
                         step
                     }
@@ -275,7 +305,7 @@ impl Sender {
                 Step::Next => {
                     queue.pop_front();
                     last_done = message.id;
-                    pacing.failures = 0;
+                    pacing.delivered();
                 }
                 Step::UseFallback => {
                     if let Some(head) = queue.front_mut()
@@ -284,7 +314,7 @@ impl Sender {
                         head.body = text;
                     }
                 }
-                Step::RetryAfter(hint) => {
+                Step::RetryAfter(hint) | Step::RateLimited(hint) => {
                     let wait = pacing.failed(&delivery, hint);
                     debug!(space = %self.space, failures = pacing.failures, wait_ms = wait.as_millis() as u64, "waiting before retry");
                     if !self.pause_until(pacing.next_send).await {
@@ -311,15 +341,20 @@ impl Sender {
         match result {
             Ok(accepted) => {
                 let id = message.id;
-                if let Err(e) = self
+                // Chat has it. Until the store records that, the space sends nothing else:
+                // moving on would post every later message a second time after a restart,
+                // where waiting bounds that to this one.
+                while let Err(e) = self
                     .shared
                     .store
                     .write(move |conn| outbox::remove(conn, id))
                     .await
                 {
-                    // Chat has it. This process moves past it; if the delete never lands
-                    // the message is sent once more after a restart, never lost.
-                    warn!(space = %self.space, error = %e, "sent, but cannot remove it from the outbox");
+                    warn!(space = %self.space, error = %e, "sent, but cannot remove it from the outbox; retrying");
+                    if self.stopping() {
+                        break;
+                    }
+                    tokio::time::sleep(STORE_RETRY).await;
                 }
                 metrics
                     .messages_sent
@@ -403,7 +438,12 @@ impl Sender {
         {
             warn!(space = %self.space, error = %e, "cannot record the failed attempt");
         }
-        Step::RetryAfter(failure.retry_after.unwrap_or(Duration::ZERO))
+        let hint = failure.retry_after.unwrap_or(Duration::ZERO);
+        if failure.class == crate::chat::FailureClass::RateLimited {
+            Step::RateLimited(hint)
+        } else {
+            Step::RetryAfter(hint)
+        }
     }
 
     async fn dead_letter(
@@ -491,5 +531,49 @@ impl Sender {
                 Step::Next
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod pacing_tests {
+    use super::*;
+
+    #[test]
+    fn a_429_slows_the_space_and_deliveries_win_the_pace_back() {
+        let delivery = config::Delivery {
+            rate_limit_per_second: 5.0,
+            backoff_max: Duration::from_secs(10),
+            ..config::Delivery::default()
+        };
+        let mut pacing = Pacing {
+            next_send: Instant::now(),
+            failures: 0,
+            slowdown: 1.0,
+        };
+        let configured = pacing.interval(&delivery);
+        assert!(configured <= Duration::from_millis(200), "{configured:?}");
+        for _ in 0..3 {
+            pacing.rate_limited();
+        }
+        let slowed = pacing.interval(&delivery);
+        assert!(slowed >= Duration::from_millis(1500), "{slowed:?}");
+        pacing.delivered();
+        let one_later = pacing.interval(&delivery);
+        assert!(
+            one_later < slowed && one_later > Duration::from_secs(1),
+            "{one_later:?}"
+        );
+        for _ in 0..200 {
+            pacing.delivered();
+        }
+        assert!(pacing.interval(&delivery) <= Duration::from_millis(200));
+        for _ in 0..100 {
+            pacing.rate_limited();
+        }
+        let capped = pacing.interval(&delivery);
+        assert!(
+            capped <= delivery.backoff_max,
+            "never above backoff.max: {capped:?}"
+        );
     }
 }

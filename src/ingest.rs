@@ -245,7 +245,9 @@ fn respond(app: &AppState, result: Result<Accepted, ApiError>) -> Response {
                     warn!(error = %source, "notification refused: the store cannot take the write")
                 }
                 other => {
-                    info!(status = other.status().as_u16(), error = %other, "webhook request refused")
+                    // Debug-quoted: the message can carry payload text (serde names an unknown
+                    // value verbatim), whose line breaks must not start log lines of their own.
+                    info!(status = other.status().as_u16(), error = ?other.to_string(), "webhook request refused")
                 }
             }
             error.into_response()
@@ -360,8 +362,9 @@ async fn accept(
         }
     }
     info!(
-        receiver = %notification.receiver,
-        group_key = %notification.group_key,
+        // Debug-quoted: both come from the payload and may hold line breaks.
+        receiver = ?notification.receiver,
+        group_key = ?notification.group_key,
         spaces = %spaces.join(","),
         alerts = notification.alerts.len(),
         queued = accepted.queued,

@@ -9,8 +9,10 @@
 pub mod chat;
 pub mod commands;
 pub mod config;
+pub mod dead_letters;
 pub mod delivery;
 pub mod ingest;
+pub mod listener;
 pub mod metrics;
 pub mod outbox;
 pub mod payload;

@@ -45,6 +45,55 @@ enum Command {
         #[arg(long)]
         space: Option<String>,
     },
+    /// List, retry or drop messages kabar gave up on (works while kabar runs).
+    #[command(name = "dead-letters", subcommand)]
+    DeadLetters(DeadLetterCommand),
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCommand {
+    /// Show dead letters as a table (or JSON); without filters, all of them.
+    List {
+        #[command(flatten)]
+        filter: DeadLetterFilter,
+        /// Print JSON (with each message's body) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move dead letters back to the end of their space's outbox queue.
+    Retry {
+        #[command(flatten)]
+        filter: DeadLetterFilter,
+        /// Act on every dead letter (required when no filter is given).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete dead letters for good.
+    Drop {
+        #[command(flatten)]
+        filter: DeadLetterFilter,
+        /// Act on every dead letter (required when no filter is given).
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct DeadLetterFilter {
+    #[arg(long, env = "KABAR_CONFIG")]
+    config: PathBuf,
+    /// Only this space (repeatable).
+    #[arg(long = "space", value_name = "NAME")]
+    spaces: Vec<String>,
+    /// Only this dead letter id (repeatable).
+    #[arg(long = "id", value_name = "ID")]
+    ids: Vec<i64>,
+    /// Only those dead-lettered at least this long ago (30m, 4h, 2d).
+    #[arg(long, value_name = "DURATION")]
+    older_than: Option<String>,
+    /// Only those dead-lettered at most this long ago.
+    #[arg(long, value_name = "DURATION")]
+    newer_than: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -91,10 +140,28 @@ fn main() -> ExitCode {
             payload,
             space,
         } => report(kabar::commands::render(&config, &payload, space.as_deref())),
+        Command::DeadLetters(command) => dead_letters(command),
     }
 }
 
-fn report(result: Result<String, kabar::commands::CommandError>) -> ExitCode {
+fn dead_letters(command: DeadLetterCommand) -> ExitCode {
+    use kabar::dead_letters::{Action, Selection, run};
+    let (filter, action, all) = match command {
+        DeadLetterCommand::List { filter, json } => (filter, Action::List { json }, false),
+        DeadLetterCommand::Retry { filter, all } => (filter, Action::Retry, all),
+        DeadLetterCommand::Drop { filter, all } => (filter, Action::Drop, all),
+    };
+    let result = Selection::parse(
+        filter.spaces,
+        filter.ids,
+        filter.older_than.as_deref(),
+        filter.newer_than.as_deref(),
+    )
+    .and_then(|selection| run(&filter.config, action, &selection, all));
+    report(result)
+}
+
+fn report(result: Result<String, impl std::fmt::Display>) -> ExitCode {
     match result {
         Ok(output) => {
             println!("{}", output.trim_end());

@@ -19,10 +19,12 @@ pub enum RejectReason {
     UnsupportedMediaType,
     BareAlertArray,
     StoreUnavailable,
+    /// `server.max_concurrent_requests` webhook requests were already in progress.
+    Overloaded,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 8] = [
         RejectReason::Unauthorized,
         RejectReason::BadRequest,
         RejectReason::UnknownRoute,
@@ -30,6 +32,7 @@ impl RejectReason {
         RejectReason::UnsupportedMediaType,
         RejectReason::BareAlertArray,
         RejectReason::StoreUnavailable,
+        RejectReason::Overloaded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +44,7 @@ impl RejectReason {
             RejectReason::UnsupportedMediaType => "unsupportedMediaType",
             RejectReason::BareAlertArray => "bareAlertArray",
             RejectReason::StoreUnavailable => "storeUnavailable",
+            RejectReason::Overloaded => "overloaded",
         }
     }
 }

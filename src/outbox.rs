@@ -89,6 +89,8 @@ pub struct DeadLetter {
     pub kind: String,
     pub thread_key: Option<String>,
     pub body: String,
+    /// A card's text version, kept so a retried card can still fall back to it.
+    pub fallback_body: Option<String>,
     pub received_ms: i64,
     pub dead_ms: i64,
     pub attempts: i64,
@@ -258,6 +260,7 @@ const MIGRATIONS: [&str; 2] = [
     // the digest's thread; per_group threads live as long as their group.
     "BEGIN;
              ALTER TABLE outbox ADD COLUMN fallback_body TEXT;
+             ALTER TABLE dead_letters ADD COLUMN fallback_body TEXT;
              ALTER TABLE episodes ADD COLUMN thread_key TEXT;
              CREATE TABLE group_episodes (
                  space TEXT NOT NULL,
@@ -529,8 +532,10 @@ pub fn dead_letter(
     now_ms: i64,
 ) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "INSERT INTO dead_letters (space, kind, thread_key, body, received_ms, dead_ms, attempts, reason, status, detail)
-         SELECT space, kind, thread_key, body, received_ms, ?2, attempts, ?3, ?4, ?5 FROM outbox WHERE id = ?1",
+        "INSERT INTO dead_letters
+         (space, kind, thread_key, body, fallback_body, received_ms, dead_ms, attempts, reason, status, detail)
+         SELECT space, kind, thread_key, body, fallback_body, received_ms, ?2, attempts, ?3, ?4, ?5
+         FROM outbox WHERE id = ?1",
     )?
     .execute(params![id, now_ms, reason, status, detail])?;
     remove(conn, id)
@@ -538,7 +543,8 @@ pub fn dead_letter(
 
 pub fn dead_letters(conn: &Connection, space: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, space, kind, thread_key, body, received_ms, dead_ms, attempts, reason, status, detail
+        "SELECT id, space, kind, thread_key, body, fallback_body, received_ms, dead_ms, attempts,
+         reason, status, detail
          FROM dead_letters WHERE ?1 IS NULL OR space = ?1 ORDER BY id",
     )?;
     let rows = stmt.query_map(params![space], |row| {
@@ -548,12 +554,13 @@ pub fn dead_letters(conn: &Connection, space: Option<&str>) -> Result<Vec<DeadLe
             kind: row.get(2)?,
             thread_key: row.get(3)?,
             body: row.get(4)?,
-            received_ms: row.get(5)?,
-            dead_ms: row.get(6)?,
-            attempts: row.get(7)?,
-            reason: row.get(8)?,
-            status: row.get(9)?,
-            detail: row.get(10)?,
+            fallback_body: row.get(5)?,
+            received_ms: row.get(6)?,
+            dead_ms: row.get(7)?,
+            attempts: row.get(8)?,
+            reason: row.get(9)?,
+            status: row.get(10)?,
+            detail: row.get(11)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

@@ -107,7 +107,14 @@ impl Notification {
     pub fn parse(body: &[u8]) -> Result<Notification, PayloadError> {
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
         if first == Some(&b'[') {
-            return Err(PayloadError::BareAlertArray);
+            // Only a well-formed array is Prometheus's alert list; anything else starting
+            // with `[` (100k of them, say) is plain bad JSON and gets the parser's reason.
+            return Err(
+                match serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(body) {
+                    Ok(_) => PayloadError::BareAlertArray,
+                    Err(e) => PayloadError::Syntax(e.to_string()),
+                },
+            );
         }
         let mut de = serde_json::Deserializer::from_slice(body);
         let parsed: Result<Notification, _> = serde_path_to_error::deserialize(&mut de);
@@ -281,6 +288,20 @@ mod tests {
         ));
         assert!(matches!(
             Notification::parse(br#"{"receiver":"r","status":"firing","alerts":[]} {}"#),
+            Err(PayloadError::Syntax(_))
+        ));
+    }
+
+    #[test]
+    fn only_a_well_formed_array_reads_as_prometheus_alerts() {
+        let deep = "[".repeat(100_000);
+        let err = Notification::parse(deep.as_bytes()).expect_err("not JSON");
+        assert!(
+            matches!(&err, PayloadError::Syntax(m) if m.contains("EOF while parsing a list")),
+            "{err}"
+        );
+        assert!(matches!(
+            Notification::parse(b"[{\"labels\": {}}, 1"),
             Err(PayloadError::Syntax(_))
         ));
     }

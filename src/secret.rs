@@ -55,11 +55,12 @@ fn scrub_query_values(text: &str) -> String {
         for key in SECRET_QUERY_KEYS {
             // A parameter starts after `?` or `&`; match `key=` case-insensitively.
             let needle_len = key.len() + 1;
-            if rest.len() > needle_len
-                && (rest.starts_with('?') || rest.starts_with('&'))
-                && rest[1..].is_char_boundary(needle_len)
-                && rest[1..1 + key.len()].eq_ignore_ascii_case(key)
-                && rest.as_bytes()[1 + key.len()] == b'='
+            // `get` because the bytes after `&` may end inside a multi-byte character.
+            if (rest.starts_with('?') || rest.starts_with('&'))
+                && rest
+                    .get(1..1 + key.len())
+                    .is_some_and(|name| name.eq_ignore_ascii_case(key))
+                && rest.as_bytes().get(1 + key.len()) == Some(&b'=')
             {
                 out.push_str(&rest[..needle_len + 1]);
                 rest = &rest[needle_len + 1..];
@@ -139,6 +140,26 @@ mod tests {
             clean,
             "proxy http://[redacted]@proxy:3128 said no to [redacted]"
         );
+    }
+
+    #[test]
+    fn multi_byte_characters_after_a_separator_do_not_panic() {
+        // Found by the config fuzz target: `&s/ю` put a slice end inside `ю`.
+        for text in [
+            "&s/ю#",
+            "?ю",
+            "&keyю=1",
+            "?tokeн=x",
+            "&ключ=значение",
+            "?key=ю&token=t",
+        ] {
+            let _ = scrub(text, &[]);
+        }
+        assert_eq!(
+            scrub("?key=ю&token=t", &[]),
+            "?key=[redacted]&token=[redacted]"
+        );
+        assert_eq!(scrub("a&s/ю#b", &[]), "a&s/ю#b");
     }
 
     #[test]

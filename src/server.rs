@@ -19,6 +19,7 @@ use crate::chat::{ChatClient, ChatClientError};
 use crate::config::{Auth, Target};
 use crate::delivery::{Delivery, Shared};
 use crate::ingest::{self, ApiError};
+use crate::listener::{self, WebhookGuard};
 use crate::metrics::Metrics;
 use crate::outbox::{self, Store, StoreError, now_ms};
 use crate::runtime::{LoadError, Runtime};
@@ -45,6 +46,8 @@ pub enum ServeError {
     Signals(std::io::Error),
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] listener::TlsError),
 }
 
 /// State behind every HTTP handler.
@@ -83,6 +86,11 @@ impl AppState {
             || runtime.config.state_dir != old.config.state_dir
         {
             warn!("listen and state_dir changes take effect only after a restart");
+        }
+        if runtime.config.delivery.proxy_url != old.config.delivery.proxy_url
+            || runtime.config.server != old.config.server
+        {
+            warn!("delivery.proxy_url and server changes take effect only after a restart");
         }
         for name in old.config.spaces.keys() {
             if !runtime.config.spaces.contains_key(name) {
@@ -134,6 +142,13 @@ impl Service {
         config_path: Option<PathBuf>,
     ) -> Result<Service, ServeError> {
         let config = &runtime.config;
+        // Before anything starts: a bad certificate or key stops start-up cleanly.
+        let tls = config
+            .server
+            .tls
+            .as_ref()
+            .map(listener::tls_acceptor)
+            .transpose()?;
         let state_dir = config.state_dir.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&state_dir))
             .await
@@ -147,7 +162,10 @@ impl Service {
         metrics
             .config_last_reload_success_timestamp
             .set(now_ms() as f64 / 1000.0);
-        let chat = ChatClient::new(config.delivery.request_timeout)?;
+        let chat = ChatClient::with_proxy(
+            config.delivery.request_timeout,
+            config.delivery.proxy_url.as_ref(),
+        )?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| ServeError::Bind {
@@ -172,15 +190,17 @@ impl Service {
             reload_lock: tokio::sync::Mutex::new(()),
         });
         let (stop, stopped) = watch::channel(false);
-        let mut http_stopped = stopped.clone();
-        let router = router(Arc::clone(&app));
-        let http = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = http_stopped.wait_for(|stop| *stop).await;
-                })
-                .await
-        });
+        let http_stopped = stopped.clone();
+        let server_settings = app.runtime().config.server.clone();
+        let guard = WebhookGuard::new(&server_settings, Arc::clone(&app.shared.metrics));
+        let router = router(Arc::clone(&app), guard);
+        let http = tokio::spawn(listener::serve(
+            listener,
+            router,
+            server_settings.read_timeout,
+            tls,
+            http_stopped,
+        ));
         let pruner = tokio::spawn(prune_periodically(store, stopped));
         let queued = app
             .shared
@@ -191,6 +211,7 @@ impl Service {
             .unwrap_or(0);
         info!(
             %addr,
+            tls = server_settings.tls.is_some(),
             version = crate::VERSION,
             revision = crate::REVISION,
             spaces = app.runtime().config.spaces.len(),
@@ -280,10 +301,14 @@ async fn wait_for_signals(_service: &Service) -> Result<(), ServeError> {
     tokio::signal::ctrl_c().await.map_err(ServeError::Signals)
 }
 
-fn router(app: Arc<AppState>) -> Router {
+fn router(app: Arc<AppState>, guard: WebhookGuard) -> Router {
     Router::new()
         .route("/alerts", post(ingest::receive))
         .route("/alerts/{space}", post(ingest::receive_for_space))
+        .route_layer(axum::middleware::from_fn_with_state(
+            guard,
+            listener::guard_webhook,
+        ))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -7,7 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::alertmanager::{Alertmanager, AlertmanagerOptions, TestAlert, require_binaries};
+use common::alertmanager::{
+    Alertmanager, AlertmanagerBinaries, AlertmanagerOptions, TestAlert, require_binaries,
+};
 use common::fake_chat::FakeChat;
 use common::kabar::{InProcess, TEST_TOKEN, TestConfig, metric_value, metrics_text};
 
@@ -37,6 +39,30 @@ fn disk_alerts(hosts: &[&str]) -> Vec<TestAlert> {
         .collect()
 }
 
+/// Waits until Alertmanager has sent `more` notifications beyond those received so far.
+async fn wait_for_more_notifications(kabar: &InProcess, more: f64) {
+    let metrics = metrics_text(&kabar.url("")).await;
+    let so_far = metric_value(
+        &metrics,
+        "kabar_notifications_received_total{space=\"ops\"}",
+    )
+    .unwrap_or(0.0);
+    wait_for_notifications(kabar, so_far + more).await;
+}
+
+/// Alertmanager sending to `kabar` with its test token; `repeat_interval` "1s" re-sends
+/// an unchanged group on every group_interval tick (2 s).
+async fn alertmanager_for(
+    binaries: &AlertmanagerBinaries,
+    kabar: &InProcess,
+    repeat_interval: &'static str,
+) -> Alertmanager {
+    let mut options = AlertmanagerOptions::new(kabar.url("/alerts"));
+    options.bearer_token = Some(TEST_TOKEN.to_owned());
+    options.repeat_interval = repeat_interval;
+    Alertmanager::start(binaries, options).await
+}
+
 async fn wait_for_notifications(kabar: &InProcess, at_least: f64) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
@@ -64,11 +90,7 @@ async fn group_fires_one_resolves_and_resends_post_only_what_changed() {
     };
     let chat = FakeChat::start().await;
     let kabar = InProcess::start(kabar_config(&chat, "")).await;
-    let mut options = AlertmanagerOptions::new(kabar.url("/alerts"));
-    options.bearer_token = Some(TEST_TOKEN.to_owned());
-    // Re-send the unchanged group on every group_interval tick (2 s).
-    options.repeat_interval = "1s";
-    let am = Alertmanager::start(&binaries, options).await;
+    let am = alertmanager_for(&binaries, &kabar, "1s").await;
 
     let alerts = disk_alerts(&["db1", "db2", "db3"]);
     am.fire(&alerts).await;
@@ -77,13 +99,7 @@ async fn group_fires_one_resolves_and_resends_post_only_what_changed() {
     am.resolve(&alerts[1..2]).await;
     chat.wait_for_messages("ops", 4, WAIT).await;
     // Let Alertmanager re-send the group (now two firing, one resolved) a few times.
-    let metrics = metrics_text(&kabar.url("")).await;
-    let so_far = metric_value(
-        &metrics,
-        "kabar_notifications_received_total{space=\"ops\"}",
-    )
-    .unwrap_or(0.0);
-    wait_for_notifications(&kabar, so_far + 2.0).await;
+    wait_for_more_notifications(&kabar, 2.0).await;
 
     let messages = chat.messages("ops");
     let threads = chat.threads("ops");
@@ -158,10 +174,7 @@ async fn per_group_three_fire_one_resolves_two_messages_in_one_thread() {
     };
     let chat = FakeChat::start().await;
     let kabar = InProcess::start(kabar_config_with(&chat, "", "    threading: per_group\n")).await;
-    let mut options = AlertmanagerOptions::new(kabar.url("/alerts"));
-    options.bearer_token = Some(TEST_TOKEN.to_owned());
-    options.repeat_interval = "1s";
-    let am = Alertmanager::start(&binaries, options).await;
+    let am = alertmanager_for(&binaries, &kabar, "1s").await;
 
     let alerts = disk_alerts(&["db1", "db2", "db3"]);
     am.fire(&alerts).await;
@@ -169,13 +182,7 @@ async fn per_group_three_fire_one_resolves_two_messages_in_one_thread() {
     am.resolve(&alerts[1..2]).await;
     chat.wait_for_messages("ops", 2, WAIT).await;
     // Unchanged re-sends of the group post nothing more.
-    let metrics = metrics_text(&kabar.url("")).await;
-    let so_far = metric_value(
-        &metrics,
-        "kabar_notifications_received_total{space=\"ops\"}",
-    )
-    .unwrap_or(0.0);
-    wait_for_notifications(&kabar, so_far + 2.0).await;
+    wait_for_more_notifications(&kabar, 2.0).await;
 
     let threads = chat.threads("ops");
     assert_eq!(threads.len(), 1, "one thread:\n{}", chat.describe("ops"));
@@ -210,9 +217,7 @@ async fn a_storm_posts_one_digest_and_its_alerts_reply_there() {
         "    max_new_threads_per_notification: 2\n",
     ))
     .await;
-    let mut options = AlertmanagerOptions::new(kabar.url("/alerts"));
-    options.bearer_token = Some(TEST_TOKEN.to_owned());
-    let am = Alertmanager::start(&binaries, options).await;
+    let am = alertmanager_for(&binaries, &kabar, "4h").await;
 
     let alerts = disk_alerts(&["db1", "db2", "db3", "db4", "db5"]);
     am.fire(&alerts).await;

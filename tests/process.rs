@@ -280,11 +280,10 @@ fn cli_check_render_and_version() {
         rendered[0]["threadKey"],
         "kabar:ops:efb0c6c488e007da:2026-11-28T00:52:38Z"
     );
-    assert!(
-        rendered[0]["body"]["text"]
-            .as_str()
-            .expect("text")
-            .contains("DiskFull")
+    assert_eq!(
+        rendered[0]["body"]["cardsV2"][0]["card"]["header"]["title"], "🔴 DiskFull",
+        "a card by default: {}",
+        rendered[0]["body"]
     );
     for secret in secrets {
         assert!(!stdout.contains(secret), "render printed a secret");

@@ -10,6 +10,7 @@ use jiff::Timestamp;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
+use common::fake_chat::json_strings;
 use kabar::config::Config;
 use kabar::payload::Notification;
 use kabar::render::{RenderInput, Renderer};
@@ -104,15 +105,6 @@ fn notification(alerts: &[AlertSpec]) -> Notification {
     Notification::parse(body.to_string().as_bytes()).expect("a valid notification")
 }
 
-fn strings(value: &Value, out: &mut Vec<String>) {
-    match value {
-        Value::String(s) => out.push(s.clone()),
-        Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
-        Value::Object(map) => map.values().for_each(|v| strings(v, out)),
-        _ => {}
-    }
-}
-
 /// Every `<` in text begins a link kabar made; every `<` in a card string begins markup
 /// the built-in card wrote.
 fn assert_inert(body: &Value) {
@@ -126,9 +118,8 @@ fn assert_inert(body: &Value) {
             &rest[..rest.len().min(60)]
         );
     }
-    let mut card_strings = Vec::new();
-    strings(&body["cardsV2"], &mut card_strings);
-    strings(&body["fallbackText"], &mut card_strings);
+    let mut card_strings = json_strings(&body["cardsV2"]);
+    card_strings.extend(json_strings(&body["fallbackText"]));
     const MARKUP: &[&str] = &["<b>", "</b>", "<i>", "</i>", "<font color=\"#", "</font>"];
     for s in &card_strings {
         for (at, _) in s.match_indices('<') {

@@ -210,25 +210,31 @@ pub struct Received {
     pub ignored_widgets: usize,
 }
 
+/// Every string inside a JSON value, depth first.
+pub fn json_strings(value: &Value) -> Vec<String> {
+    fn collect(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::String(s) => out.push(s.clone()),
+            Value::Array(items) => items.iter().for_each(|v| collect(v, out)),
+            Value::Object(map) => map.values().for_each(|v| collect(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    collect(value, &mut out);
+    out
+}
+
 impl Received {
     /// Everything of the message a reader could see: its text, its fallback text and every
     /// string of its cards, one per line.
     pub fn shown(&self) -> String {
-        fn collect(value: &Value, out: &mut Vec<String>) {
-            match value {
-                Value::String(s) => out.push(s.clone()),
-                Value::Array(items) => items.iter().for_each(|v| collect(v, out)),
-                Value::Object(map) => map.values().for_each(|v| collect(v, out)),
-                _ => {}
-            }
-        }
-        let mut out = Vec::new();
-        for field in ["text", "fallbackText", "cardsV2"] {
-            if let Some(value) = self.body.get(field) {
-                collect(value, &mut out);
-            }
-        }
-        out.join("\n")
+        ["text", "fallbackText", "cardsV2"]
+            .iter()
+            .filter_map(|field| self.body.get(*field))
+            .flat_map(json_strings)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -300,6 +306,7 @@ impl Shared {
 
 struct ChatState {
     rate_per_second: Option<f64>,
+    rate_limit_retry_after: Option<String>,
     global_mode: Mode,
     space_modes: HashMap<String, Mode>,
     fail_next: HashMap<String, VecDeque<Failure>>,
@@ -356,6 +363,7 @@ impl FakeChat {
         let shared = Arc::new(Shared {
             state: Mutex::new(ChatState {
                 rate_per_second: Some(1.0),
+                rate_limit_retry_after: None,
                 global_mode: Mode::Normal,
                 space_modes: HashMap::new(),
                 fail_next: HashMap::new(),
@@ -442,6 +450,18 @@ impl FakeChat {
             );
         }
         self.shared().lock().rate_per_second = per_second;
+    }
+
+    /// Makes the rate limiter's own 429s carry `Retry-After: value` (`None`, the default,
+    /// sends none, like Chat). Lets a test storm kabar with 429s that name a wait.
+    pub fn set_rate_limit_retry_after(&self, value: Option<&str>) {
+        if let Some(value) = value {
+            assert!(
+                HeaderValue::from_str(value).is_ok(),
+                "fake Chat: Retry-After value {value:?} is not a valid header value"
+            );
+        }
+        self.shared().lock().rate_limit_retry_after = value.map(str::to_owned);
     }
 
     /// Sets the mode of one space (`Some`) or the global mode (`None`). A space's own mode
@@ -1136,11 +1156,12 @@ fn accept(state: &mut ChatState, incoming: &Incoming) -> Result<(Received, Value
             updated: now,
         });
         if !bucket.take(rate, now) {
-            // Chat's 429s are not documented to carry Retry-After; the fake sends none.
-            return Err(ApiError::new(
-                429,
-                "Resource has been exhausted (e.g. check quota).",
-            ));
+            // Chat's 429s are not documented to carry Retry-After; the fake sends none
+            // unless a test asks for it with `set_rate_limit_retry_after`.
+            return Err(ApiError {
+                retry_after: state.rate_limit_retry_after.clone(),
+                ..ApiError::new(429, "Resource has been exhausted (e.g. check quota).")
+            });
         }
     }
 

@@ -180,6 +180,26 @@ pub struct KabarProcess {
 impl KabarProcess {
     /// Starts `kabar serve` and waits until it logs its address.
     pub fn spawn(config: &Path, log_path: &Path) -> KabarProcess {
+        KabarProcess::spawn_with(config, log_path, "debug", &[])
+    }
+
+    /// Like `spawn`, with `RUST_LOG` set to `filter` (e.g. to quiet a chatty dependency
+    /// while kabar itself logs at debug).
+    pub fn spawn_with_log_filter(config: &Path, log_path: &Path, filter: &str) -> KabarProcess {
+        KabarProcess::spawn_with(config, log_path, filter, &[])
+    }
+
+    /// `spawn` with extra environment variables for the child (HTTPS_PROXY, ...).
+    pub fn spawn_with_env(config: &Path, log_path: &Path, envs: &[(&str, &str)]) -> KabarProcess {
+        KabarProcess::spawn_with(config, log_path, "debug", envs)
+    }
+
+    fn spawn_with(
+        config: &Path,
+        log_path: &Path,
+        filter: &str,
+        envs: &[(&str, &str)],
+    ) -> KabarProcess {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -189,8 +209,9 @@ impl KabarProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_kabar"))
             .args(["serve", "--config"])
             .arg(config)
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", filter)
             .env("NO_COLOR", "1")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))

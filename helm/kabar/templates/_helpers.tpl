@@ -1,0 +1,130 @@
+{{/* Chart name, truncated to fit label values. */}}
+{{- define "kabar.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Resource name: release-chart unless the release name already contains the chart's. */}}
+{{- define "kabar.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "kabar.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride }}
+{{- end }}
+
+{{- define "kabar.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "kabar.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kabar.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "kabar.labels" -}}
+helm.sh/chart: {{ include "kabar.chart" . }}
+{{ include "kabar.selectorLabels" . }}
+app.kubernetes.io/version: {{ include "kabar.imageTag" . | trunc 63 | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kabar
+{{- end }}
+
+{{- define "kabar.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "kabar.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "kabar.imageTag" -}}
+{{- default .Chart.AppVersion .Values.image.tag }}
+{{- end }}
+
+{{- define "kabar.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (include "kabar.imageTag" .) }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret that holds kabar.yaml: the chart's own or an existing one. */}}
+{{- define "kabar.configSecretName" -}}
+{{- default (printf "%s-config" (include "kabar.fullname" .)) .Values.existingConfigSecret.name }}
+{{- end }}
+
+{{/* The Secret holding the inbound bearer token, empty when there is none. */}}
+{{- define "kabar.authSecretName" -}}
+{{- if .Values.auth.existingSecret }}
+{{- .Values.auth.existingSecret }}
+{{- else if .Values.auth.bearerToken }}
+{{- printf "%s-auth" (include "kabar.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "kabar.authSecretKey" -}}
+{{- if .Values.auth.existingSecret }}{{ .Values.auth.existingSecretKey }}{{ else }}token{{ end }}
+{{- end }}
+
+{{/* Where mounted secret files live; kept apart from the config Secret's own mount. */}}
+{{- define "kabar.tokenFile" -}}
+/etc/kabar-secrets/auth/token
+{{- end }}
+
+{{- define "kabar.webhookFile" -}}
+{{- printf "/etc/kabar-secrets/webhooks/%s/webhook_url" . }}
+{{- end }}
+
+{{/*
+kabar.yaml rendered from .Values.config: the chart sets listen and state_dir, points
+webhookSecrets' spaces at their mounted files and the auth token at its file. Conflicting
+settings fail the render rather than letting kabar pick one.
+*/}}
+{{- define "kabar.config" -}}
+{{- $config := deepCopy (default dict .Values.config) }}
+{{- range $key := list "listen" "state_dir" }}
+{{- if hasKey $config $key }}
+{{- fail (printf "config.%s is set by the chart; remove it from values" $key) }}
+{{- end }}
+{{- end }}
+{{- $_ := set $config "listen" "0.0.0.0:9095" }}
+{{- $_ := set $config "state_dir" "/var/lib/kabar" }}
+{{- if include "kabar.authSecretName" . }}
+{{- if $config.auth }}
+{{- fail "set either config.auth or auth.bearerToken/auth.existingSecret, not both" }}
+{{- end }}
+{{- $_ := set $config "auth" (dict "bearer_token_file" (include "kabar.tokenFile" .)) }}
+{{- else if not $config.auth }}
+{{- $_ := unset $config "auth" }}
+{{- end }}
+{{- range $key := list "delivery" "defaults" }}
+{{- if not (get $config $key) }}
+{{- $_ := unset $config $key }}
+{{- end }}
+{{- end }}
+{{- $spaces := default dict $config.spaces }}
+{{- range $space, $ref := .Values.webhookSecrets }}
+{{- $entry := default dict (get $spaces $space) }}
+{{- if or (hasKey $entry "webhook_url") (hasKey $entry "dry_run") }}
+{{- fail (printf "space %s: webhookSecrets.%s gives its webhook URL; remove webhook_url/dry_run from config.spaces.%s" $space $space $space) }}
+{{- end }}
+{{- $_ := set $entry "webhook_url_file" (include "kabar.webhookFile" $space) }}
+{{- $_ := set $spaces $space $entry }}
+{{- end }}
+{{- if not $spaces }}
+{{- /* kabar needs a space to start: a dry run that only logs, until spaces are configured. */}}
+{{- $_ := set $spaces "demo" (dict "dry_run" true "receivers" (list "kabar")) }}
+{{- end }}
+{{- $_ := set $config "spaces" $spaces }}
+{{- toYaml $config }}
+{{- end }}
