@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # kabar's benchmark suite. Usage, from anywhere in the repo:
 #
-#   bench/run.sh [all|ingest|paced|delivery|sustain|startup|render]...
+#   bench/run.sh [all|disk|render|ingest|paced|delivery|sustain|startup]...
 #
 # Each part writes JSON lines to bench/results/<part>.jsonl (one per run) and the summary
 # prints medians. RUNS (default 3) sets the repetitions; DURATION (default 20) the seconds
@@ -151,6 +151,29 @@ startup() {
     harness startup --work "$WORK" --messages 100000 --runs 5 | tee -a "$RESULTS/startup.jsonl"
 }
 
+# The floor under every durable acknowledgement: one 4 KiB append + fsync on $WORK's disk,
+# as a SQLite WAL commit does.
+disk() {
+    python3 - "$WORK" <<'PY' | tee "$RESULTS/disk.jsonl"
+import json, os, statistics, sys, time
+path = os.path.join(sys.argv[1], "fsync-probe")
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+samples = []
+for _ in range(1000):
+    os.write(fd, b"x" * 4096)
+    start = time.perf_counter()
+    os.fsync(fd)
+    samples.append((time.perf_counter() - start) * 1000)
+os.close(fd)
+os.unlink(path)
+samples.sort()
+pick = lambda p: round(samples[min(len(samples) - 1, int(p / 100 * len(samples)))], 3)
+print(json.dumps({"fsyncs": len(samples), "p50_ms": pick(50), "p90_ms": pick(90),
+                  "p99_ms": pick(99), "max_ms": round(samples[-1], 3),
+                  "mean_ms": round(statistics.mean(samples), 3)}))
+PY
+}
+
 render() {
     cargo bench --locked --bench render -- --noplot 2>&1 | tee "$RESULTS/render.txt" |
         grep -E '^render/|time:'
@@ -158,7 +181,7 @@ render() {
 
 PARTS=("$@")
 [ ${#PARTS[@]} -eq 0 ] && PARTS=(all)
-[ "${PARTS[0]}" = all ] && PARTS=(render ingest paced delivery sustain startup)
+[ "${PARTS[0]}" = all ] && PARTS=(disk render ingest paced delivery sustain startup)
 build
 machine
 for part in "${PARTS[@]}"; do

@@ -25,6 +25,10 @@ def main():
     if machine.exists():
         print("machine:", machine.read_text().strip())
 
+    for r in load(results, "disk"):
+        print(f"\ndisk: 4 KiB write + fsync x{r['fsyncs']}: p50 {r['p50_ms']} ms, p90 {r['p90_ms']} ms, "
+              f"p99 {r['p99_ms']} ms, max {r['max_ms']} ms")
+
     ingest = load(results, "ingest")
     if ingest:
         print(f"\ningest (wrk, closed loop; medians of {max(r['run'] for r in ingest)} runs)")
