@@ -58,7 +58,7 @@ wait_http() { # url
     return 1
 }
 
-rss() { # pid -> "VmRSS VmHWM" in MiB
+rss() { # pid -> "VmHWM VmRSS" in MiB (their order in /proc/PID/status)
     awk '/^VmRSS|^VmHWM/ {printf "%.1f ", $2/1024}' "/proc/$1/status"
 }
 
@@ -94,7 +94,7 @@ ingest() {
                     wrk -t2 -c32 -d"${DURATION}s" --timeout 10s -s bench/alerts.lua "$url/alerts" | tail -1)
                 local mem=""
                 if [ $target = kabar ]; then
-                    read -r vmrss vmhwm <<<"$(rss "$kabar_pid")"
+                    read -r vmhwm vmrss <<<"$(rss "$kabar_pid")"
                     mem=",\"rss_mib\":$vmrss,\"hwm_mib\":$vmhwm"
                 fi
                 echo "{\"run\":$run,\"target\":\"$target\",\"alerts\":$alerts,${out#\{}" | sed "s/}\$/$mem}/" >>"$RESULTS/ingest.jsonl"
