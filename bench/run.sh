@@ -74,7 +74,8 @@ ingest() {
         local dir=$WORK/ingest-$run port bare_port
         rm -rf "$dir"
         port=$(free_port)
-        harness fake-chat --dir "$dir" --spaces 1 --listen "127.0.0.1:$port" >"$WORK/fake-chat.out" 2>&1 &
+        # The binary itself, so $! is its PID and cleanup stops it.
+        "$HARNESS" fake-chat --dir "$dir" --spaces 1 --listen "127.0.0.1:$port" >"$WORK/fake-chat.out" 2>&1 &
         PIDS+=($!)
         for _ in $(seq 1 500); do [ -f "$dir/kabar.yaml" ] && break; sleep 0.02; done
         "$KABAR" serve --config "$dir/kabar.yaml" >/dev/null 2>"$dir/kabar.log" &
@@ -113,7 +114,8 @@ paced() {
         local dir=$WORK/paced-$run port
         rm -rf "$dir"
         port=$(free_port)
-        harness fake-chat --dir "$dir" --spaces 1 --listen "127.0.0.1:$port" >"$WORK/fake-chat.out" 2>&1 &
+        # The binary itself, so $! is its PID and cleanup stops it.
+        "$HARNESS" fake-chat --dir "$dir" --spaces 1 --listen "127.0.0.1:$port" >"$WORK/fake-chat.out" 2>&1 &
         PIDS+=($!)
         for _ in $(seq 1 500); do [ -f "$dir/kabar.yaml" ] && break; sleep 0.02; done
         "$KABAR" serve --config "$dir/kabar.yaml" >/dev/null 2>"$dir/kabar.log" &
