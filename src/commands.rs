@@ -275,7 +275,13 @@ pub fn render(
                 requests.push(json!({
                 "space": message.space,
                 "kind": message.kind.as_str(),
-                "fingerprints": message.fingerprints,
+                "fingerprints": message
+                    .subject
+                    .indexes()
+                    .into_iter()
+                    .filter_map(|i| notification.alerts.get(i))
+                    .map(|a| a.fingerprint())
+                    .collect::<Vec<_>>(),
                 "threadKey": message.thread_key,
                 "query": message.thread_key.as_ref().map(|_| format!("messageReplyOption={REPLY_OPTION}")),
                 "body": body,

@@ -379,8 +379,8 @@ async fn accept(
 pub struct Outgoing {
     pub space: String,
     pub kind: MessageKind,
-    /// The fingerprints of the alerts the message is about.
-    pub fingerprints: Vec<String>,
+    /// The alerts the message is about.
+    pub subject: Subject,
     pub thread_key: Option<String>,
     pub body: String,
     /// For a card: the text body sent instead if Chat refuses the card.
@@ -443,7 +443,7 @@ pub fn prepare<S: EpisodeStore>(
         emit(&Outgoing {
             space: space.name.clone(),
             kind: message.kind,
-            fingerprints: subject_fingerprints(&message.subject, notification),
+            subject: message.subject,
             thread_key: rendered.thread_key,
             body: rendered.body,
             fallback_body: rendered.fallback_body,
@@ -451,24 +451,6 @@ pub fn prepare<S: EpisodeStore>(
         outcome.queued.push(message.kind);
     }
     Ok(outcome)
-}
-
-fn subject_fingerprints(subject: &Subject, notification: &Notification) -> Vec<String> {
-    let indexes: Vec<usize> = match subject {
-        Subject::Alert(i) => vec![*i],
-        Subject::Alerts(set) => set
-            .firing
-            .iter()
-            .chain(&set.resolved)
-            .chain(&set.still_firing)
-            .copied()
-            .collect(),
-    };
-    indexes
-        .into_iter()
-        .filter_map(|i| notification.alerts.get(i))
-        .map(|a| a.fingerprint())
-        .collect()
 }
 
 #[cfg(test)]

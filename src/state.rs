@@ -246,6 +246,14 @@ impl AlertSet {
     pub fn len(&self) -> usize {
         self.firing.len() + self.resolved.len() + self.still_firing.len()
     }
+    /// Every listed alert: firing first, then resolved, then still firing.
+    pub fn indexes(&self) -> impl Iterator<Item = usize> + '_ {
+        self.firing
+            .iter()
+            .chain(&self.resolved)
+            .chain(&self.still_firing)
+            .copied()
+    }
 }
 
 /// What a planned message is about.
@@ -255,6 +263,16 @@ pub enum Subject {
     Alert(usize),
     /// Several alerts: a group or digest message.
     Alerts(AlertSet),
+}
+
+impl Subject {
+    /// The alerts the message is about, as indexes into the notification's alerts.
+    pub fn indexes(&self) -> Vec<usize> {
+        match self {
+            Subject::Alert(i) => vec![*i],
+            Subject::Alerts(set) => set.indexes().collect(),
+        }
+    }
 }
 
 /// One message the plan wants posted.

@@ -39,17 +39,11 @@ pub(super) fn subject_alerts<'a>(
     subject: &Subject,
     notification: &'a Notification,
 ) -> Vec<&'a Alert> {
-    let alerts = &notification.alerts;
-    match subject {
-        Subject::Alert(i) => alerts.get(*i).into_iter().collect(),
-        Subject::Alerts(set) => set
-            .firing
-            .iter()
-            .chain(&set.resolved)
-            .chain(&set.still_firing)
-            .filter_map(|i| alerts.get(*i))
-            .collect(),
-    }
+    subject
+        .indexes()
+        .into_iter()
+        .filter_map(|i| notification.alerts.get(i))
+        .collect()
 }
 
 /// Who a message mentions: the configured targets of the severities of the alerts that
@@ -143,13 +137,7 @@ fn omitted(indexes: &[usize]) -> usize {
 }
 
 fn alert_lists(set: &AlertSet, notification: &Notification) -> Value {
-    let all: Vec<usize> = set
-        .firing
-        .iter()
-        .chain(&set.resolved)
-        .chain(&set.still_firing)
-        .copied()
-        .collect();
+    let all: Vec<usize> = set.indexes().collect();
     json!({
         "alerts": listed(&all, notification),
         "firing": listed(&set.firing, notification),
