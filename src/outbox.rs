@@ -207,7 +207,7 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 /// Schema changes, in order: entry `i` takes the database from version `i` to `i + 1`.
 /// Each runs in its own transaction and sets `user_version`, so a crash mid-way leaves a
 /// consistent version behind.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     // v1: outbox, dead letters, episode state, duplicate detection.
     "BEGIN;
              CREATE TABLE outbox (
@@ -272,6 +272,25 @@ const MIGRATIONS: [&str; 2] = [
              ) WITHOUT ROWID;
              CREATE INDEX group_episodes_by_seen ON group_episodes (seen_ms);
              PRAGMA user_version = 2;
+             COMMIT;",
+    // v3: an episode that fires again after its resolve reopens, so episodes remember
+    // when kabar recorded the resolve and the resolve's endsAt (episodes resolved before
+    // this count from their last post). Duplicate detection compares a notification with
+    // the latest one of its group only, so the table is keyed by group.
+    "BEGIN;
+             ALTER TABLE episodes ADD COLUMN resolved_ms INTEGER;
+             ALTER TABLE episodes ADD COLUMN resolved_ends_ms INTEGER;
+             UPDATE episodes SET resolved_ms = last_post_ms WHERE resolved = 1;
+             DROP TABLE recent_notifications;
+             CREATE TABLE recent_notifications (
+                 space TEXT NOT NULL,
+                 group_hash INTEGER NOT NULL,
+                 digest INTEGER NOT NULL,
+                 received_ms INTEGER NOT NULL,
+                 PRIMARY KEY (space, group_hash)
+             ) WITHOUT ROWID;
+             CREATE INDEX recent_by_time ON recent_notifications (received_ms);
+             PRAGMA user_version = 3;
              COMMIT;",
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -622,7 +641,8 @@ impl EpisodeStore for SqlEpisodes<'_> {
         let row = self
             .0
             .prepare_cached(
-                "SELECT firing_posted, resolved, last_post_ms, thread_key, seen_ms FROM episodes
+                "SELECT firing_posted, resolved, last_post_ms, thread_key, seen_ms, resolved_ms,
+                 resolved_ends_ms FROM episodes
                  WHERE space = ?1 AND fingerprint = ?2 AND starts_at_ns = ?3",
             )?
             .query_row(
@@ -634,6 +654,8 @@ impl EpisodeStore for SqlEpisodes<'_> {
                             resolved: row.get(1)?,
                             last_post_ms: row.get(2)?,
                             thread_key: row.get(3)?,
+                            resolved_ms: row.get(5)?,
+                            resolved_ends_ms: row.get(6)?,
                         },
                         row.get::<_, i64>(4)?,
                     ))
@@ -662,8 +684,9 @@ impl EpisodeStore for SqlEpisodes<'_> {
         self.0
             .prepare_cached(
                 "INSERT OR REPLACE INTO episodes
-                 (space, fingerprint, starts_at_ns, firing_posted, resolved, last_post_ms, thread_key, seen_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 (space, fingerprint, starts_at_ns, firing_posted, resolved, last_post_ms, thread_key,
+                  seen_ms, resolved_ms, resolved_ends_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 key.space,
@@ -673,30 +696,46 @@ impl EpisodeStore for SqlEpisodes<'_> {
                 episode.resolved,
                 episode.last_post_ms,
                 episode.thread_key,
-                now_ms
+                now_ms,
+                episode.resolved_ms,
+                episode.resolved_ends_ms
             ])?;
         Ok(())
     }
 
-    fn seen_notification(
+    // SQLite integers are signed: the hashes are stored bit for bit.
+    fn latest_notification(
         &mut self,
         space: &str,
-        digest: u64,
-        now_ms: i64,
-        since_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let digest = digest as i64;
-        let previous: Option<i64> = self
+        group: u64,
+    ) -> Result<Option<(u64, i64)>, StoreError> {
+        let latest: Option<(i64, i64)> = self
             .0
             .prepare_cached(
-                "SELECT received_ms FROM recent_notifications WHERE space = ?1 AND digest = ?2",
+                "SELECT digest, received_ms FROM recent_notifications
+                 WHERE space = ?1 AND group_hash = ?2",
             )?
-            .query_row(params![space, digest], |row| row.get(0))
+            .query_row(params![space, group as i64], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
             .optional()?;
+        Ok(latest.map(|(digest, at)| (digest as u64, at)))
+    }
+
+    fn record_notification(
+        &mut self,
+        space: &str,
+        group: u64,
+        digest: u64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         self.0
-            .prepare_cached("INSERT OR REPLACE INTO recent_notifications (space, digest, received_ms) VALUES (?1, ?2, ?3)")?
-            .execute(params![space, digest, now_ms])?;
-        Ok(previous.is_some_and(|at| at >= since_ms))
+            .prepare_cached(
+                "INSERT OR REPLACE INTO recent_notifications (space, group_hash, digest, received_ms)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![space, group as i64, digest as i64, now_ms])?;
+        Ok(())
     }
 
     fn group_episode(
@@ -855,6 +894,8 @@ mod tests {
             resolved: false,
             last_post_ms: 7,
             thread_key: Some("kabar:ops:digest:1".into()),
+            resolved_ms: Some(5),
+            resolved_ends_ms: Some(-62_135_596_800_000),
         };
         let group = GroupEpisode {
             thread_key: "kabar:ops:group:1".into(),
@@ -866,9 +907,16 @@ mod tests {
                 let mut episodes = SqlEpisodes(conn);
                 episodes.save_episode(&k, &e, now_ms())?;
                 episodes.save_group_episode("ops", "{}:{a=\"b\"}", &g, now_ms())?;
-                let seen_first = episodes.seen_notification("ops", u64::MAX, 1_000, 0)?;
-                let seen_again = episodes.seen_notification("ops", u64::MAX, 2_000, 0)?;
-                assert!(!seen_first && seen_again);
+                assert_eq!(episodes.latest_notification("ops", 9)?, None);
+                episodes.record_notification("ops", 9, u64::MAX, 1_000)?;
+                episodes.record_notification("ops", u64::MAX, 1, 2_000)?;
+                assert_eq!(
+                    episodes.latest_notification("ops", 9)?,
+                    Some((u64::MAX, 1_000)),
+                    "hashes survive SQLite's signed integers; groups are separate"
+                );
+                episodes.record_notification("ops", 9, 2, 3_000)?;
+                assert_eq!(episodes.latest_notification("ops", 9)?, Some((2, 3_000)));
                 Ok((
                     episodes.episode(&k)?,
                     episodes.group_episode("ops", "{}:{a=\"b\"}")?,
@@ -882,7 +930,7 @@ mod tests {
             .write(|conn| prune(conn, now_ms() + EPISODE_RETENTION_MS + 1))
             .await
             .expect("prune");
-        assert_eq!((episodes, digests), (1, 1));
+        assert_eq!((episodes, digests), (1, 2));
         let group_left = store
             .read(|conn| SqlEpisodes(conn).group_episode("ops", "{}:{a=\"b\"}"))
             .await
@@ -936,7 +984,7 @@ mod tests {
             )
             .expect("insert");
             conn.execute(
-                "INSERT INTO episodes VALUES ('ops', 'fp', 1, 1, 0, 2, 3)",
+                "INSERT INTO episodes VALUES ('ops', 'fp', 1, 1, 0, 2, 3), ('ops', 'gone', 1, 1, 1, 9, 3)",
                 [],
             )
             .expect("insert");
@@ -959,6 +1007,22 @@ mod tests {
             .expect("read")
             .expect("kept");
         assert!(episode.firing_posted && episode.thread_key.is_none());
+        assert_eq!(episode.resolved_ms, None);
+        let key = EpisodeKey {
+            space: "ops".into(),
+            fingerprint: "gone".into(),
+            starts_at_ns: 1,
+        };
+        let resolved = store
+            .write(move |conn| SqlEpisodes(conn).episode(&key))
+            .await
+            .expect("read")
+            .expect("kept");
+        assert_eq!(
+            (resolved.resolved_ms, resolved.resolved_ends_ms),
+            (Some(9), None),
+            "a resolve from before v3 counts from its last post"
+        );
         let version: i64 = store
             .read(|conn| Ok(conn.pragma_query_value(None, "user_version", |row| row.get(0))?))
             .await

@@ -751,3 +751,79 @@ async fn metrics_pass_promtool_check() {
     );
     kabar.stop().await;
 }
+
+/// Moves the resolve times kabar recorded `ms` into the past, as if that long had passed
+/// since (the re-fire window is 60 s of kabar's clock; the test does not wait a minute).
+fn age_recorded_resolves(state_dir: &std::path::Path, ms: i64) {
+    let conn = rusqlite::Connection::open(state_dir.join("kabar.db")).expect("open kabar.db");
+    conn.busy_timeout(Duration::from_secs(10))
+        .expect("busy timeout");
+    let aged = conn
+        .execute(
+            "UPDATE episodes SET resolved_ms = resolved_ms - ?1 WHERE resolved_ms IS NOT NULL",
+            [ms],
+        )
+        .expect("age the recorded resolve");
+    assert_eq!(aged, 1, "one episode has a recorded resolve");
+}
+
+#[tokio::test]
+async fn an_alert_firing_again_after_its_resolve_gets_a_firing_again_reply() {
+    let chat = FakeChat::start().await;
+    chat.set_rate_limit(None);
+    let kabar = InProcess::start(config(
+        "  rate_limit_per_second: 50\n",
+        &space_yaml(&chat, "ops", ""),
+    ))
+    .await;
+    let url = kabar.url("/alerts");
+    let firing = notification("ops", &[("DiskFull", "firing")]);
+    let resolved = notification("ops", &[("DiskFull", "resolved")]);
+    let queued = |body: Value| body["queued"].as_u64();
+
+    assert_eq!(queued(post_alerts(&url, &firing).await.1), Some(1));
+    assert_eq!(queued(post_alerts(&url, &resolved).await.1), Some(1));
+    // An HA peer's late copy of the firing notification, right after the resolve: stale.
+    let mut late_copy = firing.clone();
+    late_copy["externalURL"] = json!("http://alertmanager-2.local:9093");
+    let (status, body) = post_alerts(&url, &late_copy).await;
+    assert_eq!((status, body), (200, json!({"queued": 0, "suppressed": 1})));
+
+    // A minute later it fires again with the same startsAt (Prometheus restarted).
+    age_recorded_resolves(&kabar.config.state_dir(), 61_000);
+    let (status, body) = post_alerts(&url, &firing).await;
+    assert_eq!((status, body), (200, json!({"queued": 1, "suppressed": 0})));
+    let (_, body) = post_alerts(&url, &firing).await;
+    assert_eq!(queued(body), Some(0), "its copy is a duplicate");
+
+    // It resolves again, later: a resolved reply again.
+    let mut resolved_again = resolved.clone();
+    resolved_again["alerts"][0]["endsAt"] = json!("2026-11-28T02:00:00Z");
+    assert_eq!(queued(post_alerts(&url, &resolved_again).await.1), Some(1));
+
+    chat.wait_for_messages("ops", 4, WAIT).await;
+    let threads = chat.threads("ops");
+    assert_eq!(threads.len(), 1, "{}", chat.describe("ops"));
+    let texts: Vec<String> = threads[0]
+        .messages
+        .iter()
+        .map(|m| m.text.clone().unwrap_or_default())
+        .collect();
+    assert!(texts[0].contains("*FIRING*"), "{texts:?}");
+    assert!(texts[1].starts_with("✅ *RESOLVED*"), "{texts:?}");
+    assert!(
+        texts[2].starts_with("🔴 *Firing again* · *DiskFull*"),
+        "{texts:?}"
+    );
+    assert!(texts[3].starts_with("✅ *RESOLVED*"), "{texts:?}");
+    let metrics = metrics_text(&kabar.url("")).await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "kabar_messages_queued_total{kind=\"firingAgain\",space=\"ops\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    kabar.stop().await;
+}
