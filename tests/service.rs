@@ -827,3 +827,63 @@ async fn an_alert_firing_again_after_its_resolve_gets_a_firing_again_reply() {
     );
     kabar.stop().await;
 }
+
+#[tokio::test]
+async fn a_space_removed_and_re_added_mid_request_never_has_two_senders() {
+    let chat = FakeChat::start().await;
+    chat.set_rate_limit(None);
+    chat.set_mode(
+        Some("ops"),
+        Mode::Slow {
+            delay: Duration::from_millis(1500),
+            accept: true,
+        },
+    );
+    let delivery = "  rate_limit_per_second: 50\n";
+    let with_ops = format!(
+        "{}  other:\n    dry_run: true\n",
+        space_yaml(&chat, "ops", "")
+    );
+    let without_ops = "  other:\n    dry_run: true\n";
+    let kabar = InProcess::start(config(delivery, &with_ops)).await;
+    let firing = notification("ops", &[("A", "firing"), ("B", "firing"), ("C", "firing")]);
+    let (status, body) = post_alerts(&kabar.url("/alerts"), &firing).await;
+    assert_eq!((status, body["queued"].clone()), (200, json!(3)));
+
+    // The first message is in flight (Chat is slow to answer): remove ops, add it back.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while chat.in_flight("ops") == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "nothing was sent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    kabar.config.rewrite(&format!(
+        "delivery:\n  allow_any_host: true\n{delivery}defaults:\n  format: text\nspaces:\n{without_ops}"
+    ));
+    kabar.service.reload().await.expect("reload without ops");
+    kabar.config.rewrite(&format!(
+        "delivery:\n  allow_any_host: true\n{delivery}defaults:\n  format: text\nspaces:\n{with_ops}"
+    ));
+    kabar.service.reload().await.expect("reload with ops again");
+
+    chat.wait_for_messages("ops", 3, WAIT).await;
+    wait_for_metric(
+        &kabar.url(""),
+        "kabar_outbox_messages{space=\"ops\"}",
+        0.0,
+        WAIT,
+    )
+    .await;
+    assert_eq!(
+        chat.max_in_flight("ops"),
+        1,
+        "one request in flight per space: {}",
+        chat.describe("ops")
+    );
+    assert_eq!(
+        chat.messages("ops").len(),
+        3,
+        "each message posted once: {}",
+        chat.describe("ops")
+    );
+    kabar.stop().await;
+}
