@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::state::{Episode, EpisodeKey, EpisodeStore, GroupEpisode};
 
@@ -32,6 +32,13 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("the store is shut down")]
     Closed,
+    /// A write job panicked (a bug in kabar): its savepoint was rolled back, the other
+    /// jobs of its transaction committed, and the writer carries on.
+    #[error("the write panicked and was rolled back (a bug in kabar; please report it)")]
+    JobPanicked,
+    /// The writer thread itself died: nothing can be written until kabar restarts.
+    #[error("the store's writer thread died; kabar must be restarted")]
+    WriterDied,
     #[error("{0}")]
     Internal(String),
     #[error("database schema version {found} is newer than this kabar understands ({supported})")]
@@ -131,7 +138,12 @@ where
         };
         let result = match conn.execute_batch("SAVEPOINT job") {
             Ok(()) => {
-                let result = work(conn);
+                // A panic in one job must not take the writer thread down with it: the
+                // store would stay open and answer nothing, a zombie. The job's savepoint
+                // is rolled back below like any failed job; the connection is left as
+                // SQLite left it, which a rollback to the savepoint makes consistent.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(conn)))
+                    .unwrap_or(Err(StoreError::JobPanicked));
                 let end = if result.is_ok() {
                     conn.execute_batch("RELEASE job")
                 } else {
@@ -178,6 +190,8 @@ pub struct Store {
 
 struct Inner {
     jobs: Mutex<Option<mpsc::Sender<Box<dyn WriteJob>>>>,
+    /// Becomes true if the writer thread dies (a panic outside any job).
+    writer_died: Arc<watch::Sender<bool>>,
     /// Transactions committed by the writer: with `writes`, how well batching works.
     commits: Arc<AtomicU64>,
     writes: AtomicU64,
@@ -322,13 +336,16 @@ impl Store {
         let (jobs, receiver) = mpsc::channel::<Box<dyn WriteJob>>();
         let commits = Arc::new(AtomicU64::new(0));
         let writer_commits = Arc::clone(&commits);
+        let writer_died = Arc::new(watch::Sender::new(false));
+        let death = WriterDeath(Arc::clone(&writer_died));
         let writer = std::thread::Builder::new()
             .name("kabar-store-writer".into())
-            .spawn(move || writer_loop(conn, receiver, &writer_commits))
+            .spawn(move || writer_loop(conn, receiver, &writer_commits, death))
             .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
         Ok(Store {
             inner: Arc::new(Inner {
                 jobs: Mutex::new(Some(jobs)),
+                writer_died,
                 commits,
                 writes: AtomicU64::new(0),
                 writer: Mutex::new(Some(writer)),
@@ -360,9 +377,29 @@ impl Store {
             jobs.as_ref()
                 .ok_or(StoreError::Closed)?
                 .send(job)
-                .map_err(|_| StoreError::Closed)?;
+                .map_err(|_| self.gone())?;
         }
-        result.await.map_err(|_| StoreError::Closed)?
+        result.await.map_err(|_| self.gone())?
+    }
+
+    /// Why the writer no longer answers: it died, or the store was closed.
+    fn gone(&self) -> StoreError {
+        if self.writer_died() {
+            StoreError::WriterDied
+        } else {
+            StoreError::Closed
+        }
+    }
+
+    /// True once the writer thread died; the store then takes no writes until restart.
+    pub fn writer_died(&self) -> bool {
+        *self.inner.writer_died.borrow()
+    }
+
+    /// Resolves when the writer thread dies (never, normally).
+    pub async fn writer_death(&self) {
+        let mut died = self.inner.writer_died.subscribe();
+        let _ = died.wait_for(|died| *died).await;
     }
 
     /// Runs `work` on a read-only connection off the async runtime.
@@ -424,6 +461,26 @@ impl Store {
         }
     }
 
+    /// Makes the writer thread die the way a bug outside any job would: for the tests of
+    /// what notices a dead writer. Not in the shipped binary.
+    #[cfg(test)]
+    pub(crate) fn kill_writer_for_test(&self) {
+        struct PanicsOnCompletion;
+        impl WriteJob for PanicsOnCompletion {
+            fn run(&mut self, _conn: &Connection) -> bool {
+                true
+            }
+            fn complete(self: Box<Self>, _commit: Result<(), &rusqlite::Error>) {
+                panic!("injected: the writer thread fails outside any job");
+            }
+        }
+        if let Ok(jobs) = self.inner.jobs.lock()
+            && let Some(jobs) = jobs.as_ref()
+        {
+            let _ = jobs.send(Box::new(PanicsOnCompletion));
+        }
+    }
+
     /// A real, committed write: proves the disk takes writes right now.
     pub async fn probe(&self) -> Result<(), StoreError> {
         let now = now_ms();
@@ -436,7 +493,30 @@ impl Store {
     }
 }
 
-fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Box<dyn WriteJob>>, commits: &AtomicU64) {
+/// Lives on the writer thread's stack: unwinding past it (a panic outside any job) marks
+/// the writer dead, so /healthz fails and serve exits for the supervisor to restart it.
+struct WriterDeath(Arc<watch::Sender<bool>>);
+
+impl Drop for WriterDeath {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                "the store's writer thread died; kabar stops so that it can be restarted"
+            );
+            self.0.send_replace(true);
+        }
+    }
+}
+
+fn writer_loop(
+    conn: Connection,
+    jobs: mpsc::Receiver<Box<dyn WriteJob>>,
+    commits: &AtomicU64,
+    death: WriterDeath,
+) {
+    // Dropped before the parameters: the death is flagged before the job queue closes, so
+    // a write that finds the queue closed already sees why.
+    let _death = death;
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -1059,6 +1139,60 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(queued.len(), 300, "every acknowledged write is there");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_is_rolled_back_and_the_writer_carries_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        store
+            .write(|conn| enqueue(conn, &message("ops", "before")))
+            .await
+            .expect("write");
+        let panicked = store
+            .write(|conn| -> Result<(), StoreError> {
+                enqueue(conn, &message("ops", "half-done"))?;
+                panic!("injected: a bug inside a write job");
+            })
+            .await
+            .expect_err("the job panicked");
+        assert!(matches!(panicked, StoreError::JobPanicked), "{panicked:?}");
+        // Jobs in one batch: the panicking one does not undo the others.
+        let (a, b, c) = tokio::join!(
+            store.write(|conn| enqueue(conn, &message("ops", "same-batch-1"))),
+            store.write(|_| -> Result<(), StoreError> { panic!("injected again") }),
+            store.write(|conn| enqueue(conn, &message("ops", "same-batch-2"))),
+        );
+        assert!(a.is_ok() && c.is_ok(), "{a:?} {c:?}");
+        assert!(matches!(b, Err(StoreError::JobPanicked)), "{b:?}");
+        store
+            .write(|conn| enqueue(conn, &message("ops", "after")))
+            .await
+            .expect("the writer still takes writes");
+        assert!(!store.writer_died());
+        let bodies: Vec<String> = store
+            .read(|conn| next_messages(conn, "ops", 0, 10))
+            .await
+            .expect("read")
+            .into_iter()
+            .map(|m| m.body)
+            .collect();
+        assert_eq!(bodies, ["before", "same-batch-1", "same-batch-2", "after"]);
+    }
+
+    #[tokio::test]
+    async fn a_dead_writer_is_reported_not_hidden() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        assert!(!store.writer_died());
+        store.kill_writer_for_test();
+        tokio::time::timeout(std::time::Duration::from_secs(10), store.writer_death())
+            .await
+            .expect("the death is signalled");
+        assert!(store.writer_died());
+        let err = store.write(|_| Ok(())).await.expect_err("no writer");
+        assert!(matches!(err, StoreError::WriterDied), "{err:?}");
+        store.close();
     }
 
     #[tokio::test]
