@@ -887,3 +887,28 @@ async fn a_space_removed_and_re_added_mid_request_never_has_two_senders() {
     );
     kabar.stop().await;
 }
+
+#[tokio::test]
+async fn a_storm_of_resolves_never_seen_firing_is_one_digest_message() {
+    let chat = FakeChat::start().await;
+    chat.set_rate_limit(None);
+    let kabar = InProcess::start(config(
+        "  rate_limit_per_second: 50\n",
+        &space_yaml(&chat, "ops", ""),
+    ))
+    .await;
+    let names: Vec<String> = (0..200).map(|i| format!("Gone{i}")).collect();
+    let alerts: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "resolved")).collect();
+    let storm = notification("ops", &alerts);
+    let (status, body) = post_alerts(&kabar.url("/alerts"), &storm).await;
+    assert_eq!((status, body), (200, json!({"queued": 1, "suppressed": 0})));
+    let messages = chat.wait_for_messages("ops", 1, WAIT).await;
+    let text = messages[0].text.as_deref().unwrap_or("");
+    assert!(text.starts_with("✅ *200 alerts resolved*"), "{text}");
+    assert!(text.contains("✅ *Gone0*"), "listed as resolved: {text}");
+    assert!(text.contains("+180 more"), "{text}");
+    // The state of every alert moved on: the re-send posts nothing.
+    let (_, body) = post_alerts(&kabar.url("/alerts"), &storm).await;
+    assert_eq!(body["queued"], 0);
+    kabar.stop().await;
+}
