@@ -48,6 +48,10 @@ pub enum ServeError {
     Http(std::io::Error),
     #[error(transparent)]
     Tls(#[from] listener::TlsError),
+    /// The store's writer thread died: nothing can be queued any more, so serve stops
+    /// and the process exits non-zero for its supervisor to restart it.
+    #[error("the store's writer thread died; stopping so that kabar can be restarted")]
+    WriterDied,
 }
 
 /// State behind every HTTP handler.
@@ -288,7 +292,7 @@ async fn until_stopped(
 ) -> Result<(), ServeError> {
     tokio::select! {
         waited = stop => waited,
-        _ = service.app.shared.store.writer_death() => Err(ServeError::Store(StoreError::WriterDied)),
+        _ = service.app.shared.store.writer_death() => Err(ServeError::WriterDied),
     }
 }
 
@@ -516,7 +520,7 @@ mod tests {
         .await
         .expect("serve stops by itself, with no signal");
         assert!(
-            matches!(outcome, Err(ServeError::Store(StoreError::WriterDied))),
+            matches!(outcome, Err(ServeError::WriterDied)),
             "{outcome:?}"
         );
         service.shutdown().await.expect("shutdown");
