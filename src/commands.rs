@@ -127,14 +127,16 @@ fn samples() -> Vec<(&'static str, Notification)> {
         .collect()
 }
 
-/// Every message a sample can produce: each alert as firing, reminder and resolved, and
-/// the whole notification as a group and as a digest.
+/// Every message a sample can produce: each alert as firing, reminder, firing again and
+/// resolved, and the whole notification as a group and as digests (of what starts firing,
+/// and of every kind of change at once).
 fn sample_messages(notification: &Notification) -> Vec<(MessageKind, Subject)> {
     let mut messages = Vec::new();
     for i in 0..notification.alerts.len() {
         for kind in [
             MessageKind::Firing,
             MessageKind::Reminder,
+            MessageKind::FiringAgain,
             MessageKind::Resolved,
         ] {
             messages.push((kind, Subject::Alert(i)));
@@ -155,11 +157,16 @@ fn sample_messages(notification: &Notification) -> Vec<(MessageKind, Subject)> {
         firing: (0..notification.alerts.len()).collect(),
         ..AlertSet::default()
     };
+    let mixed_digest = AlertSet {
+        still_firing: reminders.still_firing.clone(),
+        ..changes.clone()
+    };
     // A plan never posts an empty set; neither do the samples.
     for (kind, set) in [
         (MessageKind::Group, changes),
         (MessageKind::Group, reminders),
         (MessageKind::Digest, digest),
+        (MessageKind::Digest, mixed_digest),
     ] {
         if !set.is_empty() {
             messages.push((kind, Subject::Alerts(set)));

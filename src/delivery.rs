@@ -62,38 +62,54 @@ struct SenderHandle {
     task: JoinHandle<()>,
 }
 
+#[derive(Default)]
+struct Senders {
+    running: BTreeMap<String, SenderHandle>,
+    /// Senders of spaces that left the config, told to stop but perhaps still finishing
+    /// their request in flight. A space that comes back starts its new sender only after
+    /// the old one ended: two senders of one space would break "one request in flight"
+    /// and post the message in flight a second time.
+    retiring: BTreeMap<String, JoinHandle<()>>,
+}
+
 /// The running senders, one per configured space.
 pub struct Delivery {
     shared: Arc<Shared>,
-    senders: std::sync::Mutex<BTreeMap<String, SenderHandle>>,
+    senders: std::sync::Mutex<Senders>,
 }
 
 impl Delivery {
     pub fn new(shared: Arc<Shared>) -> Delivery {
         Delivery {
             shared,
-            senders: std::sync::Mutex::new(BTreeMap::new()),
+            senders: std::sync::Mutex::new(Senders::default()),
         }
     }
 
     /// Starts senders for new spaces and stops those of spaces that left the config.
     pub fn sync_spaces(&self, config: &Config) {
-        let Ok(mut senders) = self.senders.lock() else {
+        let Ok(mut guard) = self.senders.lock() else {
             return;
         };
+        let senders = &mut *guard;
+        senders.retiring.retain(|_, task| !task.is_finished());
         let gone: Vec<String> = senders
+            .running
             .keys()
             .filter(|name| !config.spaces.contains_key(*name))
             .cloned()
             .collect();
         for name in gone {
-            if let Some(handle) = senders.remove(&name) {
+            if let Some(handle) = senders.running.remove(&name) {
                 let _ = handle.stop.send(true);
+                // A sender started after an earlier removal waits for the one before it,
+                // so this task covers every older one too.
+                senders.retiring.insert(name.clone(), handle.task);
                 info!(space = %name, "space removed from config; its sender stops (queued messages stay on disk)");
             }
         }
         for name in config.spaces.keys() {
-            if !senders.contains_key(name) {
+            if !senders.running.contains_key(name) {
                 let wake = Arc::new(Notify::new());
                 let (stop, stopped) = watch::channel(false);
                 let sender = Sender {
@@ -102,8 +118,18 @@ impl Delivery {
                     wake: Arc::clone(&wake),
                     stopped,
                 };
-                let task = tokio::spawn(sender.run());
-                senders.insert(name.clone(), SenderHandle { wake, stop, task });
+                let previous = senders.retiring.remove(name);
+                let task = tokio::spawn(async move {
+                    if let Some(previous) = previous {
+                        debug!(space = %sender.space, "waiting for the space's previous sender to stop");
+                        // An Err is a sender that panicked or was aborted: it is gone too.
+                        let _ = previous.await;
+                    }
+                    sender.run().await;
+                });
+                senders
+                    .running
+                    .insert(name.clone(), SenderHandle { wake, stop, task });
             }
         }
     }
@@ -111,7 +137,7 @@ impl Delivery {
     /// New messages were committed for `space`.
     pub fn wake(&self, space: &str) {
         if let Ok(senders) = self.senders.lock()
-            && let Some(handle) = senders.get(space)
+            && let Some(handle) = senders.running.get(space)
         {
             handle.wake.notify_one();
         }
@@ -119,16 +145,20 @@ impl Delivery {
 
     /// Asks every sender to stop after its request in flight and waits up to `grace`.
     pub async fn shutdown(&self, grace: Duration) {
-        let handles: Vec<(String, SenderHandle)> = match self.senders.lock() {
-            Ok(mut senders) => std::mem::take(&mut *senders).into_iter().collect(),
+        let senders = match self.senders.lock() {
+            Ok(mut senders) => std::mem::take(&mut *senders),
             Err(_) => return,
         };
-        for (_, handle) in &handles {
+        for handle in senders.running.values() {
             let _ = handle.stop.send(true);
         }
+        let tasks = senders
+            .running
+            .into_iter()
+            .map(|(space, handle)| (space, handle.task))
+            .chain(senders.retiring);
         let deadline = Instant::now() + grace;
-        for (space, handle) in handles {
-            let mut task = handle.task;
+        for (space, mut task) in tasks {
             if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
                 warn!(space = %space, "sender did not stop in time; its message stays queued");
                 task.abort();

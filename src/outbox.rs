@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::state::{Episode, EpisodeKey, EpisodeStore, GroupEpisode};
 
@@ -32,6 +32,13 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("the store is shut down")]
     Closed,
+    /// A write job panicked (a bug in kabar): its savepoint was rolled back, the other
+    /// jobs of its transaction committed, and the writer carries on.
+    #[error("the write panicked and was rolled back (a bug in kabar; please report it)")]
+    JobPanicked,
+    /// The writer thread itself died: nothing can be written until kabar restarts.
+    #[error("the store's writer thread died; kabar must be restarted")]
+    WriterDied,
     #[error("{0}")]
     Internal(String),
     #[error("database schema version {found} is newer than this kabar understands ({supported})")]
@@ -131,7 +138,12 @@ where
         };
         let result = match conn.execute_batch("SAVEPOINT job") {
             Ok(()) => {
-                let result = work(conn);
+                // A panic in one job must not take the writer thread down with it: the
+                // store would stay open and answer nothing, a zombie. The job's savepoint
+                // is rolled back below like any failed job; the connection is left as
+                // SQLite left it, which a rollback to the savepoint makes consistent.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(conn)))
+                    .unwrap_or(Err(StoreError::JobPanicked));
                 let end = if result.is_ok() {
                     conn.execute_batch("RELEASE job")
                 } else {
@@ -178,6 +190,8 @@ pub struct Store {
 
 struct Inner {
     jobs: Mutex<Option<mpsc::Sender<Box<dyn WriteJob>>>>,
+    /// Becomes true if the writer thread dies (a panic outside any job).
+    writer_died: Arc<watch::Sender<bool>>,
     /// Transactions committed by the writer: with `writes`, how well batching works.
     commits: Arc<AtomicU64>,
     writes: AtomicU64,
@@ -207,7 +221,7 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 /// Schema changes, in order: entry `i` takes the database from version `i` to `i + 1`.
 /// Each runs in its own transaction and sets `user_version`, so a crash mid-way leaves a
 /// consistent version behind.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     // v1: outbox, dead letters, episode state, duplicate detection.
     "BEGIN;
              CREATE TABLE outbox (
@@ -273,6 +287,25 @@ const MIGRATIONS: [&str; 2] = [
              CREATE INDEX group_episodes_by_seen ON group_episodes (seen_ms);
              PRAGMA user_version = 2;
              COMMIT;",
+    // v3: an episode that fires again after its resolve reopens, so episodes remember
+    // when kabar recorded the resolve and the resolve's endsAt (episodes resolved before
+    // this count from their last post). Duplicate detection compares a notification with
+    // the latest one of its group only, so the table is keyed by group.
+    "BEGIN;
+             ALTER TABLE episodes ADD COLUMN resolved_ms INTEGER;
+             ALTER TABLE episodes ADD COLUMN resolved_ends_ms INTEGER;
+             UPDATE episodes SET resolved_ms = last_post_ms WHERE resolved = 1;
+             DROP TABLE recent_notifications;
+             CREATE TABLE recent_notifications (
+                 space TEXT NOT NULL,
+                 group_hash INTEGER NOT NULL,
+                 digest INTEGER NOT NULL,
+                 received_ms INTEGER NOT NULL,
+                 PRIMARY KEY (space, group_hash)
+             ) WITHOUT ROWID;
+             CREATE INDEX recent_by_time ON recent_notifications (received_ms);
+             PRAGMA user_version = 3;
+             COMMIT;",
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -303,13 +336,16 @@ impl Store {
         let (jobs, receiver) = mpsc::channel::<Box<dyn WriteJob>>();
         let commits = Arc::new(AtomicU64::new(0));
         let writer_commits = Arc::clone(&commits);
+        let writer_died = Arc::new(watch::Sender::new(false));
+        let death = WriterDeath(Arc::clone(&writer_died));
         let writer = std::thread::Builder::new()
             .name("kabar-store-writer".into())
-            .spawn(move || writer_loop(conn, receiver, &writer_commits))
+            .spawn(move || writer_loop(conn, receiver, &writer_commits, death))
             .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
         Ok(Store {
             inner: Arc::new(Inner {
                 jobs: Mutex::new(Some(jobs)),
+                writer_died,
                 commits,
                 writes: AtomicU64::new(0),
                 writer: Mutex::new(Some(writer)),
@@ -341,9 +377,29 @@ impl Store {
             jobs.as_ref()
                 .ok_or(StoreError::Closed)?
                 .send(job)
-                .map_err(|_| StoreError::Closed)?;
+                .map_err(|_| self.gone())?;
         }
-        result.await.map_err(|_| StoreError::Closed)?
+        result.await.map_err(|_| self.gone())?
+    }
+
+    /// Why the writer no longer answers: it died, or the store was closed.
+    fn gone(&self) -> StoreError {
+        if self.writer_died() {
+            StoreError::WriterDied
+        } else {
+            StoreError::Closed
+        }
+    }
+
+    /// True once the writer thread died; the store then takes no writes until restart.
+    pub fn writer_died(&self) -> bool {
+        *self.inner.writer_died.borrow()
+    }
+
+    /// Resolves when the writer thread dies (never, normally).
+    pub async fn writer_death(&self) {
+        let mut died = self.inner.writer_died.subscribe();
+        let _ = died.wait_for(|died| *died).await;
     }
 
     /// Runs `work` on a read-only connection off the async runtime.
@@ -405,6 +461,26 @@ impl Store {
         }
     }
 
+    /// Makes the writer thread die the way a bug outside any job would: for the tests of
+    /// what notices a dead writer. Not in the shipped binary.
+    #[cfg(test)]
+    pub(crate) fn kill_writer_for_test(&self) {
+        struct PanicsOnCompletion;
+        impl WriteJob for PanicsOnCompletion {
+            fn run(&mut self, _conn: &Connection) -> bool {
+                true
+            }
+            fn complete(self: Box<Self>, _commit: Result<(), &rusqlite::Error>) {
+                panic!("injected: the writer thread fails outside any job");
+            }
+        }
+        if let Ok(jobs) = self.inner.jobs.lock()
+            && let Some(jobs) = jobs.as_ref()
+        {
+            let _ = jobs.send(Box::new(PanicsOnCompletion));
+        }
+    }
+
     /// A real, committed write: proves the disk takes writes right now.
     pub async fn probe(&self) -> Result<(), StoreError> {
         let now = now_ms();
@@ -417,7 +493,30 @@ impl Store {
     }
 }
 
-fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Box<dyn WriteJob>>, commits: &AtomicU64) {
+/// Lives on the writer thread's stack: unwinding past it (a panic outside any job) marks
+/// the writer dead, so /healthz fails and serve exits for the supervisor to restart it.
+struct WriterDeath(Arc<watch::Sender<bool>>);
+
+impl Drop for WriterDeath {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                "the store's writer thread died; kabar stops so that it can be restarted"
+            );
+            self.0.send_replace(true);
+        }
+    }
+}
+
+fn writer_loop(
+    conn: Connection,
+    jobs: mpsc::Receiver<Box<dyn WriteJob>>,
+    commits: &AtomicU64,
+    death: WriterDeath,
+) {
+    // Dropped before the parameters: the death is flagged before the job queue closes, so
+    // a write that finds the queue closed already sees why.
+    let _death = death;
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -622,7 +721,8 @@ impl EpisodeStore for SqlEpisodes<'_> {
         let row = self
             .0
             .prepare_cached(
-                "SELECT firing_posted, resolved, last_post_ms, thread_key, seen_ms FROM episodes
+                "SELECT firing_posted, resolved, last_post_ms, thread_key, seen_ms, resolved_ms,
+                 resolved_ends_ms FROM episodes
                  WHERE space = ?1 AND fingerprint = ?2 AND starts_at_ns = ?3",
             )?
             .query_row(
@@ -634,6 +734,8 @@ impl EpisodeStore for SqlEpisodes<'_> {
                             resolved: row.get(1)?,
                             last_post_ms: row.get(2)?,
                             thread_key: row.get(3)?,
+                            resolved_ms: row.get(5)?,
+                            resolved_ends_ms: row.get(6)?,
                         },
                         row.get::<_, i64>(4)?,
                     ))
@@ -662,8 +764,9 @@ impl EpisodeStore for SqlEpisodes<'_> {
         self.0
             .prepare_cached(
                 "INSERT OR REPLACE INTO episodes
-                 (space, fingerprint, starts_at_ns, firing_posted, resolved, last_post_ms, thread_key, seen_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 (space, fingerprint, starts_at_ns, firing_posted, resolved, last_post_ms, thread_key,
+                  seen_ms, resolved_ms, resolved_ends_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 key.space,
@@ -673,30 +776,46 @@ impl EpisodeStore for SqlEpisodes<'_> {
                 episode.resolved,
                 episode.last_post_ms,
                 episode.thread_key,
-                now_ms
+                now_ms,
+                episode.resolved_ms,
+                episode.resolved_ends_ms
             ])?;
         Ok(())
     }
 
-    fn seen_notification(
+    // SQLite integers are signed: the hashes are stored bit for bit.
+    fn latest_notification(
         &mut self,
         space: &str,
-        digest: u64,
-        now_ms: i64,
-        since_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let digest = digest as i64;
-        let previous: Option<i64> = self
+        group: u64,
+    ) -> Result<Option<(u64, i64)>, StoreError> {
+        let latest: Option<(i64, i64)> = self
             .0
             .prepare_cached(
-                "SELECT received_ms FROM recent_notifications WHERE space = ?1 AND digest = ?2",
+                "SELECT digest, received_ms FROM recent_notifications
+                 WHERE space = ?1 AND group_hash = ?2",
             )?
-            .query_row(params![space, digest], |row| row.get(0))
+            .query_row(params![space, group as i64], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
             .optional()?;
+        Ok(latest.map(|(digest, at)| (digest as u64, at)))
+    }
+
+    fn record_notification(
+        &mut self,
+        space: &str,
+        group: u64,
+        digest: u64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         self.0
-            .prepare_cached("INSERT OR REPLACE INTO recent_notifications (space, digest, received_ms) VALUES (?1, ?2, ?3)")?
-            .execute(params![space, digest, now_ms])?;
-        Ok(previous.is_some_and(|at| at >= since_ms))
+            .prepare_cached(
+                "INSERT OR REPLACE INTO recent_notifications (space, group_hash, digest, received_ms)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![space, group as i64, digest as i64, now_ms])?;
+        Ok(())
     }
 
     fn group_episode(
@@ -855,6 +974,8 @@ mod tests {
             resolved: false,
             last_post_ms: 7,
             thread_key: Some("kabar:ops:digest:1".into()),
+            resolved_ms: Some(5),
+            resolved_ends_ms: Some(-62_135_596_800_000),
         };
         let group = GroupEpisode {
             thread_key: "kabar:ops:group:1".into(),
@@ -866,9 +987,16 @@ mod tests {
                 let mut episodes = SqlEpisodes(conn);
                 episodes.save_episode(&k, &e, now_ms())?;
                 episodes.save_group_episode("ops", "{}:{a=\"b\"}", &g, now_ms())?;
-                let seen_first = episodes.seen_notification("ops", u64::MAX, 1_000, 0)?;
-                let seen_again = episodes.seen_notification("ops", u64::MAX, 2_000, 0)?;
-                assert!(!seen_first && seen_again);
+                assert_eq!(episodes.latest_notification("ops", 9)?, None);
+                episodes.record_notification("ops", 9, u64::MAX, 1_000)?;
+                episodes.record_notification("ops", u64::MAX, 1, 2_000)?;
+                assert_eq!(
+                    episodes.latest_notification("ops", 9)?,
+                    Some((u64::MAX, 1_000)),
+                    "hashes survive SQLite's signed integers; groups are separate"
+                );
+                episodes.record_notification("ops", 9, 2, 3_000)?;
+                assert_eq!(episodes.latest_notification("ops", 9)?, Some((2, 3_000)));
                 Ok((
                     episodes.episode(&k)?,
                     episodes.group_episode("ops", "{}:{a=\"b\"}")?,
@@ -882,7 +1010,7 @@ mod tests {
             .write(|conn| prune(conn, now_ms() + EPISODE_RETENTION_MS + 1))
             .await
             .expect("prune");
-        assert_eq!((episodes, digests), (1, 1));
+        assert_eq!((episodes, digests), (1, 2));
         let group_left = store
             .read(|conn| SqlEpisodes(conn).group_episode("ops", "{}:{a=\"b\"}"))
             .await
@@ -936,7 +1064,7 @@ mod tests {
             )
             .expect("insert");
             conn.execute(
-                "INSERT INTO episodes VALUES ('ops', 'fp', 1, 1, 0, 2, 3)",
+                "INSERT INTO episodes VALUES ('ops', 'fp', 1, 1, 0, 2, 3), ('ops', 'gone', 1, 1, 1, 9, 3)",
                 [],
             )
             .expect("insert");
@@ -959,6 +1087,22 @@ mod tests {
             .expect("read")
             .expect("kept");
         assert!(episode.firing_posted && episode.thread_key.is_none());
+        assert_eq!(episode.resolved_ms, None);
+        let key = EpisodeKey {
+            space: "ops".into(),
+            fingerprint: "gone".into(),
+            starts_at_ns: 1,
+        };
+        let resolved = store
+            .write(move |conn| SqlEpisodes(conn).episode(&key))
+            .await
+            .expect("read")
+            .expect("kept");
+        assert_eq!(
+            (resolved.resolved_ms, resolved.resolved_ends_ms),
+            (Some(9), None),
+            "a resolve from before v3 counts from its last post"
+        );
         let version: i64 = store
             .read(|conn| Ok(conn.pragma_query_value(None, "user_version", |row| row.get(0))?))
             .await
@@ -995,6 +1139,60 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(queued.len(), 300, "every acknowledged write is there");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_is_rolled_back_and_the_writer_carries_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        store
+            .write(|conn| enqueue(conn, &message("ops", "before")))
+            .await
+            .expect("write");
+        let panicked = store
+            .write(|conn| -> Result<(), StoreError> {
+                enqueue(conn, &message("ops", "half-done"))?;
+                panic!("injected: a bug inside a write job");
+            })
+            .await
+            .expect_err("the job panicked");
+        assert!(matches!(panicked, StoreError::JobPanicked), "{panicked:?}");
+        // Jobs in one batch: the panicking one does not undo the others.
+        let (a, b, c) = tokio::join!(
+            store.write(|conn| enqueue(conn, &message("ops", "same-batch-1"))),
+            store.write(|_| -> Result<(), StoreError> { panic!("injected again") }),
+            store.write(|conn| enqueue(conn, &message("ops", "same-batch-2"))),
+        );
+        assert!(a.is_ok() && c.is_ok(), "{a:?} {c:?}");
+        assert!(matches!(b, Err(StoreError::JobPanicked)), "{b:?}");
+        store
+            .write(|conn| enqueue(conn, &message("ops", "after")))
+            .await
+            .expect("the writer still takes writes");
+        assert!(!store.writer_died());
+        let bodies: Vec<String> = store
+            .read(|conn| next_messages(conn, "ops", 0, 10))
+            .await
+            .expect("read")
+            .into_iter()
+            .map(|m| m.body)
+            .collect();
+        assert_eq!(bodies, ["before", "same-batch-1", "same-batch-2", "after"]);
+    }
+
+    #[tokio::test]
+    async fn a_dead_writer_is_reported_not_hidden() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        assert!(!store.writer_died());
+        store.kill_writer_for_test();
+        tokio::time::timeout(std::time::Duration::from_secs(10), store.writer_death())
+            .await
+            .expect("the death is signalled");
+        assert!(store.writer_died());
+        let err = store.write(|_| Ok(())).await.expect_err("no writer");
+        assert!(matches!(err, StoreError::WriterDied), "{err:?}");
+        store.close();
     }
 
     #[tokio::test]

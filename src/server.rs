@@ -48,6 +48,10 @@ pub enum ServeError {
     Http(std::io::Error),
     #[error(transparent)]
     Tls(#[from] listener::TlsError),
+    /// The store's writer thread died: nothing can be queued any more, so serve stops
+    /// and the process exits non-zero for its supervisor to restart it.
+    #[error("the store's writer thread died; stopping so that kabar can be restarted")]
+    WriterDied,
 }
 
 /// State behind every HTTP handler.
@@ -270,12 +274,26 @@ async fn prune_periodically(store: Store, mut stopped: watch::Receiver<bool>) {
     }
 }
 
-/// Loads the config at `path`, runs until SIGTERM or SIGINT, reloads on SIGHUP.
+/// Loads the config at `path`, runs until SIGTERM or SIGINT, reloads on SIGHUP. If the
+/// store's writer thread dies, it stops and returns an error (the process exits non-zero
+/// for its supervisor to restart it) rather than live on unable to queue anything.
 pub async fn run(path: PathBuf) -> Result<(), ServeError> {
     let runtime = Runtime::load(&path)?;
     let service = Service::start(runtime, Some(path)).await?;
-    wait_for_signals(&service).await?;
-    service.shutdown().await
+    let waited = until_stopped(&service, wait_for_signals(&service)).await;
+    let stopped = service.shutdown().await;
+    waited.and(stopped)
+}
+
+/// Waits for `stop` (the signals) or for the store's writer to die, whichever is first.
+async fn until_stopped(
+    service: &Service,
+    stop: impl std::future::Future<Output = Result<(), ServeError>>,
+) -> Result<(), ServeError> {
+    tokio::select! {
+        waited = stop => waited,
+        _ = service.app.shared.store.writer_death() => Err(ServeError::WriterDied),
+    }
 }
 
 #[cfg(unix)]
@@ -319,8 +337,22 @@ fn router(app: Arc<AppState>, guard: WebhookGuard) -> Router {
         .with_state(app)
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+async fn healthz(State(app): State<Arc<AppState>>) -> Response {
+    health(&app.shared.store)
+}
+
+/// Alive: the process answers and its store's writer thread runs (without it nothing
+/// can be queued, and only a restart helps).
+fn health(store: &Store) -> Response {
+    if store.writer_died() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unhealthy: the store's writer thread died; restart kabar\n",
+        )
+            .into_response()
+    } else {
+        (StatusCode::OK, "ok\n").into_response()
+    }
 }
 
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
@@ -443,4 +475,54 @@ async fn landing(State(app): State<Arc<AppState>>) -> Html<String> {
         version = crate::VERSION,
         revision = crate::REVISION,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn healthz_fails_once_the_store_writer_died() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        assert_eq!(health(&store).status(), StatusCode::OK);
+        store.kill_writer_for_test();
+        tokio::time::timeout(Duration::from_secs(10), store.writer_death())
+            .await
+            .expect("the death is signalled");
+        let response = health(&store);
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .expect("body");
+        assert!(
+            String::from_utf8_lossy(&body).contains("writer thread died"),
+            "{body:?}"
+        );
+        store.close();
+    }
+
+    #[tokio::test]
+    async fn serve_stops_with_an_error_when_the_store_writer_dies() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let yaml = format!(
+            "listen: 127.0.0.1:0\nstate_dir: {}\nspaces:\n  demo:\n    dry_run: true\n",
+            dir.path().display()
+        );
+        let config = crate::config::Config::parse(&yaml, dir.path(), &|_| None).expect("config");
+        let runtime = Runtime::new(config).expect("runtime");
+        let service = Service::start(runtime, None).await.expect("start");
+        service.app.shared.store.kill_writer_for_test();
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(10),
+            until_stopped(&service, std::future::pending()),
+        )
+        .await
+        .expect("serve stops by itself, with no signal");
+        assert!(
+            matches!(outcome, Err(ServeError::WriterDied)),
+            "{outcome:?}"
+        );
+        service.shutdown().await.expect("shutdown");
+    }
 }

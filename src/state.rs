@@ -21,6 +21,9 @@ pub enum MessageKind {
     Resolved,
     /// One alert is still firing after reminder_interval.
     Reminder,
+    /// One alert fires again after its episode resolved (same fingerprint and startsAt):
+    /// replies in its thread, and reminders resume.
+    FiringAgain,
     /// What changed in an Alertmanager group (`threading: per_group`).
     Group,
     /// Many alerts started firing at once: one message names them all (storm control).
@@ -28,10 +31,11 @@ pub enum MessageKind {
 }
 
 impl MessageKind {
-    pub const ALL: [MessageKind; 5] = [
+    pub const ALL: [MessageKind; 6] = [
         MessageKind::Firing,
         MessageKind::Resolved,
         MessageKind::Reminder,
+        MessageKind::FiringAgain,
         MessageKind::Group,
         MessageKind::Digest,
     ];
@@ -41,6 +45,7 @@ impl MessageKind {
             MessageKind::Firing => "firing",
             MessageKind::Resolved => "resolved",
             MessageKind::Reminder => "reminder",
+            MessageKind::FiringAgain => "firingAgain",
             MessageKind::Group => "group",
             MessageKind::Digest => "digest",
         }
@@ -52,7 +57,9 @@ impl MessageKind {
 pub enum SuppressReason {
     /// Already posted; nothing changed and no reminder is due.
     Unchanged,
-    /// The same notification arrived again within the duplicate window (an HA pair).
+    /// A copy of a notification already handled: the same notification again within the
+    /// duplicate window (an HA pair), a firing copy within REFIRE_GRACE of the episode's
+    /// resolve, or a late copy of an old resolve after the episode fired again.
     Duplicate,
     /// Resolved, but the space has `send_resolved: false`.
     ResolvedDisabled,
@@ -119,6 +126,15 @@ pub struct Episode {
     /// The thread this episode's replies go to when it is not the episode's own: a
     /// digest's thread, for alerts a digest announced.
     pub thread_key: Option<String>,
+    /// While resolved: when kabar recorded the resolve (kabar's clock, Unix ms), which
+    /// starts REFIRE_GRACE. Not the alert's endsAt: that is the sender's clock and may lie
+    /// long before kabar heard of the resolve (Alertmanager resolves at endsAt when
+    /// Prometheus stops sending, and tells receivers at its next flush).
+    pub resolved_ms: Option<i64>,
+    /// The endsAt (Unix ms) of the episode's latest resolve. After the episode fires
+    /// again, a resolved copy carrying exactly this endsAt is a late copy of that old
+    /// resolve, not a new one.
+    pub resolved_ends_ms: Option<i64>,
 }
 
 /// The thread of an Alertmanager group in a space (`threading: per_group`). It stays open
@@ -140,14 +156,21 @@ pub trait EpisodeStore {
         episode: &Episode,
         now_ms: i64,
     ) -> Result<(), Self::Error>;
-    /// Records `digest` for `space` and tells whether it was already seen since `since_ms`.
-    fn seen_notification(
+    /// The latest notification recorded for `group` (a hash of its group key) in
+    /// `space`: its digest and when it was recorded (Unix ms).
+    fn latest_notification(
         &mut self,
         space: &str,
+        group: u64,
+    ) -> Result<Option<(u64, i64)>, Self::Error>;
+    /// Records `digest` as the latest notification of `group` in `space`.
+    fn record_notification(
+        &mut self,
+        space: &str,
+        group: u64,
         digest: u64,
         now_ms: i64,
-        since_ms: i64,
-    ) -> Result<bool, Self::Error>;
+    ) -> Result<(), Self::Error>;
     fn group_episode(
         &mut self,
         space: &str,
@@ -167,6 +190,13 @@ pub trait EpisodeStore {
 /// own re-sends of an unchanged group come every repeat_interval (hours by default).
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
+/// How long after kabar recorded an episode's resolve a firing copy of the same episode
+/// (same fingerprint and startsAt) is a stale duplicate: an HA peer's or a retried copy of
+/// the notification before the resolve. Later, the episode fires again (Prometheus
+/// restarted and restored the start time, or an outage longer than endsAt resolved it in
+/// Alertmanager) and reopens with a "Firing again" reply.
+pub const REFIRE_GRACE: Duration = Duration::from_secs(60);
+
 /// The decision for one alert, with the episode state to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -183,47 +213,81 @@ pub enum Decision {
 
 /// Decides what one alert needs, given what is known of its episode.
 pub fn decide(
-    status: AlertStatus,
+    alert: &Alert,
     known: Option<&Episode>,
     options: &SpaceOptions,
     now_ms: i64,
 ) -> Decision {
-    let post = |kind, resolved| Decision::Post {
+    let thread_key = known.and_then(|e| e.thread_key.clone());
+    let ends_ms = alert.ends_at.map(|t| t.as_millisecond());
+    let firing = |kind, previous_resolve: Option<i64>| Decision::Post {
         kind,
         episode: Episode {
             firing_posted: true,
-            resolved,
+            resolved: false,
             last_post_ms: now_ms,
-            thread_key: known.and_then(|e| e.thread_key.clone()),
+            thread_key: thread_key.clone(),
+            resolved_ms: None,
+            resolved_ends_ms: previous_resolve,
         },
     };
     let unchanged = Decision::Suppress {
         reason: SuppressReason::Unchanged,
         update: None,
     };
-    match (status, known) {
-        (AlertStatus::Firing, None) => post(MessageKind::Firing, false),
-        // A firing copy that arrives after the resolve of the same episode is stale.
-        (AlertStatus::Firing, Some(e)) if e.resolved => unchanged,
+    let duplicate = Decision::Suppress {
+        reason: SuppressReason::Duplicate,
+        update: None,
+    };
+    match (alert.status, known) {
+        (AlertStatus::Firing, None) => firing(MessageKind::Firing, None),
+        (AlertStatus::Firing, Some(e)) if e.resolved => {
+            // Episodes resolved before kabar recorded resolve times count from their
+            // last post, which is at or before the resolve.
+            let resolved_at = e.resolved_ms.unwrap_or(e.last_post_ms);
+            if now_ms.saturating_sub(resolved_at) < REFIRE_GRACE.as_millis() as i64 {
+                duplicate
+            } else {
+                firing(MessageKind::FiringAgain, e.resolved_ends_ms)
+            }
+        }
         (AlertStatus::Firing, Some(e)) => {
             let interval = options.reminder_interval.as_millis() as i64;
             if interval > 0 && now_ms.saturating_sub(e.last_post_ms) >= interval {
-                post(MessageKind::Reminder, false)
+                firing(MessageKind::Reminder, e.resolved_ends_ms)
             } else {
                 unchanged
             }
         }
         (AlertStatus::Resolved, Some(e)) if e.resolved => unchanged,
-        (AlertStatus::Resolved, known) if !options.send_resolved => Decision::Suppress {
-            reason: SuppressReason::ResolvedDisabled,
-            update: Some(Episode {
-                firing_posted: known.is_some_and(|e| e.firing_posted),
+        (AlertStatus::Resolved, Some(e)) if ends_ms.is_some() && e.resolved_ends_ms == ends_ms => {
+            duplicate
+        }
+        (AlertStatus::Resolved, known) => {
+            let episode = Episode {
+                firing_posted: true,
                 resolved: true,
-                last_post_ms: known.map_or(now_ms, |e| e.last_post_ms),
-                thread_key: known.and_then(|e| e.thread_key.clone()),
-            }),
-        },
-        (AlertStatus::Resolved, _) => post(MessageKind::Resolved, true),
+                last_post_ms: now_ms,
+                thread_key,
+                resolved_ms: Some(now_ms),
+                resolved_ends_ms: ends_ms,
+            };
+            if options.send_resolved {
+                Decision::Post {
+                    kind: MessageKind::Resolved,
+                    episode,
+                }
+            } else {
+                Decision::Suppress {
+                    reason: SuppressReason::ResolvedDisabled,
+                    update: Some(Episode {
+                        firing_posted: known.is_some_and(|e| e.firing_posted),
+                        last_post_ms: known.map_or(now_ms, |e| e.last_post_ms),
+                        ..episode
+                    }),
+                }
+            }
+        }
     }
 }
 
@@ -333,15 +397,25 @@ pub fn plan<S: EpisodeStore>(
 ) -> Result<Plan, S::Error> {
     let mut plan = Plan::default();
     let since = now_ms - DUPLICATE_WINDOW.as_millis() as i64;
-    if store.seen_notification(space, notification_digest(notification), now_ms, since)? {
+    let mut group_hash = Fnv64::new();
+    group_hash.write(notification.group_key.as_bytes());
+    let group = group_hash.finish();
+    let digest = notification_digest(notification);
+    // Only the group's latest notification counts: after a change (a resolve), a copy of
+    // an older notification is judged alert by alert, so the same alert firing again is
+    // not taken for a copy of its first firing notification.
+    let latest = store.latest_notification(space, group)?;
+    if latest.is_some_and(|(seen, at)| seen == digest && at >= since) {
+        store.record_notification(space, group, digest, now_ms)?;
         plan.suppressed = vec![SuppressReason::Duplicate; notification.alerts.len()];
         return Ok(plan);
     }
+    let mut stale = false;
     let mut postings = Vec::new();
     for (alert_index, alert) in notification.alerts.iter().enumerate() {
         let key = EpisodeKey::new(space, alert);
         let known = store.episode(&key)?;
-        match decide(alert.status, known.as_ref(), options, now_ms) {
+        match decide(alert, known.as_ref(), options, now_ms) {
             Decision::Post { kind, episode } => postings.push(Posting {
                 alert_index,
                 kind,
@@ -352,9 +426,16 @@ pub fn plan<S: EpisodeStore>(
                 if let Some(episode) = update {
                     store.save_episode(&key, &episode, now_ms)?;
                 }
+                stale |= reason == SuppressReason::Duplicate;
                 plan.suppressed.push(reason);
             }
         }
+    }
+    // A notification holding a stale copy describes an older state of the group: it is
+    // not the latest, and the same content arriving later (the alert really firing
+    // again) is judged alert by alert, not dropped as its duplicate.
+    if !stale {
+        store.record_notification(space, group, digest, now_ms)?;
     }
     match options.threading {
         Threading::PerGroup => plan_group(store, space, notification, postings, now_ms, &mut plan)?,
@@ -365,8 +446,11 @@ pub fn plan<S: EpisodeStore>(
     Ok(plan)
 }
 
-/// One message per alert, unless more alerts start firing than the space allows new
-/// threads for: then one digest names them, and their later replies go to its thread.
+/// One message per alert, unless the notification would queue more messages in the space
+/// than max_new_threads_per_notification: then one digest names them all (firing, firing
+/// again, resolved, reminders), so a storm does not put minutes of backlog in front of
+/// what comes next. Every alert's episode state moves on either way; alerts that open
+/// with the digest reply in its thread later.
 fn plan_alerts<S: EpisodeStore>(
     store: &mut S,
     space: &str,
@@ -376,45 +460,53 @@ fn plan_alerts<S: EpisodeStore>(
     plan: &mut Plan,
 ) -> Result<(), S::Error> {
     let threaded = options.threading == Threading::PerAlert;
-    let opening: Vec<&Posting> = postings
-        .iter()
-        .filter(|p| p.kind == MessageKind::Firing)
-        .collect();
-    let digest_thread = (opening.len() > options.max_new_threads_per_notification as usize)
-        .then(|| digest_thread_key(space, opening.iter().map(|p| &p.key)));
-    if let Some(thread) = &digest_thread {
-        plan.messages.push(PlannedMessage {
-            kind: MessageKind::Digest,
-            subject: Subject::Alerts(AlertSet {
-                firing: opening.iter().map(|p| p.alert_index).collect(),
-                ..AlertSet::default()
-            }),
-            thread_key: threaded.then(|| thread.clone()),
-        });
-    }
-    for mut posting in postings {
-        if posting.kind == MessageKind::Firing
-            && let Some(thread) = &digest_thread
-        {
-            if threaded {
-                posting.episode.thread_key = Some(thread.clone());
-            }
+    let reply_thread = |posting: &Posting| {
+        posting
+            .episode
+            .thread_key
+            .clone()
+            .unwrap_or_else(|| posting.key.thread_key())
+    };
+    if postings.len() <= options.max_new_threads_per_notification as usize {
+        for posting in postings {
             store.save_episode(&posting.key, &posting.episode, now_ms)?;
-            continue;
+            plan.messages.push(PlannedMessage {
+                kind: posting.kind,
+                subject: Subject::Alert(posting.alert_index),
+                thread_key: threaded.then(|| reply_thread(&posting)),
+            });
+        }
+        return Ok(());
+    }
+    let mut alerts = AlertSet::default();
+    for posting in &postings {
+        match posting.kind {
+            MessageKind::Resolved => alerts.resolved.push(posting.alert_index),
+            MessageKind::Reminder => alerts.still_firing.push(posting.alert_index),
+            _ => alerts.firing.push(posting.alert_index),
+        }
+    }
+    // A digest about alerts that all live in one thread already (those a firing digest
+    // announced, now resolving together) goes there; anything else gets its own thread.
+    let first_thread = postings.first().map(reply_thread);
+    let shared_thread = first_thread.filter(|thread| {
+        postings
+            .iter()
+            .all(|p| p.kind != MessageKind::Firing && &reply_thread(p) == thread)
+    });
+    let thread =
+        shared_thread.unwrap_or_else(|| digest_thread_key(space, postings.iter().map(|p| &p.key)));
+    for mut posting in postings {
+        if posting.kind == MessageKind::Firing && threaded {
+            posting.episode.thread_key = Some(thread.clone());
         }
         store.save_episode(&posting.key, &posting.episode, now_ms)?;
-        plan.messages.push(PlannedMessage {
-            kind: posting.kind,
-            subject: Subject::Alert(posting.alert_index),
-            thread_key: threaded.then(|| {
-                posting
-                    .episode
-                    .thread_key
-                    .clone()
-                    .unwrap_or_else(|| posting.key.thread_key())
-            }),
-        });
     }
+    plan.messages.push(PlannedMessage {
+        kind: MessageKind::Digest,
+        subject: Subject::Alerts(alerts),
+        thread_key: threaded.then_some(thread),
+    });
     Ok(())
 }
 
@@ -433,15 +525,20 @@ fn plan_group<S: EpisodeStore>(
         .iter()
         .all(|a| a.status == AlertStatus::Resolved);
     let mut changes = AlertSet::default();
+    // Only alerts of episodes the group already had (firing again, reminders, resolves):
+    // the group episode continues in its thread even if it had closed.
+    let continues = postings.iter().all(|p| p.kind != MessageKind::Firing);
     for posting in postings {
         store.save_episode(&posting.key, &posting.episode, now_ms)?;
         match posting.kind {
-            MessageKind::Firing => changes.firing.push(posting.alert_index),
+            MessageKind::Firing | MessageKind::FiringAgain => {
+                changes.firing.push(posting.alert_index)
+            }
             MessageKind::Resolved => changes.resolved.push(posting.alert_index),
             _ => changes.still_firing.push(posting.alert_index),
         }
     }
-    let open = known.filter(|g| g.open);
+    let open = known.filter(|g| g.open || continues);
     if changes.is_empty() {
         if let Some(group) = open
             && all_resolved
@@ -510,7 +607,8 @@ fn digest_thread_key<'a>(space: &str, keys: impl Iterator<Item = &'a EpisodeKey>
 #[derive(Debug, Default)]
 pub struct MemoryEpisodes {
     episodes: std::collections::HashMap<EpisodeKey, Episode>,
-    seen: std::collections::HashMap<(String, u64), i64>,
+    /// The latest notification (digest, when) per space and group.
+    seen: std::collections::HashMap<(String, u64), (u64, i64)>,
     groups: std::collections::HashMap<(String, String), GroupEpisode>,
 }
 
@@ -531,15 +629,24 @@ impl EpisodeStore for MemoryEpisodes {
         Ok(())
     }
 
-    fn seen_notification(
+    fn latest_notification(
         &mut self,
         space: &str,
+        group: u64,
+    ) -> Result<Option<(u64, i64)>, Self::Error> {
+        Ok(self.seen.get(&(space.to_owned(), group)).copied())
+    }
+
+    fn record_notification(
+        &mut self,
+        space: &str,
+        group: u64,
         digest: u64,
         now_ms: i64,
-        since_ms: i64,
-    ) -> Result<bool, Self::Error> {
-        let previous = self.seen.insert((space.to_owned(), digest), now_ms);
-        Ok(previous.is_some_and(|at| at >= since_ms))
+    ) -> Result<(), Self::Error> {
+        self.seen
+            .insert((space.to_owned(), group), (digest, now_ms));
+        Ok(())
     }
 
     fn group_episode(
@@ -589,7 +696,8 @@ mod tests {
         options: &SpaceOptions,
         now_ms: i64,
     ) -> (D, Option<Episode>) {
-        match decide(status, known.as_ref(), options, now_ms) {
+        let alert = &notification(&[("A", status)]).alerts[0];
+        match decide(alert, known.as_ref(), options, now_ms) {
             Decision::Post { kind, episode } => (D::Post(kind), Some(episode)),
             Decision::Suppress { reason, update } => (D::Suppress(reason), update),
         }
@@ -667,8 +775,10 @@ mod tests {
         assert_eq!(d, D::Post(MessageKind::Resolved));
         let (d, _) = run(AlertStatus::Resolved, e.clone(), &opts, 20);
         assert_eq!(d, D::Suppress(SuppressReason::Unchanged));
-        let (d, _) = run(AlertStatus::Firing, e, &opts, 30);
-        assert_eq!(d, D::Suppress(SuppressReason::Unchanged));
+        // A firing copy right after the resolve is a stale duplicate, not a re-fire.
+        let (d, update) = run(AlertStatus::Firing, e, &opts, 30);
+        assert_eq!(d, D::Suppress(SuppressReason::Duplicate));
+        assert!(update.is_none(), "the episode stays resolved");
     }
 
     #[test]
@@ -913,6 +1023,317 @@ mod tests {
             fourth.messages[0].thread_key.as_deref(),
             Some(thread.as_str())
         );
+    }
+
+    /// The notification with every resolved alert's endsAt set to `ends_at`.
+    fn resolved_at(mut n: Notification, ends_at: &str) -> Notification {
+        for alert in &mut n.alerts {
+            if alert.status == AlertStatus::Resolved {
+                alert.ends_at = Some(ends_at.parse().expect("time"));
+            }
+        }
+        n
+    }
+
+    fn kinds(plan: &Plan) -> Vec<&'static str> {
+        plan.messages.iter().map(|m| m.kind.as_str()).collect()
+    }
+
+    #[test]
+    fn firing_again_within_60s_of_the_resolve_is_a_stale_copy_after_it_reopens() {
+        let mut store = MemoryEpisodes::default();
+        let opts = options();
+        let firing = notification(&[("A", AlertStatus::Firing)]);
+        let resolved = notification(&[("A", AlertStatus::Resolved)]);
+        let opened = plan(&mut store, "ops", &opts, &firing, 0).expect("plan");
+        let thread = opened.messages[0].thread_key.clone().expect("thread");
+
+        // Resolved an hour later (kabar's clock), long after the firing notification.
+        let resolve_ms = HOUR_MS;
+        let p = plan(&mut store, "ops", &opts, &resolved, resolve_ms).expect("plan");
+        assert_eq!(kinds(&p), ["resolved"]);
+
+        // A late copy of the old firing notification 59 s after the resolve: stale.
+        let stale = plan(&mut store, "ops", &opts, &firing, resolve_ms + 59_000).expect("plan");
+        assert!(stale.messages.is_empty(), "{:?}", stale.messages);
+        assert_eq!(stale.suppressed, vec![SuppressReason::Duplicate]);
+
+        // 61 s after the resolve it fires again: a reply in the same thread.
+        let again_ms = resolve_ms + 61_000;
+        let again = plan(&mut store, "ops", &opts, &firing, again_ms).expect("plan");
+        assert_eq!(kinds(&again), ["firingAgain"]);
+        assert_eq!(
+            again.messages[0].thread_key.as_deref(),
+            Some(thread.as_str())
+        );
+        assert_eq!(again.messages[0].subject, Subject::Alert(0));
+
+        // While it burns: nothing until reminder_interval, then reminders resume.
+        let quiet = plan(&mut store, "ops", &opts, &firing, again_ms + HOUR_MS).expect("plan");
+        assert!(quiet.messages.is_empty());
+        let reminder =
+            plan(&mut store, "ops", &opts, &firing, again_ms + 4 * HOUR_MS).expect("plan");
+        assert_eq!(kinds(&reminder), ["reminder"]);
+        assert_eq!(
+            reminder.messages[0].thread_key.as_deref(),
+            Some(thread.as_str())
+        );
+
+        // A late copy of the old resolve (same endsAt) does not close the reopened episode.
+        let old_copy = plan(
+            &mut store,
+            "ops",
+            &opts,
+            &resolved,
+            again_ms + 4 * HOUR_MS + 1,
+        )
+        .expect("plan");
+        assert!(old_copy.messages.is_empty(), "{:?}", old_copy.messages);
+        assert_eq!(old_copy.suppressed, vec![SuppressReason::Duplicate]);
+
+        // The real resolve (a later endsAt) posts a resolved reply again, once.
+        let resolved_again = resolved_at(resolved, "2026-11-28T06:00:00Z");
+        let second = plan(
+            &mut store,
+            "ops",
+            &opts,
+            &resolved_again,
+            again_ms + 5 * HOUR_MS,
+        )
+        .expect("plan");
+        assert_eq!(kinds(&second), ["resolved"]);
+        assert_eq!(
+            second.messages[0].thread_key.as_deref(),
+            Some(thread.as_str())
+        );
+        let repeat = plan(
+            &mut store,
+            "ops",
+            &opts,
+            &resolved_again,
+            again_ms + 6 * HOUR_MS,
+        )
+        .expect("plan");
+        assert!(repeat.messages.is_empty());
+    }
+
+    #[test]
+    fn firing_again_soon_after_the_first_firing_is_not_taken_for_its_copy() {
+        // Fired, resolved 5 s later, fired again 61 s after the resolve: the re-fire
+        // notification is identical to the first one, seen only 66 s before.
+        let mut store = MemoryEpisodes::default();
+        let opts = options();
+        let firing = notification(&[("A", AlertStatus::Firing)]);
+        let resolved = notification(&[("A", AlertStatus::Resolved)]);
+        plan(&mut store, "ops", &opts, &firing, 0).expect("plan");
+        plan(&mut store, "ops", &opts, &resolved, 5_000).expect("plan");
+        let again = plan(&mut store, "ops", &opts, &firing, 66_000).expect("plan");
+        assert_eq!(kinds(&again), ["firingAgain"]);
+        // Its HA copy moments later is a duplicate.
+        let copy = plan(&mut store, "ops", &opts, &firing, 70_000).expect("plan");
+        assert!(copy.messages.is_empty());
+        assert_eq!(copy.suppressed, vec![SuppressReason::Duplicate]);
+    }
+
+    #[test]
+    fn the_refire_window_runs_on_kabars_clock_not_the_resolves_end_time() {
+        // Alertmanager resolved the alert at its endsAt long before kabar got the resolve
+        // (an outage); the stale firing copy right after the resolve is still stale.
+        let mut store = MemoryEpisodes::default();
+        let opts = options();
+        let firing = notification(&[("A", AlertStatus::Firing)]);
+        let resolved = notification(&[("A", AlertStatus::Resolved)]);
+        plan(&mut store, "ops", &opts, &firing, 0).expect("plan");
+        let received: i64 = "2026-11-28T03:00:00Z"
+            .parse::<Timestamp>()
+            .expect("time")
+            .as_millisecond();
+        plan(&mut store, "ops", &opts, &resolved, received).expect("plan");
+        let stale = plan(&mut store, "ops", &opts, &firing, received + 30_000).expect("plan");
+        assert!(stale.messages.is_empty(), "{:?}", stale.messages);
+        assert_eq!(stale.suppressed, vec![SuppressReason::Duplicate]);
+    }
+
+    #[test]
+    fn firing_again_with_send_resolved_off_still_reopens() {
+        let mut store = MemoryEpisodes::default();
+        let mut opts = options();
+        opts.send_resolved = false;
+        let firing = notification(&[("A", AlertStatus::Firing)]);
+        let resolved = notification(&[("A", AlertStatus::Resolved)]);
+        plan(&mut store, "ops", &opts, &firing, 0).expect("plan");
+        let r = plan(&mut store, "ops", &opts, &resolved, HOUR_MS).expect("plan");
+        assert_eq!(r.suppressed, vec![SuppressReason::ResolvedDisabled]);
+        let stale = plan(&mut store, "ops", &opts, &firing, HOUR_MS + 59_000).expect("plan");
+        assert_eq!(stale.suppressed, vec![SuppressReason::Duplicate]);
+        let again = plan(&mut store, "ops", &opts, &firing, HOUR_MS + 61_000).expect("plan");
+        assert_eq!(kinds(&again), ["firingAgain"]);
+    }
+
+    #[test]
+    fn per_group_a_resolved_group_that_fires_again_reopens_its_thread_after_the_window() {
+        let mut store = MemoryEpisodes::default();
+        let mut opts = options();
+        opts.threading = Threading::PerGroup;
+        let firing = notification_of(&many(2, AlertStatus::Firing));
+        let first = plan(&mut store, "ops", &opts, &firing, 0).expect("plan");
+        let thread = first.messages[0].thread_key.clone().expect("thread");
+        let resolved = notification_of(&many(2, AlertStatus::Resolved));
+        let closing = plan(&mut store, "ops", &opts, &resolved, HOUR_MS).expect("plan");
+        assert_eq!(kinds(&closing), ["group"]);
+
+        // Within 60 s of the resolve: stale copies, nothing posted.
+        let stale = plan(&mut store, "ops", &opts, &firing, HOUR_MS + 59_000).expect("plan");
+        assert!(stale.messages.is_empty(), "{:?}", stale.messages);
+        assert_eq!(stale.suppressed, vec![SuppressReason::Duplicate; 2]);
+
+        // After: one group message in the group's thread listing both as firing.
+        let again = plan(&mut store, "ops", &opts, &firing, HOUR_MS + 61_000).expect("plan");
+        assert_eq!(kinds(&again), ["group"]);
+        assert_eq!(
+            again.messages[0].thread_key.as_deref(),
+            Some(thread.as_str())
+        );
+        assert_eq!(
+            again.messages[0].subject,
+            Subject::Alerts(AlertSet {
+                firing: vec![0, 1],
+                ..AlertSet::default()
+            })
+        );
+        let group = store
+            .group_episode("ops", &firing.group_key)
+            .expect("read")
+            .expect("stored");
+        assert!(group.open, "the group episode is open again");
+
+        // The resolve after that closes it with a message in the same thread.
+        let resolved_again = resolved_at(resolved, "2026-11-28T06:00:00Z");
+        let last = plan(&mut store, "ops", &opts, &resolved_again, 3 * HOUR_MS).expect("plan");
+        assert_eq!(kinds(&last), ["group"]);
+        assert_eq!(
+            last.messages[0].thread_key.as_deref(),
+            Some(thread.as_str())
+        );
+    }
+
+    fn storm_options() -> SpaceOptions {
+        let mut opts = options();
+        opts.max_new_threads_per_notification = 10;
+        opts
+    }
+
+    #[test]
+    fn a_storm_of_resolved_alerts_never_seen_firing_is_one_digest() {
+        let mut store = MemoryEpisodes::default();
+        let opts = storm_options();
+        let storm = notification_of(&many(200, AlertStatus::Resolved));
+        let p = plan(&mut store, "ops", &opts, &storm, 0).expect("plan");
+        assert_eq!(kinds(&p), ["digest"], "one message, not 200");
+        assert_eq!(
+            p.messages[0].subject,
+            Subject::Alerts(AlertSet {
+                resolved: (0..200).collect(),
+                ..AlertSet::default()
+            })
+        );
+        assert!(p.messages[0].thread_key.is_some());
+        // Every episode was recorded as resolved: the re-send posts nothing.
+        let again = plan(&mut store, "ops", &opts, &storm, HOUR_MS).expect("plan");
+        assert!(again.messages.is_empty());
+        assert_eq!(again.suppressed, vec![SuppressReason::Unchanged; 200]);
+    }
+
+    #[test]
+    fn a_mix_of_reminders_resolves_and_new_alerts_beyond_the_bound_is_one_digest() {
+        let mut store = MemoryEpisodes::default();
+        let opts = storm_options();
+        // Five alerts fire, four more fire: nine threads, within the bound.
+        let mut alerts: Vec<(String, AlertStatus)> = (0..9)
+            .map(|i| (format!("A{i}"), AlertStatus::Firing))
+            .collect();
+        let opened = plan(&mut store, "ops", &opts, &notification_of(&alerts), 0).expect("plan");
+        assert_eq!(opened.messages.len(), 9);
+        // Four hours later: A0..A4 are due a reminder, A5..A8 resolve, C0..C2 are new.
+        for alert in &mut alerts[5..] {
+            alert.1 = AlertStatus::Resolved;
+        }
+        alerts.extend((0..3).map(|i| (format!("C{i}"), AlertStatus::Firing)));
+        let mixed = notification_of(&alerts);
+        let p = plan(&mut store, "ops", &opts, &mixed, 4 * HOUR_MS).expect("plan");
+        assert_eq!(kinds(&p), ["digest"], "12 messages > 10 become one digest");
+        assert_eq!(
+            p.messages[0].subject,
+            Subject::Alerts(AlertSet {
+                firing: vec![9, 10, 11],
+                resolved: vec![5, 6, 7, 8],
+                still_firing: vec![0, 1, 2, 3, 4],
+            })
+        );
+        // The state moved on for every alert: the same notification later is unchanged,
+        // and the reminders are next due four hours after this digest.
+        let later = plan(&mut store, "ops", &opts, &mixed, 5 * HOUR_MS).expect("plan");
+        assert!(later.messages.is_empty(), "{:?}", later.messages);
+        let due = plan(&mut store, "ops", &opts, &mixed, 8 * HOUR_MS).expect("plan");
+        assert_eq!(kinds(&due), ["reminder"; 8], "A0..A4 and C0..C2");
+    }
+
+    #[test]
+    fn at_or_below_the_bound_every_kind_gets_its_own_message() {
+        let mut store = MemoryEpisodes::default();
+        let opts = storm_options();
+        let mut alerts: Vec<(String, AlertStatus)> = (0..7)
+            .map(|i| (format!("A{i}"), AlertStatus::Firing))
+            .collect();
+        plan(&mut store, "ops", &opts, &notification_of(&alerts), 0).expect("plan");
+        // 4 reminders + 3 resolves + 3 new = 10 messages: exactly the bound.
+        for alert in &mut alerts[4..] {
+            alert.1 = AlertStatus::Resolved;
+        }
+        alerts.extend((0..3).map(|i| (format!("C{i}"), AlertStatus::Firing)));
+        let p = plan(
+            &mut store,
+            "ops",
+            &opts,
+            &notification_of(&alerts),
+            4 * HOUR_MS,
+        )
+        .expect("plan");
+        let mut got = kinds(&p);
+        got.sort_unstable();
+        assert_eq!(
+            got,
+            [
+                "firing", "firing", "firing", "reminder", "reminder", "reminder", "reminder",
+                "resolved", "resolved", "resolved"
+            ]
+        );
+    }
+
+    #[test]
+    fn alerts_a_digest_announced_resolve_as_a_digest_in_its_thread() {
+        let mut store = MemoryEpisodes::default();
+        let mut opts = options();
+        opts.max_new_threads_per_notification = 2;
+        let fired = plan(
+            &mut store,
+            "ops",
+            &opts,
+            &notification_of(&many(5, AlertStatus::Firing)),
+            0,
+        )
+        .expect("plan");
+        let thread = fired.messages[0].thread_key.clone().expect("thread");
+        let resolved = plan(
+            &mut store,
+            "ops",
+            &opts,
+            &notification_of(&many(5, AlertStatus::Resolved)),
+            HOUR_MS,
+        )
+        .expect("plan");
+        assert_eq!(kinds(&resolved), ["digest"]);
+        assert_eq!(resolved.messages[0].thread_key, Some(thread));
     }
 
     #[test]

@@ -258,3 +258,53 @@ async fn a_storm_posts_one_digest_and_its_alerts_reply_there() {
     drop(am);
     kabar.stop().await;
 }
+
+/// Moves the resolve times kabar recorded `ms` into the past, as if that long had passed
+/// (the re-fire window is 60 s of kabar's clock; the test does not wait a minute).
+fn age_recorded_resolves(kabar: &InProcess, ms: i64) {
+    let path = kabar.config.state_dir().join("kabar.db");
+    let conn = rusqlite::Connection::open(path).expect("open kabar.db");
+    conn.busy_timeout(Duration::from_secs(10))
+        .expect("busy timeout");
+    let aged = conn
+        .execute(
+            "UPDATE episodes SET resolved_ms = resolved_ms - ?1 WHERE resolved_ms IS NOT NULL",
+            [ms],
+        )
+        .expect("age the recorded resolve");
+    assert_eq!(aged, 1, "one episode has a recorded resolve");
+}
+
+#[tokio::test]
+async fn an_alert_firing_again_with_its_old_start_replies_firing_again() {
+    let Some(binaries) = require_binaries() else {
+        return;
+    };
+    let chat = FakeChat::start().await;
+    let kabar = InProcess::start(kabar_config_with(&chat, "", "    format: text\n")).await;
+    let am = alertmanager_for(&binaries, &kabar, "1h").await;
+    // A start in the past, as a restarted Prometheus restores it: the same episode each
+    // time it is fired (and Alertmanager notifies without waiting for group_wait).
+    let started = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(10);
+    let alert = disk_alerts(&["db1"])
+        .remove(0)
+        .starts_at(&started.to_string());
+
+    am.fire(std::slice::from_ref(&alert)).await;
+    chat.wait_for_messages("ops", 1, WAIT).await;
+    am.resolve(std::slice::from_ref(&alert)).await;
+    chat.wait_for_messages("ops", 2, WAIT).await;
+
+    age_recorded_resolves(&kabar, 61_000);
+    am.fire(std::slice::from_ref(&alert)).await;
+    let messages = chat.wait_for_messages("ops", 3, WAIT).await;
+    let threads = chat.threads("ops");
+    assert_eq!(threads.len(), 1, "{}", chat.describe("ops"));
+    let again = messages[2].text.as_deref().unwrap_or("");
+    assert!(
+        again.starts_with("🔴 *Firing again* · *DiskFull*"),
+        "{again}\n{}",
+        chat.describe("ops")
+    );
+    assert!(!messages[2].opened_thread, "a reply in the alert's thread");
+}

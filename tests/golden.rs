@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use kabar::config::Config;
 use kabar::ingest::prepare;
-use kabar::payload::Notification;
+use kabar::payload::{AlertStatus, Notification};
 use kabar::runtime::Runtime;
 use kabar::state::MemoryEpisodes;
 
@@ -36,6 +36,72 @@ const CASES: &[(&str, &str)] = &[
     ),
 ];
 
+/// A case that needs a history: fixture stem, case name, options, the history, and the
+/// status the fixture's alerts then have (None: as in the file).
+type HistoryCase = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [Step],
+    Option<AlertStatus>,
+);
+
+/// The fixture's alerts fire again three minutes after they resolved; a group that fired
+/// as a digest resolves, again as one digest that shows them resolved.
+const HISTORY_CASES: &[HistoryCase] = &[
+    (
+        "firing",
+        "card-firing-again",
+        "format: card",
+        &[(AlertStatus::Firing, 5), (AlertStatus::Resolved, 3)],
+        None,
+    ),
+    (
+        "firing",
+        "text-firing-again",
+        "format: text",
+        &[(AlertStatus::Firing, 5), (AlertStatus::Resolved, 3)],
+        None,
+    ),
+    (
+        "grouped-firing",
+        "card-digest-resolved",
+        "format: card\n    max_new_threads_per_notification: 1",
+        &[(AlertStatus::Firing, 60)],
+        Some(AlertStatus::Resolved),
+    ),
+    (
+        "grouped-firing",
+        "text-digest-resolved",
+        "format: text\n    max_new_threads_per_notification: 1",
+        &[(AlertStatus::Firing, 60)],
+        Some(AlertStatus::Resolved),
+    ),
+];
+
+/// Every golden case: (fixture, case name, requests).
+fn golden_cases() -> Vec<(PathBuf, String, Value)> {
+    let mut cases = Vec::new();
+    for fixture in fixtures() {
+        let stem = fixture
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("name")
+            .to_owned();
+        for (case, options) in CASES {
+            let requests = render(&fixture, options);
+            cases.push((fixture.clone(), format!("{stem}.{case}"), requests));
+        }
+        for (fixture_stem, case, options, history, status) in HISTORY_CASES {
+            if *fixture_stem == stem {
+                let requests = render_after(&fixture, options, history, *status);
+                cases.push((fixture.clone(), format!("{stem}.{case}"), requests));
+            }
+        }
+    }
+    cases
+}
+
 fn fixtures() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/alertmanager");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -49,6 +115,31 @@ fn fixtures() -> Vec<PathBuf> {
 
 /// The requests one fixture produces in a fresh space with `options`.
 fn render(fixture: &Path, options: &str) -> Value {
+    render_after(fixture, options, &[], None)
+}
+
+/// One step of an alert history played before the fixture: every alert of the fixture
+/// with this status, `minutes_ago` before NOW.
+type Step = (AlertStatus, i64);
+
+/// Every alert of `notification` with `status`; resolved ones ended `at`.
+fn with_status(notification: &Notification, status: AlertStatus, at: Timestamp) -> Notification {
+    let mut changed = notification.clone();
+    for alert in &mut changed.alerts {
+        alert.status = status;
+        alert.ends_at = (status == AlertStatus::Resolved).then_some(at);
+    }
+    changed
+}
+
+/// The requests the fixture produces (its alerts with `status`, if given) after `history`
+/// was played in the same space.
+fn render_after(
+    fixture: &Path,
+    options: &str,
+    history: &[Step],
+    status: Option<AlertStatus>,
+) -> Value {
     let yaml = format!(
         "spaces:\n  ops:\n    dry_run: true\n    mentions: {{critical: [all]}}\n    {options}\n"
     );
@@ -58,9 +149,22 @@ fn render(fixture: &Path, options: &str) -> Value {
     let notification =
         Notification::parse(&std::fs::read(fixture).expect("read fixture")).expect("parses");
     let now: Timestamp = NOW.parse().expect("now");
+    let mut episodes = MemoryEpisodes::default();
+    for (status, minutes_ago) in history {
+        let at = now - jiff::SignedDuration::from_mins(*minutes_ago);
+        let earlier = with_status(&notification, *status, at);
+        let played = prepare(&mut episodes, &runtime, space, &earlier, at, |_| Ok(()));
+        if let Err(never) = played {
+            match never {}
+        }
+    }
+    let notification = match status {
+        Some(status) => with_status(&notification, status, now),
+        None => notification,
+    };
     let mut requests = Vec::new();
     let outcome = prepare(
-        &mut MemoryEpisodes::default(),
+        &mut episodes,
         &runtime,
         space,
         &notification,
@@ -96,16 +200,10 @@ fn builtin_templates_match_the_golden_files() {
     let update = std::env::var_os("KABAR_UPDATE_GOLDEN").is_some();
     let golden_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let mut mismatches = Vec::new();
-    for fixture in fixtures() {
-        let stem = fixture
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .expect("name")
-            .to_owned();
-        for (case, options) in CASES {
-            let actual =
-                serde_json::to_string_pretty(&render(&fixture, options)).expect("json") + "\n";
-            let path = golden_dir.join(format!("{stem}.{case}.json"));
+    for (_, name, requests) in golden_cases() {
+        {
+            let actual = serde_json::to_string_pretty(&requests).expect("json") + "\n";
+            let path = golden_dir.join(format!("{name}.json"));
             if update {
                 std::fs::create_dir_all(&golden_dir).expect("golden dir");
                 std::fs::write(&path, &actual).expect("write golden");
@@ -140,18 +238,34 @@ fn builtin_templates_match_the_golden_files() {
 
 #[test]
 fn every_golden_body_is_one_chat_accepts() {
-    for fixture in fixtures() {
-        for (_, options) in CASES {
-            for request in render(&fixture, options).as_array().expect("array") {
-                for body in [&request["body"], &request["fallbackBody"]] {
-                    if body.is_null() {
-                        continue;
-                    }
-                    let ignored = common::fake_chat::check_body(&body.to_string())
-                        .unwrap_or_else(|e| panic!("Chat would refuse it: {e}\n{body}"));
-                    assert_eq!(ignored, 0, "no widget beyond Chat's 100");
+    for (_, name, requests) in golden_cases() {
+        for request in requests.as_array().expect("array") {
+            for body in [&request["body"], &request["fallbackBody"]] {
+                if body.is_null() {
+                    continue;
                 }
+                let ignored = common::fake_chat::check_body(&body.to_string())
+                    .unwrap_or_else(|e| panic!("{name}: Chat would refuse it: {e}\n{body}"));
+                assert_eq!(ignored, 0, "{name}: no widget beyond Chat's 100");
             }
+        }
+    }
+}
+
+#[test]
+fn the_history_cases_produce_the_kinds_they_are_about() {
+    for (_, name, requests) in golden_cases() {
+        let kinds: Vec<&str> = requests
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter_map(|r| r["kind"].as_str())
+            .collect();
+        if name.ends_with("firing-again") {
+            assert_eq!(kinds, ["firingAgain"], "{name}");
+        }
+        if name.ends_with("digest-resolved") {
+            assert_eq!(kinds, ["digest"], "{name}");
         }
     }
 }

@@ -751,3 +751,164 @@ async fn metrics_pass_promtool_check() {
     );
     kabar.stop().await;
 }
+
+/// Moves the resolve times kabar recorded `ms` into the past, as if that long had passed
+/// since (the re-fire window is 60 s of kabar's clock; the test does not wait a minute).
+fn age_recorded_resolves(state_dir: &std::path::Path, ms: i64) {
+    let conn = rusqlite::Connection::open(state_dir.join("kabar.db")).expect("open kabar.db");
+    conn.busy_timeout(Duration::from_secs(10))
+        .expect("busy timeout");
+    let aged = conn
+        .execute(
+            "UPDATE episodes SET resolved_ms = resolved_ms - ?1 WHERE resolved_ms IS NOT NULL",
+            [ms],
+        )
+        .expect("age the recorded resolve");
+    assert_eq!(aged, 1, "one episode has a recorded resolve");
+}
+
+#[tokio::test]
+async fn an_alert_firing_again_after_its_resolve_gets_a_firing_again_reply() {
+    let chat = FakeChat::start().await;
+    chat.set_rate_limit(None);
+    let kabar = InProcess::start(config(
+        "  rate_limit_per_second: 50\n",
+        &space_yaml(&chat, "ops", ""),
+    ))
+    .await;
+    let url = kabar.url("/alerts");
+    let firing = notification("ops", &[("DiskFull", "firing")]);
+    let resolved = notification("ops", &[("DiskFull", "resolved")]);
+    let queued = |body: Value| body["queued"].as_u64();
+
+    assert_eq!(queued(post_alerts(&url, &firing).await.1), Some(1));
+    assert_eq!(queued(post_alerts(&url, &resolved).await.1), Some(1));
+    // An HA peer's late copy of the firing notification, right after the resolve: stale.
+    let mut late_copy = firing.clone();
+    late_copy["externalURL"] = json!("http://alertmanager-2.local:9093");
+    let (status, body) = post_alerts(&url, &late_copy).await;
+    assert_eq!((status, body), (200, json!({"queued": 0, "suppressed": 1})));
+
+    // A minute later it fires again with the same startsAt (Prometheus restarted).
+    age_recorded_resolves(&kabar.config.state_dir(), 61_000);
+    let (status, body) = post_alerts(&url, &firing).await;
+    assert_eq!((status, body), (200, json!({"queued": 1, "suppressed": 0})));
+    let (_, body) = post_alerts(&url, &firing).await;
+    assert_eq!(queued(body), Some(0), "its copy is a duplicate");
+
+    // It resolves again, later: a resolved reply again.
+    let mut resolved_again = resolved.clone();
+    resolved_again["alerts"][0]["endsAt"] = json!("2026-11-28T02:00:00Z");
+    assert_eq!(queued(post_alerts(&url, &resolved_again).await.1), Some(1));
+
+    chat.wait_for_messages("ops", 4, WAIT).await;
+    let threads = chat.threads("ops");
+    assert_eq!(threads.len(), 1, "{}", chat.describe("ops"));
+    let texts: Vec<String> = threads[0]
+        .messages
+        .iter()
+        .map(|m| m.text.clone().unwrap_or_default())
+        .collect();
+    assert!(texts[0].contains("*FIRING*"), "{texts:?}");
+    assert!(texts[1].starts_with("✅ *RESOLVED*"), "{texts:?}");
+    assert!(
+        texts[2].starts_with("🔴 *Firing again* · *DiskFull*"),
+        "{texts:?}"
+    );
+    assert!(texts[3].starts_with("✅ *RESOLVED*"), "{texts:?}");
+    let metrics = metrics_text(&kabar.url("")).await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "kabar_messages_queued_total{kind=\"firingAgain\",space=\"ops\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    kabar.stop().await;
+}
+
+#[tokio::test]
+async fn a_space_removed_and_re_added_mid_request_never_has_two_senders() {
+    let chat = FakeChat::start().await;
+    chat.set_rate_limit(None);
+    chat.set_mode(
+        Some("ops"),
+        Mode::Slow {
+            delay: Duration::from_millis(1500),
+            accept: true,
+        },
+    );
+    let delivery = "  rate_limit_per_second: 50\n";
+    let with_ops = format!(
+        "{}  other:\n    dry_run: true\n",
+        space_yaml(&chat, "ops", "")
+    );
+    let without_ops = "  other:\n    dry_run: true\n";
+    let kabar = InProcess::start(config(delivery, &with_ops)).await;
+    let firing = notification("ops", &[("A", "firing"), ("B", "firing"), ("C", "firing")]);
+    let (status, body) = post_alerts(&kabar.url("/alerts"), &firing).await;
+    assert_eq!((status, body["queued"].clone()), (200, json!(3)));
+
+    // The first message is in flight (Chat is slow to answer): remove ops, add it back.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while chat.in_flight("ops") == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "nothing was sent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    kabar.config.rewrite(&format!(
+        "delivery:\n  allow_any_host: true\n{delivery}defaults:\n  format: text\nspaces:\n{without_ops}"
+    ));
+    kabar.service.reload().await.expect("reload without ops");
+    kabar.config.rewrite(&format!(
+        "delivery:\n  allow_any_host: true\n{delivery}defaults:\n  format: text\nspaces:\n{with_ops}"
+    ));
+    kabar.service.reload().await.expect("reload with ops again");
+
+    chat.wait_for_messages("ops", 3, WAIT).await;
+    wait_for_metric(
+        &kabar.url(""),
+        "kabar_outbox_messages{space=\"ops\"}",
+        0.0,
+        WAIT,
+    )
+    .await;
+    assert_eq!(
+        chat.max_in_flight("ops"),
+        1,
+        "one request in flight per space: {}",
+        chat.describe("ops")
+    );
+    assert_eq!(
+        chat.messages("ops").len(),
+        3,
+        "each message posted once: {}",
+        chat.describe("ops")
+    );
+    kabar.stop().await;
+}
+
+#[tokio::test]
+async fn a_storm_of_resolves_never_seen_firing_is_one_digest_message() {
+    let chat = FakeChat::start().await;
+    chat.set_rate_limit(None);
+    let kabar = InProcess::start(config(
+        "  rate_limit_per_second: 50\n",
+        &space_yaml(&chat, "ops", ""),
+    ))
+    .await;
+    let names: Vec<String> = (0..200).map(|i| format!("Gone{i}")).collect();
+    let alerts: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "resolved")).collect();
+    let storm = notification("ops", &alerts);
+    let (status, body) = post_alerts(&kabar.url("/alerts"), &storm).await;
+    assert_eq!((status, body), (200, json!({"queued": 1, "suppressed": 0})));
+    let messages = chat.wait_for_messages("ops", 1, WAIT).await;
+    let text = messages[0].text.as_deref().unwrap_or("");
+    assert!(text.starts_with("✅ *200 alerts resolved*"), "{text}");
+    assert!(text.contains("✅ *Gone0*"), "listed as resolved: {text}");
+    assert!(text.contains("+180 more"), "{text}");
+    // The state of every alert moved on: the re-send posts nothing.
+    let (_, body) = post_alerts(&kabar.url("/alerts"), &storm).await;
+    assert_eq!(body["queued"], 0);
+    kabar.stop().await;
+}

@@ -138,7 +138,7 @@ fuzz_target!(|data: &[u8]| {
     // parsed severity: a fuzzed label name may have replaced the one set above.
     let announces_firing = matches!(
         kind,
-        MessageKind::Firing | MessageKind::Group | MessageKind::Digest
+        MessageKind::Firing | MessageKind::FiringAgain | MessageKind::Group | MessageKind::Digest
     );
     let expected = match (announces_firing, notification.alerts[0].severity()) {
         (true, "critical") => Some("<users/all>"),

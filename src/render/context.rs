@@ -50,7 +50,7 @@ pub(super) fn subject_alerts<'a>(
 /// start firing with it. Never taken from alert data.
 pub(super) fn mentions<'a>(input: &RenderInput<'a>) -> Vec<&'a Mention> {
     let firing: Vec<&Alert> = match (input.kind, input.subject) {
-        (MessageKind::Firing, Subject::Alert(i)) => {
+        (MessageKind::Firing | MessageKind::FiringAgain, Subject::Alert(i)) => {
             input.notification.alerts.get(*i).into_iter().collect()
         }
         (MessageKind::Group | MessageKind::Digest, Subject::Alerts(set)) => set

@@ -775,13 +775,20 @@ mod tests {
             firing: vec![0],
             ..Default::default()
         });
+        let every_list = Subject::Alerts(crate::state::AlertSet {
+            firing: vec![0],
+            resolved: vec![0],
+            still_firing: vec![0],
+        });
         for c in [config(""), card_config("")] {
             for (kind, subject) in [
                 (MessageKind::Firing, &FIRST),
                 (MessageKind::Reminder, &FIRST),
                 (MessageKind::Resolved, &FIRST),
+                (MessageKind::FiringAgain, &FIRST),
                 (MessageKind::Group, &group),
                 (MessageKind::Digest, &group),
+                (MessageKind::Digest, &every_list),
             ] {
                 let renderer = Renderer::new(&c).expect("compiles");
                 let (message, failures) = renderer.render(&input_about(&c, kind, subject, &n));

@@ -318,6 +318,9 @@ struct ChatState {
     threads: Vec<ThreadState>,
     next_message: u64,
     next_thread: u64,
+    /// Requests being handled right now, per space, and the most there ever were at once.
+    in_flight: HashMap<String, usize>,
+    max_in_flight: HashMap<String, usize>,
 }
 
 struct ThreadState {
@@ -375,6 +378,8 @@ impl FakeChat {
                 threads: Vec::new(),
                 next_message: 1,
                 next_thread: 1,
+                in_flight: HashMap::new(),
+                max_in_flight: HashMap::new(),
             }),
             changed: Notify::new(),
             started: Instant::now(),
@@ -505,6 +510,26 @@ impl FakeChat {
             .lock()
             .rejections
             .push((needle.to_owned(), status));
+    }
+
+    /// The most requests to `space` the fake was handling at one moment.
+    pub fn max_in_flight(&self, space: &str) -> usize {
+        self.shared()
+            .lock()
+            .max_in_flight
+            .get(space)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Requests to `space` being handled right now.
+    pub fn in_flight(&self, space: &str) -> usize {
+        self.shared()
+            .lock()
+            .in_flight
+            .get(space)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Accepted messages of `space`, in acceptance order.
@@ -853,6 +878,38 @@ impl PendingRecord {
     }
 }
 
+/// Counts a request of a space as in flight until the handler ends (answered, or dropped
+/// because the client went away).
+struct InFlight {
+    shared: Arc<Shared>,
+    space: String,
+}
+
+impl InFlight {
+    fn start(shared: &Arc<Shared>, space: &str) -> InFlight {
+        let mut state = shared.lock();
+        let now = {
+            let count = state.in_flight.entry(space.to_owned()).or_insert(0);
+            *count += 1;
+            *count
+        };
+        let max = state.max_in_flight.entry(space.to_owned()).or_insert(0);
+        *max = (*max).max(now);
+        InFlight {
+            shared: shared.clone(),
+            space: space.to_owned(),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(count) = self.shared.lock().in_flight.get_mut(&self.space) {
+            *count = count.saturating_sub(1);
+        }
+    }
+}
+
 impl Drop for PendingRecord {
     fn drop(&mut self) {
         let record = self.record.clone();
@@ -908,6 +965,7 @@ async fn handle(
     let Some(space) = space_from_path(uri.path()) else {
         return pending.answered(html_404(uri.path()), None);
     };
+    let _in_flight = InFlight::start(&shared, &space);
     let incoming = Incoming {
         space: space.clone(),
         method,
