@@ -48,6 +48,8 @@ pub enum ServeError {
     Http(std::io::Error),
     #[error(transparent)]
     Tls(#[from] listener::TlsError),
+    #[error(transparent)]
+    StateDir(#[from] crate::state_dir::StateDirError),
 }
 
 /// State behind every HTTP handler.
@@ -273,6 +275,8 @@ async fn prune_periodically(store: Store, mut stopped: watch::Receiver<bool>) {
 /// Loads the config at `path`, runs until SIGTERM or SIGINT, reloads on SIGHUP.
 pub async fn run(path: PathBuf) -> Result<(), ServeError> {
     let runtime = Runtime::load(&path)?;
+    // Held until kabar exits: a second kabar on this state_dir refuses to start.
+    let _lock = crate::state_dir::StateDirLock::acquire(&runtime.config.state_dir)?;
     let service = Service::start(runtime, Some(path)).await?;
     wait_for_signals(&service).await?;
     service.shutdown().await
