@@ -261,7 +261,7 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let mut value: Value = serde_yaml_ng::from_str(text)
-            .map_err(|e| ConfigError::Yaml(scrub(&e.to_string(), &[])))?;
+            .map_err(|e| ConfigError::Yaml(scrub(&plain_serde_message(&e.to_string()), &[])))?;
         if value.is_null() {
             return Err(invalid(
                 "spaces",
@@ -378,35 +378,60 @@ pub fn format_duration(d: Duration) -> String {
 fn line_of(text: &str, key: &str, message: &str) -> Option<usize> {
     let direct: Result<RawConfig, _> =
         serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text));
-    let error = direct.err()?;
-    let same_key = error.path().to_string() == key;
-    let inner = error.into_inner();
-    let same_problem = inner.to_string().contains(message);
-    if !(same_key || same_problem) {
-        return None;
+    if let Err(error) = direct {
+        let same_key = error.path().to_string() == key;
+        let inner = error.into_inner();
+        if same_key || inner.to_string().contains(message) {
+            return inner.location().map(|location| location.line());
+        }
     }
-    inner.location().map(|location| location.line())
+    unknown_field_line(text, message)
+}
+
+/// For `unknown field `x``: the one line that starts with the key `x:` in block style.
+/// None when there are several (the same word under two parents) or none (flow style).
+fn unknown_field_line(text: &str, message: &str) -> Option<usize> {
+    let field = message.strip_prefix("unknown field `")?.split('`').next()?;
+    let mut lines = text.lines().enumerate().filter(|(_, line)| {
+        let line = line.trim_start();
+        let line = line.strip_prefix("- ").unwrap_or(line).trim_start();
+        line.strip_prefix(field)
+            .is_some_and(|rest| rest.trim_start().starts_with(':'))
+    });
+    match (lines.next(), lines.next()) {
+        (Some((index, _)), None) => Some(index + 1),
+        _ => None,
+    }
 }
 
 /// serde's messages, without the values it quotes and the Rust type names it uses:
 /// `invalid type: string "s3cret", expected struct RawAuth` becomes `expected a mapping
 /// with bearer_token, bearer_token_file or basic, found a string`. A secret written in the
 /// wrong place must not come back in an error, a log line or the reload answer.
+///
+/// The YAML parser's own messages have the same part after a key path (`a.b: `) and before
+/// a position (` at line 3 column 18`), as when a tag (`!!int s3cret`) does not fit.
 fn plain_serde_message(message: &str) -> String {
-    for prefix in ["invalid type: ", "invalid value: "] {
-        let Some(rest) = message.strip_prefix(prefix) else {
+    for marker in ["invalid type: ", "invalid value: "] {
+        let Some(start) = message.find(marker) else {
             continue;
         };
+        let (head, rest) = (&message[..start], &message[start + marker.len()..]);
         // The expectation is ours and comes last; what was found may quote anything.
         let Some(at) = rest.rfind(", expected ") else {
-            return "has the wrong type".to_owned();
+            return format!("{head}has the wrong type");
         };
         let found = found_kind(&rest[..at]);
-        let expected = expected_yaml(&rest[at + ", expected ".len()..]);
-        return if prefix == "invalid value: " {
-            format!("expected {expected}, found {found} out of range")
+        let tail = &rest[at + ", expected ".len()..];
+        let (expected, position) = match tail.rfind(" at line ") {
+            Some(line) => (&tail[..line], &tail[line..]),
+            None => (tail, ""),
+        };
+        let expected = expected_yaml(expected);
+        return if marker == "invalid value: " {
+            format!("{head}expected {expected}, found {found} out of range{position}")
         } else {
-            format!("expected {expected}, found {found}")
+            format!("{head}expected {expected}, found {found}{position}")
         };
     }
     if let Some(rest) = message.strip_prefix("unknown field `") {
@@ -488,7 +513,20 @@ fn expand_env(
     match value {
         Value::String(s) => {
             if s.contains('$') {
-                *s = expand_string(s, env).map_err(|message| invalid(path.join("."), message))?;
+                let key = path.join(".");
+                *s = expand_string(s, env).map_err(|message| {
+                    // A `${` that is no variable reference may be part of a secret.
+                    if is_secret_key(path) && message.ends_with(INVALID_REFERENCE) {
+                        invalid(
+                            &key,
+                            format!(
+                                "has a ${{...}}{INVALID_REFERENCE} (write $${{ for a literal ${{)"
+                            ),
+                        )
+                    } else {
+                        invalid(&key, message)
+                    }
+                })?;
             }
         }
         Value::Sequence(items) => {
@@ -509,6 +547,15 @@ fn expand_env(
         Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
     Ok(())
+}
+
+const INVALID_REFERENCE: &str = " that is not a valid variable reference";
+
+/// Keys whose values are secrets (the last part of the key path).
+fn is_secret_key(path: &[String]) -> bool {
+    path.last().is_some_and(|last| {
+        ["webhook_url", "bearer_token", "password", "proxy_url"].contains(&last.as_str())
+    })
 }
 
 /// Expands `${VAR}` and `${VAR:-default}`; `$${` stands for a literal `${`.
@@ -534,7 +581,7 @@ fn expand_string(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Str
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                 && !name.starts_with(|c: char| c.is_ascii_digit());
             if !valid_name {
-                return Err(format!("${{{expr}}} is not a valid variable reference"));
+                return Err(format!("${{{expr}}}{INVALID_REFERENCE}"));
             }
             match (env(name).filter(|v| !v.is_empty()), default) {
                 (Some(v), _) => out.push_str(&v),
@@ -1526,7 +1573,14 @@ mod tests {
             ),
         ];
         // (as written, forms it may be printed in once YAML read it)
-        let shapes: [(&str, &[&str]); 9] = [
+        let shapes: [(&str, &[&str]); 14] = [
+            // A YAML tag makes the parser itself complain, quoting the string.
+            ("!!int t4g-int-secret", &["t4g-int"]),
+            ("!!float t4g-float-secret", &["t4g-float"]),
+            ("!!bool t4g-bool-secret", &["t4g-bool"]),
+            ("!!null t4g-null-secret", &["t4g-null"]),
+            // `${` inside a secret is read as a variable reference.
+            ("\"pa55${w0rd part}\"", &["w0rd part", "pa55"]),
             ("987654321987", &["987654321987"]),
             ("0x1F2E3D", &["0x1F2E3D", "2043453"]),
             ("-0o17777", &["17777", "8191"]),
@@ -1544,7 +1598,7 @@ mod tests {
             for (value, forms) in shapes {
                 let text = template.replace("VALUE", value);
                 let err = error_of(&text);
-                assert!(err.starts_with(key), "{text:?} should name {key}: {err}");
+                assert!(err.contains(key), "{text:?} should name {key}: {err}");
                 for form in forms {
                     assert!(!err.contains(form), "{text:?} echoed {form}: {err}");
                 }
@@ -1639,6 +1693,12 @@ mod tests {
         assert!(err.contains("line 4"), "{err}");
         let err = error_of("listen: 127.0.0.1:1\nstate: /tmp\nspaces: {a: {dry_run: true}}\n");
         assert!(err.contains("`state`") && err.contains("line 2"), "{err}");
+        // A `${VAR}` earlier in the file reads differently before expansion; the line is
+        // still found.
+        let err = error_of(
+            "delivery:\n  request_timeout: \"${T:-10s}\"\nspaces:\n  a:\n    dry_run: true\n    recievers: [x]\n",
+        );
+        assert!(err.contains("line 6"), "{err}");
     }
 
     #[test]

@@ -44,8 +44,9 @@ enum Command {
         /// Config files to check (like promtool check config).
         #[arg(value_name = "FILE")]
         files: Vec<PathBuf>,
-        /// A config file to check, as the other commands take it.
-        #[arg(short = 'c', long, env = "KABAR_CONFIG", value_name = "FILE")]
+        /// A config file to check, as the other commands take it (without any file
+        /// named, KABAR_CONFIG is checked).
+        #[arg(short = 'c', long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
     /// Print the Chat requests a webhook payload would produce, without sending.
@@ -158,7 +159,12 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { files, config } => {
-            let files: Vec<PathBuf> = config.into_iter().chain(files).collect();
+            // KABAR_CONFIG only when no file is named: `kabar check other.yaml` in a shell
+            // that exports it checks other.yaml, not both.
+            let mut files: Vec<PathBuf> = config.into_iter().chain(files).collect();
+            if files.is_empty() {
+                files.extend(std::env::var_os("KABAR_CONFIG").map(PathBuf::from));
+            }
             if files.is_empty() {
                 Cli::command()
                     .error(

@@ -160,6 +160,12 @@ fn check_takes_files_positionally_like_promtool_and_names_each() {
         .output()
         .expect("run");
     assert!(output.status.success(), "{:?}", text_of(&output));
+    // A file named on the command line is checked instead of KABAR_CONFIG, not besides.
+    let output = kabar(&["check", path_str(&good)])
+        .env("KABAR_CONFIG", &bad)
+        .output()
+        .expect("run");
+    assert!(output.status.success(), "{:?}", text_of(&output));
 
     let output = run(&["check"]);
     let (_, stderr) = text_of(&output);
@@ -831,6 +837,8 @@ async fn config_errors_never_echo_a_secret_in_check_the_log_or_the_reload_answer
     let cases: Vec<(String, Vec<&str>)> = vec![
         (basic("987654321987"), vec!["987654321987"]),
         (auth("0x1F2E3D"), vec!["0x1F2E3D", "2043453"]),
+        (auth("!!int t4g-int-secret"), vec!["t4g-int"]),
+        (auth("\"pa55${w0rd part}\""), vec!["w0rd part", "pa55"]),
         (auth(".inf"), vec!["inf`"]),
         (basic("6.02214076e23"), vec!["6.02214076", "602214076"]),
         (auth("[l1st-secret-1, l1st-secret-2]"), vec!["l1st-secret"]),
