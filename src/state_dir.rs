@@ -63,6 +63,17 @@ impl StateDirLock {
                     holder: holder_of(&path),
                 });
             }
+            // Some network and FUSE filesystems have no locks at all: refusing to run there
+            // would be worse than running unguarded, which is how kabar ran before the lock.
+            Err(std::fs::TryLockError::Error(source))
+                if source.kind() == io::ErrorKind::Unsupported =>
+            {
+                tracing::warn!(
+                    state_dir = %state_dir.display(),
+                    error = %source,
+                    "the filesystem of state_dir has no file locks: nothing stops a second kabar on it, run only one"
+                );
+            }
             Err(std::fs::TryLockError::Error(source)) => {
                 return Err(StateDirError::Lock { path, source });
             }
@@ -97,7 +108,10 @@ pub fn check_usable(state_dir: &Path) -> Result<(), StateDirError> {
     if !existing.is_dir() {
         return Err(StateDirError::NotAFolder(existing.to_owned()));
     }
-    let probe = existing.join(format!(".kabar-check-{}", std::process::id()));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let probe = existing.join(format!(".kabar-check-{}-{nanos}", std::process::id()));
     OpenOptions::new()
         .write(true)
         .create_new(true)
