@@ -37,8 +37,9 @@ pub enum StateDirError {
 /// The serve lock on a state_dir; released when dropped or when the process ends.
 #[derive(Debug)]
 pub struct StateDirLock {
-    // Held only for its lock: closing the file releases it.
-    _file: File,
+    // Held only for its lock: closing the file releases it. None where no lock could be
+    // taken and kabar runs unguarded (a read-only disk without a lock file).
+    _file: Option<File>,
     path: PathBuf,
 }
 
@@ -48,13 +49,33 @@ impl StateDirLock {
         refuse_a_file(state_dir)?;
         std::fs::create_dir_all(state_dir).map_err(|e| classify(state_dir, e))?;
         let path = state_dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
+        let opened = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(&path)
-            .map_err(|e| classify(state_dir, e))?;
+            .open(&path);
+        let (mut file, writable) = match opened {
+            Ok(file) => (file, true),
+            // A disk that came back read-only (after a crash, say) is not a mistake in the
+            // config: kabar starts, answers 503 and reports not ready until it is writable
+            // again, as the store decides. The lock is taken on the file already there
+            // (flock needs no write access).
+            Err(e) if e.kind() == io::ErrorKind::ReadOnlyFilesystem => match File::open(&path) {
+                Ok(file) => (file, false),
+                Err(_) => {
+                    tracing::warn!(
+                        state_dir = %state_dir.display(),
+                        "state_dir is on a read-only filesystem and has no lock file yet: nothing stops a second kabar on it"
+                    );
+                    return Ok(StateDirLock {
+                        _file: None,
+                        path: state_dir.to_owned(),
+                    });
+                }
+            },
+            Err(e) => return Err(classify(state_dir, e)),
+        };
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -79,13 +100,15 @@ impl StateDirLock {
             }
         }
         // The pid is for the message another kabar prints; the lock itself is the flock.
-        let pid = std::process::id();
-        file.set_len(0)
-            .and_then(|()| file.write_all(format!("{pid}\n").as_bytes()))
-            .map_err(|e| classify(state_dir, e))?;
+        if writable {
+            let pid = std::process::id();
+            file.set_len(0)
+                .and_then(|()| file.write_all(format!("{pid}\n").as_bytes()))
+                .map_err(|e| classify(state_dir, e))?;
+        }
         tracing::info!(state_dir = %state_dir.display(), "state_dir locked for this kabar");
         Ok(StateDirLock {
-            _file: file,
+            _file: Some(file),
             path: state_dir.to_owned(),
         })
     }
