@@ -28,8 +28,9 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    // Keys come from the file and may hold a newline or terminal escapes.
     ConfigError::Invalid {
-        key: key.into(),
+        key: one_line(&key.into()),
         message: message.into(),
     }
 }
@@ -260,8 +261,9 @@ impl Config {
         base_dir: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let mut value: Value = serde_yaml_ng::from_str(text)
-            .map_err(|e| ConfigError::Yaml(scrub(&plain_serde_message(&e.to_string()), &[])))?;
+        let mut value: Value = serde_yaml_ng::from_str(text).map_err(|e| {
+            ConfigError::Yaml(one_line(&scrub(&plain_serde_message(&e.to_string()), &[])))
+        })?;
         if value.is_null() {
             return Err(invalid(
                 "spaces",
@@ -277,7 +279,7 @@ impl Config {
             let key = if key == "." { "config".to_owned() } else { key };
             let message = e.into_inner().to_string();
             let line = line_of(text, &key, &message);
-            let mut message = scrub(&plain_serde_message(&message), &[]);
+            let mut message = one_line(&scrub(&plain_serde_message(&message), &[]));
             if let Some(line) = line {
                 message.push_str(&format!(" (line {line})"));
             }
@@ -444,6 +446,13 @@ fn plain_serde_message(message: &str) -> String {
         }
     }
     message.to_owned()
+}
+
+/// A key quoted from the file may hold a newline or terminal escapes: not in a log line.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// What kind of YAML value serde found, from its `Unexpected` text, without the value.
@@ -1681,6 +1690,14 @@ mod tests {
                 "{text:?}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn a_quoted_key_cannot_break_the_error_onto_several_lines() {
+        let err =
+            error_of("spaces:\n  a:\n    dry_run: true\n    \"re\\ncei\\u001b[31mvers\": [x]\n");
+        assert!(err.contains("unknown field"), "{err}");
+        assert!(!err.contains('\n') && !err.contains('\u{1b}'), "{err:?}");
     }
 
     #[test]

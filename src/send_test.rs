@@ -30,7 +30,7 @@ pub enum SendTestError {
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     /// Chat (or the way to it) said no; the text is what to tell the operator.
-    #[error("{space}: {explanation}")]
+    #[error("not posted to {space}: {explanation}")]
     NotPosted { space: String, explanation: String },
 }
 
