@@ -396,6 +396,30 @@ fn a_state_dir_kabar_cannot_write_fails_check_and_serve_with_the_uid_hint() {
         stderr.contains("is not writable") && stderr.contains("fsGroup"),
         "{stderr}"
     );
+
+    // A state_dir that does not exist yet and cannot be created here may just be checked
+    // away from where kabar runs (CI checking a pod's config): check warns, serve fails.
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:0\nstate_dir: {}\nspaces:\n  ops:\n    dry_run: true\n",
+            state.join("not-yet").display()
+        ),
+    )
+    .expect("write");
+    let output = command(&["check", "--config", path_str(&config)])
+        .output()
+        .expect("run check");
+    let (stdout, stderr) = text_of(&output);
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("warning: kabar could not create state_dir here"),
+        "{stdout}"
+    );
+    let output = command(&["serve", "--config", path_str(&config)])
+        .output()
+        .expect("run serve");
+    assert_eq!(output.status.code(), Some(1), "{:?}", text_of(&output));
 }
 
 #[test]
