@@ -1693,6 +1693,32 @@ mod tests {
     }
 
     #[test]
+    fn webhook_url_file_contents_are_never_echoed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for contents in [
+            b"f1le-secret-not-a-url".to_vec(),
+            b"https://chat.googleapis.com/v1/spaces/X/messages?key=f1le-k&amp;token=f1le-t"
+                .to_vec(),
+            b"https://chat.googleapis.com/v1/spaces/X/messages?key=f1le-k".to_vec(),
+            b"http://f1le-host.example/v1/spaces/X/messages?key=f1le-k&token=f1le-t".to_vec(),
+            b"https://f1le-user:f1le-pass@chat.googleapis.com:99999/x".to_vec(),
+            b"[f1le-list, f1le-item]".to_vec(),
+            vec![0xff, 0xfe, b'f', b'1', b'l', b'e', b'-', b'x'],
+        ] {
+            std::fs::write(dir.path().join("url"), &contents).expect("write");
+            let err = Config::parse(
+                "spaces:\n  ops: {webhook_url_file: url}\n",
+                dir.path(),
+                &|_| None,
+            )
+            .expect_err("refused")
+            .to_string();
+            assert!(err.starts_with("spaces.ops.webhook_url"), "{err}");
+            assert!(!err.contains("f1le"), "{err}");
+        }
+    }
+
+    #[test]
     fn a_quoted_key_cannot_break_the_error_onto_several_lines() {
         let err =
             error_of("spaces:\n  a:\n    dry_run: true\n    \"re\\ncei\\u001b[31mvers\": [x]\n");
