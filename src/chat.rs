@@ -84,6 +84,8 @@ pub enum ChatClientError {
 pub struct Accepted {
     /// `spaces/S/threads/T`, when Chat said.
     pub thread_name: Option<String>,
+    /// `spaces/S/messages/M`, when Chat said (`kabar send-test` reports it).
+    pub message_name: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -170,10 +172,15 @@ impl ChatClient {
             .await
             .map_err(|e| transport_failure(e, &secret_refs))?;
         if (200..300).contains(&status) {
-            let thread_name = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v["thread"]["name"].as_str().map(str::to_owned));
-            return Ok(Accepted { thread_name });
+            let answer = serde_json::from_str::<serde_json::Value>(&text).ok();
+            let name_at = |pointer: &str| {
+                let name = answer.as_ref()?.pointer(pointer)?.as_str()?;
+                Some(name.to_owned())
+            };
+            return Ok(Accepted {
+                thread_name: name_at("/thread/name"),
+                message_name: name_at("/name"),
+            });
         }
         Err(SendFailure {
             class: FailureClass::of_status(status),

@@ -24,6 +24,12 @@ pub enum CommandError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "payload {path} is larger than max_body_bytes ({limit} bytes): kabar would answer it 413"
+    )]
+    PayloadTooLarge { path: String, limit: usize },
+    #[error(transparent)]
+    StateDir(#[from] crate::state_dir::StateDirError),
     #[error("payload: {0}")]
     Payload(#[from] PayloadError),
     #[error(transparent)]
@@ -179,6 +185,19 @@ fn sample_messages(notification: &Notification) -> Vec<(MessageKind, Subject)> {
 /// Returns a human summary.
 pub fn check(config_path: &Path) -> Result<String, CommandError> {
     let runtime = Runtime::load(config_path)?;
+    let state_dir = &runtime.config.state_dir;
+    // A folder that is a file, or exists and cannot be written, is wrong wherever this runs.
+    // One that does not exist yet may just be checked away from where kabar will run (CI
+    // checking a pod's /var/lib/kabar): said, not failed.
+    let state_dir_warning = match crate::state_dir::check_usable(state_dir) {
+        Ok(()) => None,
+        Err(e @ crate::state_dir::StateDirError::NotWritable { .. }) if !state_dir.exists() => {
+            Some(format!(
+                "  warning: kabar could not create state_dir here: {e}\n"
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
     let now: Timestamp = "2026-11-28T01:00:00Z"
         .parse()
         .unwrap_or_else(|_| Timestamp::now());
@@ -213,6 +232,7 @@ pub fn check(config_path: &Path) -> Result<String, CommandError> {
         config.listen,
         config.state_dir.display()
     );
+    out.push_str(state_dir_warning.as_deref().unwrap_or(""));
     let _ = writeln!(
         out,
         "  auth: {}",
@@ -254,10 +274,7 @@ pub fn render(
     space: Option<&str>,
 ) -> Result<String, CommandError> {
     let runtime = Runtime::load(config_path)?;
-    let bytes = std::fs::read(payload_path).map_err(|source| CommandError::ReadPayload {
-        path: payload_path.display().to_string(),
-        source,
-    })?;
+    let bytes = read_payload(payload_path, runtime.config.max_body_bytes)?;
     let notification = Notification::parse(&bytes)?;
     let spaces = route(&runtime.config, &notification.receiver, space)?;
     let now = Timestamp::now();
@@ -300,13 +317,43 @@ pub fn render(
         match outcome {
             Ok(outcome) => {
                 for failure in outcome.template_failures {
-                    eprintln!("warning: space {name}: {failure} (the built-in template was used)");
+                    crate::print_err(&format!(
+                        "warning: space {name}: {failure} (the built-in template was used)\n"
+                    ));
                 }
             }
             Err(never) => match never {},
         }
     }
     Ok(serde_json::to_string_pretty(&requests).unwrap_or_else(|_| "[]".to_owned()))
+}
+
+/// The payload file, or stdin for `-`; no more than kabar itself would take.
+fn read_payload(path: &Path, limit: usize) -> Result<Vec<u8>, CommandError> {
+    use std::io::Read as _;
+    let shown = if path == Path::new("-") {
+        "(stdin)".to_owned()
+    } else {
+        path.display().to_string()
+    };
+    let read_error = |source| CommandError::ReadPayload {
+        path: shown.clone(),
+        source,
+    };
+    let reader: Box<dyn std::io::Read> = if path == Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::fs::File::open(path).map_err(read_error)?)
+    };
+    let mut bytes = Vec::new();
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() > limit {
+        return Err(CommandError::PayloadTooLarge { path: shown, limit });
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

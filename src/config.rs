@@ -28,8 +28,9 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    // Keys come from the file and may hold a newline or terminal escapes.
     ConfigError::Invalid {
-        key: key.into(),
+        key: one_line(&key.into()),
         message: message.into(),
     }
 }
@@ -247,8 +248,11 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
+        // Absolute, so state_dir and the logs name the real folder whatever the working
+        // directory (a relative config path has an empty parent: the working directory).
         let base = path.parent().unwrap_or(Path::new("."));
-        Config::parse(&text, base, &|name| std::env::var(name).ok())
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_owned());
+        Config::parse(&text, &base, &|name| std::env::var(name).ok())
     }
 
     /// Parses config text; `env` answers `${VAR}` look-ups.
@@ -257,8 +261,9 @@ impl Config {
         base_dir: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let mut value: Value = serde_yaml_ng::from_str(text)
-            .map_err(|e| ConfigError::Yaml(scrub(&e.to_string(), &[])))?;
+        let mut value: Value = serde_yaml_ng::from_str(text).map_err(|e| {
+            ConfigError::Yaml(one_line(&scrub(&plain_serde_message(&e.to_string()), &[])))
+        })?;
         if value.is_null() {
             return Err(invalid(
                 "spaces",
@@ -272,7 +277,13 @@ impl Config {
         let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
             let key = if key == "." { "config".to_owned() } else { key };
-            invalid(key, scrub(&e.into_inner().to_string(), &[]))
+            let message = e.into_inner().to_string();
+            let line = line_of(text, &key, &message);
+            let mut message = one_line(&scrub(&plain_serde_message(&message), &[]));
+            if let Some(line) = line {
+                message.push_str(&format!(" (line {line})"));
+            }
+            invalid(key, message)
         })?;
         raw.resolve(base_dir)
     }
@@ -360,6 +371,147 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 // ---------------------------------------------------------------------------------------
+// Error messages for people
+
+/// The line of the problem serde found in the expanded config. The expanded tree has no
+/// positions, so the text is read once more, as written; its first error is the same one
+/// when it names the same key or says the same thing (a `${VAR}` may change what the
+/// text says, and then no line is given rather than a wrong one).
+fn line_of(text: &str, key: &str, message: &str) -> Option<usize> {
+    let direct: Result<RawConfig, _> =
+        serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text));
+    if let Err(error) = direct {
+        let same_key = error.path().to_string() == key;
+        let inner = error.into_inner();
+        if same_key || inner.to_string().contains(message) {
+            return inner.location().map(|location| location.line());
+        }
+    }
+    unknown_field_line(text, message)
+}
+
+/// For `unknown field `x``: the one line that starts with the key `x:` in block style.
+/// None when there are several (the same word under two parents) or none (flow style).
+fn unknown_field_line(text: &str, message: &str) -> Option<usize> {
+    let field = message.strip_prefix("unknown field `")?.split('`').next()?;
+    let mut lines = text.lines().enumerate().filter(|(_, line)| {
+        let line = line.trim_start();
+        let line = line.strip_prefix("- ").unwrap_or(line).trim_start();
+        line.strip_prefix(field)
+            .is_some_and(|rest| rest.trim_start().starts_with(':'))
+    });
+    match (lines.next(), lines.next()) {
+        (Some((index, _)), None) => Some(index + 1),
+        _ => None,
+    }
+}
+
+/// serde's messages, without the values it quotes and the Rust type names it uses:
+/// `invalid type: string "s3cret", expected struct RawAuth` becomes `expected a mapping
+/// with bearer_token, bearer_token_file or basic, found a string`. A secret written in the
+/// wrong place must not come back in an error, a log line or the reload answer.
+///
+/// The YAML parser's own messages have the same part after a key path (`a.b: `) and before
+/// a position (` at line 3 column 18`), as when a tag (`!!int s3cret`) does not fit.
+fn plain_serde_message(message: &str) -> String {
+    for marker in ["invalid type: ", "invalid value: "] {
+        let Some(start) = message.find(marker) else {
+            continue;
+        };
+        let (head, rest) = (&message[..start], &message[start + marker.len()..]);
+        // The expectation is ours and comes last; what was found may quote anything.
+        let Some(at) = rest.rfind(", expected ") else {
+            return format!("{head}has the wrong type");
+        };
+        let found = found_kind(&rest[..at]);
+        let tail = &rest[at + ", expected ".len()..];
+        let (expected, position) = match tail.rfind(" at line ") {
+            Some(line) => (&tail[..line], &tail[line..]),
+            None => (tail, ""),
+        };
+        let expected = expected_yaml(expected);
+        return if marker == "invalid value: " {
+            format!("{head}expected {expected}, found {found} out of range{position}")
+        } else {
+            format!("{head}expected {expected}, found {found}{position}")
+        };
+    }
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        // A key is not a secret, but a URL pasted where a key belongs holds one.
+        if let Some(end) = rest.find('`') {
+            let field = &rest[..end];
+            if field.len() > 64 || field.contains("://") || field.contains('?') {
+                return "unknown field (not shown: it looks like a URL, not a key)".to_owned();
+            }
+        }
+    }
+    message.to_owned()
+}
+
+/// A key quoted from the file may hold a newline or terminal escapes: not in a log line.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// What kind of YAML value serde found, from its `Unexpected` text, without the value.
+fn found_kind(found: &str) -> &'static str {
+    let kinds = [
+        ("string", "a string"),
+        ("integer", "a number"),
+        ("floating point", "a number"),
+        ("boolean", "a true/false value"),
+        ("sequence", "a list"),
+        ("map", "a mapping"),
+        ("unit", "an empty value"),
+        ("null", "an empty value"),
+        ("enum", "a tagged value"),
+    ];
+    for (prefix, kind) in kinds {
+        if found.starts_with(prefix) {
+            return kind;
+        }
+    }
+    "another kind of value"
+}
+
+/// serde's expectation (a Rust type) as the YAML to write.
+fn expected_yaml(expected: &str) -> String {
+    let plain = match expected {
+        "struct RawConfig" => {
+            "a mapping of kabar's settings (listen, state_dir, auth, delivery, server, defaults, spaces)"
+        }
+        "struct RawAuth" => "a mapping with bearer_token, bearer_token_file or basic",
+        "struct RawBasic" => "a mapping with username and password or password_file",
+        "struct RawDelivery" => {
+            "a mapping of delivery settings (rate_limit_per_second, request_timeout, backoff, give_up_after, ...)"
+        }
+        "struct RawServer" => "a mapping with read_timeout, max_concurrent_requests or tls",
+        "struct RawTls" => "a mapping with cert_file and key_file",
+        "struct RawBackoff" => "a mapping such as {initial: 1s, max: 60s}",
+        "struct RawOptions" => {
+            "a mapping of space settings (format, threading, send_resolved, reminder_interval, ...)"
+        }
+        "struct RawTemplates" => "a mapping such as {text: text.hbs, card: card.hbs}",
+        "struct RawSpace" => {
+            "a mapping of the space's settings, such as {webhook_url_file: /etc/kabar/ops, receivers: [ops]}"
+        }
+        "a map" => "a mapping (name: value lines, or {name: value})",
+        "a sequence" => "a list, such as [a, b]",
+        "a boolean" => "true or false",
+        "path string" => "a path (a string)",
+        "a string" => "a string",
+        "f32" | "f64" => "a number",
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number of at least 0",
+        "i8" | "i16" | "i32" | "i64" => "a whole number",
+        other if other.starts_with("struct ") => "a mapping",
+        other => return other.to_owned(),
+    };
+    plain.to_owned()
+}
+
+// ---------------------------------------------------------------------------------------
 // Environment expansion
 
 fn expand_env(
@@ -370,7 +522,20 @@ fn expand_env(
     match value {
         Value::String(s) => {
             if s.contains('$') {
-                *s = expand_string(s, env).map_err(|message| invalid(path.join("."), message))?;
+                let key = path.join(".");
+                *s = expand_string(s, env).map_err(|message| {
+                    // A `${` that is no variable reference may be part of a secret.
+                    if is_secret_key(path) && message.ends_with(INVALID_REFERENCE) {
+                        invalid(
+                            &key,
+                            format!(
+                                "has a ${{...}}{INVALID_REFERENCE} (write $${{ for a literal ${{)"
+                            ),
+                        )
+                    } else {
+                        invalid(&key, message)
+                    }
+                })?;
             }
         }
         Value::Sequence(items) => {
@@ -391,6 +556,15 @@ fn expand_env(
         Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
     Ok(())
+}
+
+const INVALID_REFERENCE: &str = " that is not a valid variable reference";
+
+/// Keys whose values are secrets (the last part of the key path).
+fn is_secret_key(path: &[String]) -> bool {
+    path.last().is_some_and(|last| {
+        ["webhook_url", "bearer_token", "password", "proxy_url"].contains(&last.as_str())
+    })
 }
 
 /// Expands `${VAR}` and `${VAR:-default}`; `$${` stands for a literal `${`.
@@ -416,7 +590,7 @@ fn expand_string(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Str
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                 && !name.starts_with(|c: char| c.is_ascii_digit());
             if !valid_name {
-                return Err(format!("${{{expr}}} is not a valid variable reference"));
+                return Err(format!("${{{expr}}}{INVALID_REFERENCE}"));
             }
             match (env(name).filter(|v| !v.is_empty()), default) {
                 (Some(v), _) => out.push_str(&v),
@@ -456,7 +630,7 @@ struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAuth {
-    bearer_token: Option<String>,
+    bearer_token: Option<RawSecret>,
     bearer_token_file: Option<PathBuf>,
     basic: Option<RawBasic>,
 }
@@ -465,7 +639,7 @@ struct RawAuth {
 #[serde(deny_unknown_fields)]
 struct RawBasic {
     username: String,
-    password: Option<String>,
+    password: Option<RawSecret>,
     password_file: Option<PathBuf>,
 }
 
@@ -477,7 +651,7 @@ struct RawDelivery {
     backoff: Option<RawBackoff>,
     give_up_after: Option<RawDuration>,
     allow_any_host: Option<bool>,
-    proxy_url: Option<String>,
+    proxy_url: Option<RawSecret>,
     proxy_url_file: Option<PathBuf>,
 }
 
@@ -526,7 +700,7 @@ struct RawTemplates {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSpace {
-    webhook_url: Option<String>,
+    webhook_url: Option<RawSecret>,
     webhook_url_file: Option<PathBuf>,
     dry_run: Option<bool>,
     receivers: Option<Vec<String>>,
@@ -558,10 +732,103 @@ struct RawDuration(Duration);
 
 impl<'de> Deserialize<'de> for RawDuration {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        parse_duration(&text)
-            .map(RawDuration)
-            .map_err(serde::de::Error::custom)
+        struct DurationVisitor;
+        impl serde::de::Visitor<'_> for DurationVisitor {
+            type Value = RawDuration;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a duration such as 250ms, 10s, 4h or 1h30m")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<RawDuration, E> {
+                parse_duration(text).map(RawDuration).map_err(E::custom)
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<RawDuration, E> {
+                if n == 0 {
+                    return Ok(RawDuration(Duration::ZERO));
+                }
+                Err(E::custom(format!(
+                    "{n} has no unit: write {n}s, {n}ms, {n}m or {n}h"
+                )))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<RawDuration, E> {
+                Err(E::custom(format!(
+                    "{n} is not a duration: write one such as 250ms, 10s, 4h or 1h30m"
+                )))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<RawDuration, E> {
+                Err(E::custom(
+                    "a number with a fraction is not a duration: write 1500ms or 1m30s",
+                ))
+            }
+        }
+        deserializer.deserialize_any(DurationVisitor)
+    }
+}
+
+/// A secret as written in the file: only a YAML string is taken. Anything else is refused
+/// by naming what YAML read, never the value, which serde's own errors would quote; and a
+/// secret read as a number would not even be the one written (0x1F, 0o17, 1e3 and .inf do
+/// not read back as typed).
+struct RawSecret(String);
+
+const SECRET_NOT_A_STRING: &str = "must be a string: put the value in quotes";
+
+impl<'de> Deserialize<'de> for RawSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SecretVisitor;
+        fn refuse<E: serde::de::Error>(what: &str) -> E {
+            E::custom(format!(
+                "{SECRET_NOT_A_STRING} (YAML read {what}, which can change it; the value is not shown because it is a secret)"
+            ))
+        }
+        impl<'de> serde::de::Visitor<'de> for SecretVisitor {
+            type Value = RawSecret;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawSecret, E> {
+                Ok(RawSecret(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<RawSecret, E> {
+                Ok(RawSecret(v))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<RawSecret, E> {
+                Err(refuse("a boolean"))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<RawSecret, E> {
+                Err(refuse("a number"))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<RawSecret, E> {
+                Err(refuse("a number"))
+            }
+            fn visit_i128<E: serde::de::Error>(self, _: i128) -> Result<RawSecret, E> {
+                Err(refuse("a number"))
+            }
+            fn visit_u128<E: serde::de::Error>(self, _: u128) -> Result<RawSecret, E> {
+                Err(refuse("a number"))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<RawSecret, E> {
+                Err(refuse("a number"))
+            }
+            fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<RawSecret, E> {
+                Err(refuse("binary data"))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<RawSecret, E> {
+                Err(refuse("an empty value"))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<RawSecret, A::Error> {
+                Err(refuse("a list"))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<RawSecret, A::Error> {
+                Err(refuse("a mapping"))
+            }
+            fn visit_enum<A: serde::de::EnumAccess<'de>>(
+                self,
+                _: A,
+            ) -> Result<RawSecret, A::Error> {
+                Err(refuse("a tagged value"))
+            }
+        }
+        deserializer.deserialize_any(SecretVisitor)
     }
 }
 
@@ -578,17 +845,24 @@ fn read_secret_file(key: &str, path: &Path, base_dir: &Path) -> Result<Secret, C
 
 fn one_secret(
     key: &str,
-    inline: Option<String>,
+    inline: Option<RawSecret>,
     file: Option<PathBuf>,
     base_dir: &Path,
 ) -> Result<Option<Secret>, ConfigError> {
-    match (inline, file) {
+    match (inline.map(|RawSecret(value)| value), file) {
         (Some(_), Some(_)) => Err(invalid(key, format!("set {key} or {key}_file, not both"))),
         (Some(v), None) if v.trim().is_empty() => Err(invalid(key, "must not be empty")),
         (Some(v), None) => Ok(Some(Secret::new(v.trim()))),
         (None, Some(path)) => read_secret_file(&format!("{key}_file"), &path, base_dir).map(Some),
         (None, None) => Ok(None),
     }
+}
+
+/// `a/./b` as `a/b`, so the folder logged and printed reads as the one meant.
+fn normalize(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
 }
 
 fn valid_space_name(name: &str) -> bool {
@@ -665,7 +939,10 @@ impl RawConfig {
         }
         Ok(Config {
             listen,
-            state_dir: self.state_dir.unwrap_or_else(|| PathBuf::from("./data")),
+            // Relative like every other path in the file: to the config's folder.
+            state_dir: normalize(
+                &base_dir.join(self.state_dir.unwrap_or_else(|| PathBuf::from("./data"))),
+            ),
             max_body_bytes: max_body_bytes as usize,
             auth,
             delivery,
@@ -932,6 +1209,41 @@ fn check_webhook_url(key: &str, url: &Secret, allow_any_host: bool) -> Result<()
             "must be a Chat incoming-webhook URL: /v1/spaces/SPACE/messages?key=...&token=...",
         ));
     }
+    check_webhook_credentials(key, url)
+}
+
+/// The two query values Chat needs, present and not HTML-escaped. Copied from a web page,
+/// an HTML mail or a templating tool, `&` arrives as `&amp;`: Chat then sees no token and
+/// answers 400 or 403 at the first alert instead of now. Checked also with
+/// allow_any_host: a relay in front of Chat passes the same URL on.
+fn check_webhook_credentials(key: &str, url: &Secret) -> Result<(), ConfigError> {
+    let text = url.expose();
+    let lowered = text.to_ascii_lowercase();
+    if ["&amp;", "&#38;", "&#x26;"]
+        .iter()
+        .any(|e| lowered.contains(e))
+    {
+        return Err(invalid(
+            key,
+            "is HTML-escaped (it contains &amp;): write a plain & between the key and token parameters",
+        ));
+    }
+    let Ok(parsed) = reqwest::Url::parse(text) else {
+        return Err(invalid(key, "not a valid URL"));
+    };
+    for name in ["key", "token"] {
+        let present = parsed
+            .query_pairs()
+            .any(|(k, v)| k == name && !v.trim().is_empty());
+        if !present {
+            return Err(invalid(
+                key,
+                format!(
+                    "has no {name}=... parameter: copy the whole webhook URL from the Chat space (Apps & integrations, Webhooks); it ends ?key=...&token=..."
+                ),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -959,7 +1271,7 @@ mod tests {
     fn minimal_config_gets_documented_defaults() {
         let config = parse("spaces:\n  demo:\n    dry_run: true\n").expect("valid");
         assert_eq!(config.listen, "0.0.0.0:9095".parse().expect("addr"));
-        assert_eq!(config.state_dir, PathBuf::from("./data"));
+        assert_eq!(config.state_dir, PathBuf::from("/nonexistent/data"));
         assert_eq!(config.max_body_bytes, 4 * 1024 * 1024);
         assert!(config.auth.is_none());
         assert_eq!(config.delivery.rate_limit_per_second, 1.0);
@@ -1245,5 +1557,243 @@ mod tests {
             let message = error_of(&format!("{bad}\nspaces:\n  demo: {{dry_run: true}}\n"));
             assert!(message.starts_with(key), "{message}");
         }
+    }
+
+    /// Every way YAML can hand a secret key something else than a string: the error names
+    /// the key and never the value, in the form written or the form YAML read it as.
+    #[test]
+    fn secrets_of_any_yaml_type_are_refused_without_the_value() {
+        let keys = [
+            (
+                "spaces:\n  a:\n    webhook_url: VALUE\n",
+                "spaces.a.webhook_url",
+            ),
+            (
+                "auth:\n  bearer_token: VALUE\nspaces: {a: {dry_run: true}}\n",
+                "auth.bearer_token",
+            ),
+            (
+                "auth:\n  basic: {username: am, password: VALUE}\nspaces: {a: {dry_run: true}}\n",
+                "auth.basic.password",
+            ),
+            (
+                "delivery:\n  proxy_url: VALUE\nspaces: {a: {dry_run: true}}\n",
+                "delivery.proxy_url",
+            ),
+        ];
+        // (as written, forms it may be printed in once YAML read it)
+        let shapes: [(&str, &[&str]); 14] = [
+            // A YAML tag makes the parser itself complain, quoting the string.
+            ("!!int t4g-int-secret", &["t4g-int"]),
+            ("!!float t4g-float-secret", &["t4g-float"]),
+            ("!!bool t4g-bool-secret", &["t4g-bool"]),
+            ("!!null t4g-null-secret", &["t4g-null"]),
+            // `${` inside a secret is read as a variable reference.
+            ("\"pa55${w0rd part}\"", &["w0rd part", "pa55"]),
+            ("987654321987", &["987654321987"]),
+            ("0x1F2E3D", &["0x1F2E3D", "2043453"]),
+            ("-0o17777", &["17777", "8191"]),
+            ("6.02214076e23", &["6.02214076", "602214076"]),
+            (".inf", &["inf`", ".inf"]),
+            ("true", &["`true`"]),
+            (
+                "[s3q-first-9181, s3q-second-7272]",
+                &["s3q-first", "s3q-second"],
+            ),
+            ("{m4p-key-5151: m4p-value-6262}", &["m4p-key", "m4p-value"]),
+            ("!custom t4gged-secret-3131", &["t4gged-secret"]),
+        ];
+        for (template, key) in keys {
+            for (value, forms) in shapes {
+                let text = template.replace("VALUE", value);
+                let err = error_of(&text);
+                assert!(err.contains(key), "{text:?} should name {key}: {err}");
+                for form in forms {
+                    assert!(!err.contains(form), "{text:?} echoed {form}: {err}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_string_where_a_mapping_belongs_is_not_echoed() {
+        let env =
+            |name: &str| (name == "KABAR_TOKEN").then(|| "env-t0ken-from-var-4242".to_owned());
+        for (text, key, secret) in [
+            (
+                "auth: b34rer-literal-1111\nspaces: {a: {dry_run: true}}\n",
+                "auth",
+                "b34rer-literal",
+            ),
+            (
+                "auth: \"${KABAR_TOKEN}\"\nspaces: {a: {dry_run: true}}\n",
+                "auth",
+                "env-t0ken",
+            ),
+            (
+                "auth: {basic: \"am:${KABAR_TOKEN}\"}\nspaces: {a: {dry_run: true}}\n",
+                "auth.basic",
+                "env-t0ken",
+            ),
+            (
+                "spaces:\n  a: https://chat.googleapis.com/v1/spaces/SP4CE-ID/messages?key=k&token=t\n",
+                "spaces.a",
+                "SP4CE-ID",
+            ),
+            ("spaces: [\"${KABAR_TOKEN}\"]\n", "spaces", "env-t0ken"),
+        ] {
+            let err = Config::parse(text, Path::new("/nonexistent"), &env)
+                .expect_err(text)
+                .to_string();
+            assert!(err.starts_with(key), "{text:?} should name {key}: {err}");
+            assert!(!err.contains(secret), "{text:?} echoed the value: {err}");
+            assert!(
+                !err.contains("Raw"),
+                "{text:?} named an internal type: {err}"
+            );
+            assert!(
+                err.contains("mapping"),
+                "{text:?} should say a mapping was expected: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn type_errors_say_what_yaml_was_expected() {
+        for (text, expected) in [
+            (
+                "spaces: {a: [x]}",
+                "spaces.a: expected a mapping of the space's settings",
+            ),
+            ("spaces: [a]", "spaces: expected a mapping"),
+            (
+                "spaces: {a: {dry_run: yes please}}",
+                "spaces.a.dry_run: expected true or false",
+            ),
+            (
+                "spaces: {a: {dry_run: true, max_new_threads_per_notification: -1}}",
+                "spaces.a.max_new_threads_per_notification: expected a whole number",
+            ),
+            (
+                "state_dir: [a]\nspaces: {a: {dry_run: true}}",
+                "state_dir: expected a path",
+            ),
+            (
+                "delivery: {request_timeout: 10}\nspaces: {a: {dry_run: true}}",
+                "delivery.request_timeout: 10 has no unit",
+            ),
+        ] {
+            let err = error_of(text);
+            assert!(err.starts_with(expected), "{text:?}: {err}");
+            assert!(
+                !err.contains("struct") && !err.contains("u32"),
+                "{text:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn webhook_url_file_contents_are_never_echoed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for contents in [
+            b"f1le-secret-not-a-url".to_vec(),
+            b"https://chat.googleapis.com/v1/spaces/X/messages?key=f1le-k&amp;token=f1le-t"
+                .to_vec(),
+            b"https://chat.googleapis.com/v1/spaces/X/messages?key=f1le-k".to_vec(),
+            b"http://f1le-host.example/v1/spaces/X/messages?key=f1le-k&token=f1le-t".to_vec(),
+            b"https://f1le-user:f1le-pass@chat.googleapis.com:99999/x".to_vec(),
+            b"[f1le-list, f1le-item]".to_vec(),
+            vec![0xff, 0xfe, b'f', b'1', b'l', b'e', b'-', b'x'],
+        ] {
+            std::fs::write(dir.path().join("url"), &contents).expect("write");
+            let err = Config::parse(
+                "spaces:\n  ops: {webhook_url_file: url}\n",
+                dir.path(),
+                &|_| None,
+            )
+            .expect_err("refused")
+            .to_string();
+            assert!(err.starts_with("spaces.ops.webhook_url"), "{err}");
+            assert!(!err.contains("f1le"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_quoted_key_cannot_break_the_error_onto_several_lines() {
+        let err =
+            error_of("spaces:\n  a:\n    dry_run: true\n    \"re\\ncei\\u001b[31mvers\": [x]\n");
+        assert!(err.contains("unknown field"), "{err}");
+        assert!(!err.contains('\n') && !err.contains('\u{1b}'), "{err:?}");
+    }
+
+    #[test]
+    fn unknown_keys_carry_their_line() {
+        let err = error_of("spaces:\n  ops:\n    dry_run: true\n    recievers: [x]\n");
+        assert!(
+            err.starts_with("spaces.ops.recievers: unknown field"),
+            "{err}"
+        );
+        assert!(err.contains("line 4"), "{err}");
+        let err = error_of("listen: 127.0.0.1:1\nstate: /tmp\nspaces: {a: {dry_run: true}}\n");
+        assert!(err.contains("`state`") && err.contains("line 2"), "{err}");
+        // A `${VAR}` earlier in the file reads differently before expansion; the line is
+        // still found.
+        let err = error_of(
+            "delivery:\n  request_timeout: \"${T:-10s}\"\nspaces:\n  a:\n    dry_run: true\n    recievers: [x]\n",
+        );
+        assert!(err.contains("line 6"), "{err}");
+    }
+
+    #[test]
+    fn relative_state_dir_resolves_against_the_config_folder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kabar.yaml");
+        std::fs::write(&path, "state_dir: ./data\nspaces: {a: {dry_run: true}}\n").expect("write");
+        let config = Config::load(&path).expect("valid");
+        assert_eq!(config.state_dir, dir.path().join("data"));
+        assert!(config.state_dir.is_absolute());
+        std::fs::write(&path, "spaces: {a: {dry_run: true}}\n").expect("write");
+        assert_eq!(
+            Config::load(&path).expect("valid").state_dir,
+            dir.path().join("data")
+        );
+        std::fs::write(
+            &path,
+            "state_dir: /var/lib/kabar\nspaces: {a: {dry_run: true}}\n",
+        )
+        .expect("write");
+        assert_eq!(
+            Config::load(&path).expect("valid").state_dir,
+            PathBuf::from("/var/lib/kabar")
+        );
+    }
+
+    #[test]
+    fn html_escaped_or_incomplete_webhook_urls_are_refused_with_the_fix() {
+        let base = "https://chat.googleapis.com/v1/spaces/AAA/messages";
+        for (url, expected) in [
+            (
+                format!("{base}?key=k3y-v4l&amp;token=t0k-v4l"),
+                "HTML-escaped",
+            ),
+            (
+                format!("{base}?key=k3y-v4l&#38;token=t0k-v4l"),
+                "HTML-escaped",
+            ),
+            (format!("{base}?token=t0k-v4l"), "no key="),
+            (format!("{base}?key=k3y-v4l"), "no token="),
+            (format!("{base}?key=&token=t0k-v4l"), "no key="),
+            (base.to_owned(), "no key="),
+        ] {
+            let err = error_of(&format!("spaces:\n  ops:\n    webhook_url: '{url}'\n"));
+            assert!(err.starts_with("spaces.ops.webhook_url: "), "{err}");
+            assert!(err.contains(expected), "{url}: {err}");
+            assert!(
+                !err.contains("k3y-v4l") && !err.contains("t0k-v4l"),
+                "{err}"
+            );
+        }
+        let ok = format!("spaces:\n  ops:\n    webhook_url: '{base}?key=k&token=t'\n");
+        assert!(parse(&ok).is_ok());
     }
 }

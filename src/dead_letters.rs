@@ -38,6 +38,10 @@ pub enum DeadLetterError {
     AllWithFilters,
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(
+        "no space {name:?} in this config and no dead letters for it; configured spaces: {configured}"
+    )]
+    UnknownSpace { name: String, configured: String },
 }
 
 /// Which dead letters a command is about. An empty filter selects all of them.
@@ -187,6 +191,34 @@ pub fn run(
         .build()
         .map_err(DeadLetterError::Runtime)?;
     let now = now_ms();
+    // A typo in --space would otherwise select nothing and look like "no dead letters". A
+    // space no longer configured may still have some: those stay selectable.
+    let unconfigured: Vec<String> = selection
+        .spaces
+        .iter()
+        .filter(|space| !config.spaces.contains_key(*space))
+        .cloned()
+        .collect();
+    if !unconfigured.is_empty() {
+        let with_letters = runtime.block_on(store.read(crate::outbox::dead_letter_counts));
+        let with_letters = match with_letters {
+            Ok(counts) => counts,
+            Err(e) => {
+                store.close();
+                return Err(e.into());
+            }
+        };
+        if let Some(name) = unconfigured
+            .into_iter()
+            .find(|space| !with_letters.iter().any(|(s, _)| s == space))
+        {
+            store.close();
+            return Err(DeadLetterError::UnknownSpace {
+                name,
+                configured: config.spaces.keys().cloned().collect::<Vec<_>>().join(", "),
+            });
+        }
+    }
     let selection_for_job = selection.clone();
     let result = runtime.block_on(async {
         match action {

@@ -485,22 +485,27 @@ impl Sender {
         status: Option<u16>,
         detail: &str,
     ) -> Step {
-        warn!(
-            space = %self.space,
-            id = message.id,
-            reason = reason.as_str(),
-            error = %detail,
-            "message dead-lettered; the space moves on"
-        );
-        let (id, detail) = (message.id, detail.to_owned());
+        let (id, detail_text) = (message.id, detail.to_owned());
         let now = now_ms();
         match self
             .shared
             .store
-            .write(move |conn| outbox::dead_letter(conn, id, reason.as_str(), status, &detail, now))
+            .write(move |conn| {
+                outbox::dead_letter(conn, id, reason.as_str(), status, &detail_text, now)?;
+                // The dead letter's own id, the one `kabar dead-letters --id` takes: the
+                // row just inserted, when the outbox row existed (the DELETE changed one).
+                Ok((conn.changes() == 1).then(|| conn.last_insert_rowid()))
+            })
             .await
         {
-            Ok(()) => {
+            Ok(dead_letter_id) => {
+                warn!(
+                    space = %self.space,
+                    id = dead_letter_id.unwrap_or(0),
+                    reason = reason.as_str(),
+                    error = %detail,
+                    "message dead-lettered (see kabar dead-letters list --id); the space moves on"
+                );
                 self.shared
                     .metrics
                     .messages_dead_lettered

@@ -20,8 +20,10 @@ pub mod render;
 pub mod routing;
 pub mod runtime;
 pub mod secret;
+pub mod send_test;
 pub mod server;
 pub mod state;
+pub mod state_dir;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const REVISION: &str = env!("KABAR_GIT_REVISION");
@@ -40,11 +42,57 @@ pub enum LogFormat {
     Json,
 }
 
+/// How much kabar logs (`--log-level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+/// A `--log-level` that is none of the levels. tracing would read an unknown word as a
+/// target name and log nothing at all, so it is refused instead.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "unknown log level {0:?}: use error, warn, info, debug or trace (RUST_LOG takes filter directives such as info,kabar=debug)"
+)]
+pub struct UnknownLogLevel(String);
+
+impl std::str::FromStr for LogLevel {
+    type Err = UnknownLogLevel;
+
+    /// The five levels, any case, and the usual aliases (`warning`, `err`).
+    fn from_str(text: &str) -> Result<LogLevel, UnknownLogLevel> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "error" | "err" => Ok(LogLevel::Error),
+            "warn" | "warning" => Ok(LogLevel::Warn),
+            "info" => Ok(LogLevel::Info),
+            "debug" => Ok(LogLevel::Debug),
+            "trace" => Ok(LogLevel::Trace),
+            _ => Err(UnknownLogLevel(text.chars().take(40).collect())),
+        }
+    }
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
 /// Sets up logging to stderr. `RUST_LOG` overrides `level` when set.
-pub fn init_logging(level: &str, format: LogFormat) {
+pub fn init_logging(level: LogLevel, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(format!("{level},hyper=warn,reqwest=warn")))
+        .or_else(|_| EnvFilter::try_new(format!("{},hyper=warn,reqwest=warn", level.as_str())))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour only for a person at a terminal; files and log collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
@@ -57,4 +105,19 @@ pub fn init_logging(level: &str, format: LogFormat) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// Writes a command's answer to stdout. A reader that went away (`kabar render | head`)
+/// ends the output quietly, as with any Unix tool; println! would panic instead (Rust
+/// ignores SIGPIPE, so the write fails with EPIPE).
+pub fn print_out(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// Like [`print_out`], for stderr.
+pub fn print_err(text: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }

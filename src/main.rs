@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 /// glibc's malloc was a quarter of kabar's CPU under load (many small, short-lived
 /// allocations across threads while parsing, rendering and serving); mimalloc cut the CPU
@@ -18,32 +18,56 @@ struct Cli {
     command: Command,
 }
 
+/// The config file, as every command takes it.
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// The kabar config file (YAML).
+    #[arg(short = 'c', long, env = "KABAR_CONFIG", value_name = "FILE")]
+    config: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the service.
     Serve {
-        #[arg(long, env = "KABAR_CONFIG")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// error, warn, info, debug or trace (RUST_LOG overrides).
-        #[arg(long, default_value = "info")]
-        log_level: String,
+        #[arg(long, default_value = "info", value_name = "LEVEL")]
+        log_level: kabar::LogLevel,
+        /// text for people, json for log pipelines.
         #[arg(long, value_enum, default_value = "text")]
         log_format: Format,
     },
-    /// Validate the config and render every template against built-in sample alerts.
+    /// Validate config files and render every template against built-in sample alerts.
     Check {
-        #[arg(long, env = "KABAR_CONFIG")]
-        config: PathBuf,
+        /// Config files to check (like promtool check config).
+        #[arg(value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// A config file to check, as the other commands take it (without any file
+        /// named, KABAR_CONFIG is checked).
+        #[arg(short = 'c', long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Print the Chat requests a webhook payload would produce, without sending.
     Render {
-        #[arg(long, env = "KABAR_CONFIG")]
-        config: PathBuf,
-        #[arg(long)]
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The Alertmanager webhook payload (JSON); - reads it from stdin.
+        #[arg(long, value_name = "FILE")]
         payload: PathBuf,
         /// Route to this space instead of by the payload's receiver.
-        #[arg(long)]
+        #[arg(long, value_name = "NAME")]
         space: Option<String>,
+    },
+    /// Post one test message to a space now and report Chat's answer.
+    #[command(name = "send-test")]
+    SendTest {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The space to post to (a dry_run space prints the body instead).
+        #[arg(long, value_name = "NAME")]
+        space: String,
     },
     /// List, retry or drop messages kabar gave up on (works while kabar runs).
     #[command(name = "dead-letters", subcommand)]
@@ -80,12 +104,12 @@ enum DeadLetterCommand {
 
 #[derive(clap::Args)]
 struct DeadLetterFilter {
-    #[arg(long, env = "KABAR_CONFIG")]
-    config: PathBuf,
+    #[command(flatten)]
+    config: ConfigArg,
     /// Only this space (repeatable).
     #[arg(long = "space", value_name = "NAME")]
     spaces: Vec<String>,
-    /// Only this dead letter id (repeatable).
+    /// Only this dead letter id, as `list` and the log show it (repeatable).
     #[arg(long = "id", value_name = "ID")]
     ids: Vec<i64>,
     /// Only those dead-lettered at least this long ago (30m, 4h, 2d).
@@ -114,32 +138,65 @@ fn main() -> ExitCode {
                 Format::Text => kabar::LogFormat::Text,
                 Format::Json => kabar::LogFormat::Json,
             };
-            kabar::init_logging(&log_level, format);
+            kabar::init_logging(log_level, format);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
             {
                 Ok(runtime) => runtime,
                 Err(e) => {
-                    eprintln!("kabar: cannot start the async runtime: {e}");
+                    kabar::print_err(&format!("kabar: cannot start the async runtime: {e}\n"));
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(kabar::server::run(config)) {
+            match runtime.block_on(kabar::server::run(config.config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "kabar stopped with an error");
-                    eprintln!("kabar: {e}");
+                    kabar::print_err(&format!("kabar: {e}\n"));
                     ExitCode::FAILURE
                 }
             }
         }
-        Command::Check { config } => report(kabar::commands::check(&config)),
+        Command::Check { files, config } => {
+            // KABAR_CONFIG only when no file is named: `kabar check other.yaml` in a shell
+            // that exports it checks other.yaml, not both.
+            let mut files: Vec<PathBuf> = config.into_iter().chain(files).collect();
+            if files.is_empty() {
+                files.extend(std::env::var_os("KABAR_CONFIG").map(PathBuf::from));
+            }
+            if files.is_empty() {
+                Cli::command()
+                    .error(
+                        clap::error::ErrorKind::MissingRequiredArgument,
+                        "name the config file(s) to check: kabar check FILE... (or --config FILE, or KABAR_CONFIG)",
+                    )
+                    .exit();
+            }
+            let mut all_ok = true;
+            for file in &files {
+                let result =
+                    kabar::commands::check(file).map_err(|e| format!("{}: {e}", file.display()));
+                all_ok &= report(result) == ExitCode::SUCCESS;
+            }
+            if all_ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Command::Render {
             config,
             payload,
             space,
-        } => report(kabar::commands::render(&config, &payload, space.as_deref())),
+        } => report(kabar::commands::render(
+            &config.config,
+            &payload,
+            space.as_deref(),
+        )),
+        Command::SendTest { config, space } => {
+            report(kabar::send_test::run(&config.config, &space))
+        }
         Command::DeadLetters(command) => dead_letters(command),
     }
 }
@@ -157,18 +214,19 @@ fn dead_letters(command: DeadLetterCommand) -> ExitCode {
         filter.older_than.as_deref(),
         filter.newer_than.as_deref(),
     )
-    .and_then(|selection| run(&filter.config, action, &selection, all));
+    .and_then(|selection| run(&filter.config.config, action, &selection, all));
     report(result)
 }
 
+/// Prints a command's answer or error; a closed stdout or stderr is not a panic.
 fn report(result: Result<String, impl std::fmt::Display>) -> ExitCode {
     match result {
         Ok(output) => {
-            println!("{}", output.trim_end());
+            kabar::print_out(&format!("{}\n", output.trim_end()));
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("kabar: {e}");
+            kabar::print_err(&format!("kabar: {e}\n"));
             ExitCode::FAILURE
         }
     }

@@ -52,6 +52,8 @@ pub enum ServeError {
     /// and the process exits non-zero for its supervisor to restart it.
     #[error("the store's writer thread died; stopping so that kabar can be restarted")]
     WriterDied,
+    #[error(transparent)]
+    StateDir(#[from] crate::state_dir::StateDirError),
 }
 
 /// State behind every HTTP handler.
@@ -279,6 +281,8 @@ async fn prune_periodically(store: Store, mut stopped: watch::Receiver<bool>) {
 /// for its supervisor to restart it) rather than live on unable to queue anything.
 pub async fn run(path: PathBuf) -> Result<(), ServeError> {
     let runtime = Runtime::load(&path)?;
+    // Held until kabar exits: a second kabar on this state_dir refuses to start.
+    let _lock = crate::state_dir::StateDirLock::acquire(&runtime.config.state_dir)?;
     let service = Service::start(runtime, Some(path)).await?;
     let waited = until_stopped(&service, wait_for_signals(&service)).await;
     let stopped = service.shutdown().await;

@@ -692,13 +692,12 @@ impl FakeChat {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(task) = task {
-            if tokio::time::timeout(Duration::from_secs(10), task)
+        if let Some(task) = task
+            && tokio::time::timeout(Duration::from_secs(10), task)
                 .await
                 .is_err()
-            {
-                panic!("fake Chat: server did not stop within 10 s of shutdown()");
-            }
+        {
+            panic!("fake Chat: server did not stop within 10 s of shutdown()");
         }
     }
 
