@@ -238,21 +238,13 @@ fn webhook_request_url(webhook: &Secret, threaded: bool) -> Option<reqwest::Url>
     Some(url)
 }
 
-/// The webhook URL and its query values (key, token), taken from the request URL built
-/// from it: scrubbed from any text we keep.
+/// The webhook URL and everything in it that is a credential (key, token, path), as
+/// configured and as the request URL built from it spells them: scrubbed from any text
+/// we keep.
 fn url_secrets(webhook: &Secret, request_url: &reqwest::Url) -> Vec<String> {
-    let mut values = vec![webhook.expose().to_owned(), request_url.path().to_owned()];
+    let mut values = crate::secret::url_secret_parts(webhook.expose());
     values.extend(request_url.query_pairs().map(|(_, v)| v.into_owned()));
     values.extend(request_url.query().map(str::to_owned));
-    // As written in the configured URL too (`%3D`, not `=`): scrub then also matches
-    // every other encoding of it.
-    if let Some((_, query)) = webhook.expose().split_once('?') {
-        values.extend(
-            query
-                .split('&')
-                .filter_map(|pair| pair.split_once('=').map(|(_, v)| v.to_owned())),
-        );
-    }
     values
 }
 

@@ -318,6 +318,30 @@ fn scrub_query_values(text: &str) -> String {
     out
 }
 
+/// Every part of a URL that is or holds a credential, to pass to `scrub` as known: the
+/// whole URL, its path (a webhook's path names its space), its query, each query value as
+/// written and decoded, and a userinfo password.
+pub fn url_secret_parts(url: &str) -> Vec<String> {
+    let mut parts = vec![url.to_owned()];
+    if let Some((_, query)) = url.split_once('?') {
+        let query = query.split('#').next().unwrap_or(query);
+        parts.push(query.to_owned());
+        for pair in query.split('&') {
+            if let Some((_, value)) = pair.split_once('=') {
+                parts.push(value.to_owned());
+            }
+        }
+    }
+    if let Ok(parsed) = reqwest::Url::parse(url) {
+        parts.push(parsed.path().to_owned());
+        parts.extend(parsed.query_pairs().map(|(_, v)| v.into_owned()));
+        parts.extend(parsed.password().map(str::to_owned));
+    }
+    // "/" and other short paths are not secrets; `scrub` ignores anything that short.
+    parts.retain(|p| p.len() > 1);
+    parts
+}
+
 fn scrub_userinfo(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
