@@ -209,7 +209,7 @@ pub fn run(
     });
     store.close();
     let letters = result?;
-    let secrets = config_secrets(&config);
+    let secrets = crate::secret::config_secrets(&config);
     let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
     Ok(match action {
         Action::List { json: true } => list_json(&letters, &secrets),
@@ -240,29 +240,6 @@ pub fn run(
         }
         Action::Drop => summary("deleted", &letters),
     })
-}
-
-/// Every credential of the config: each webhook URL and its parts, the inbound token or
-/// password, the proxy URL. A dead letter stored by an older release, or copied in from
-/// elsewhere, may hold one in any encoding; nothing printed may.
-fn config_secrets(config: &Config) -> Vec<String> {
-    let mut secrets = Vec::new();
-    for space in config.spaces.values() {
-        if let crate::config::Target::Webhook(url) = &space.target {
-            secrets.extend(crate::secret::url_secret_parts(url.expose()));
-        }
-    }
-    match &config.auth {
-        Some(crate::config::Auth::Bearer(token)) => secrets.push(token.expose().to_owned()),
-        Some(crate::config::Auth::Basic { password, .. }) => {
-            secrets.push(password.expose().to_owned());
-        }
-        None => {}
-    }
-    if let Some(proxy) = &config.delivery.proxy_url {
-        secrets.extend(crate::secret::url_secret_parts(proxy.expose()));
-    }
-    secrets
 }
 
 /// A stored text as it may be printed: without any credential, on one line.

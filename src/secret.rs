@@ -342,6 +342,27 @@ pub fn url_secret_parts(url: &str) -> Vec<String> {
     parts
 }
 
+/// Every credential of a configuration, for `scrub`: each webhook URL and its parts, the
+/// inbound bearer token or password, the proxy URL and its password.
+pub fn config_secrets(config: &crate::config::Config) -> Vec<String> {
+    use crate::config::{Auth, Target};
+    let mut secrets = Vec::new();
+    for space in config.spaces.values() {
+        if let Target::Webhook(url) = &space.target {
+            secrets.extend(url_secret_parts(url.expose()));
+        }
+    }
+    match &config.auth {
+        Some(Auth::Bearer(token)) => secrets.push(token.expose().to_owned()),
+        Some(Auth::Basic { password, .. }) => secrets.push(password.expose().to_owned()),
+        None => {}
+    }
+    if let Some(proxy) = &config.delivery.proxy_url {
+        secrets.extend(url_secret_parts(proxy.expose()));
+    }
+    secrets
+}
+
 fn scrub_userinfo(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
