@@ -368,7 +368,8 @@ async fn accept(
         }
         for failure in &outcome.template_failures {
             metrics.template_fallbacks.with_label_values(&[space]).inc();
-            warn!(space, error = %failure, "template failed; the built-in template was used");
+            // Debug-quoted: a template error may quote alert data.
+            warn!(space, error = ?failure.to_string(), "template failed; the built-in template was used");
         }
         accepted.queued += outcome.queued.len();
         accepted.suppressed += outcome.suppressed.len();
