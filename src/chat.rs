@@ -553,13 +553,16 @@ mod tests {
         }
     }
 
+    /// Builds an error body from the request target.
+    type Echo = std::sync::Arc<dyn Fn(&str) -> String + Send + Sync>;
+
     #[tokio::test]
     async fn an_error_body_echoing_the_webhook_in_any_encoding_leaves_no_secret_in_the_detail() {
         let client = ChatClient::new(Duration::from_secs(10)).expect("client");
         let key = "AIzaSyDdI0hCZtE6vySjMm-WEfRq3CPzqKqqsHI";
         let token_raw = "Zq8vT3xWm1LkP0aBcD9eFgHiJ2kLmNoPqRsTuVwXyZ%3D";
         let token = "Zq8vT3xWm1LkP0aBcD9eFgHiJ2kLmNoPqRsTuVwXyZ=";
-        let echoes: Vec<std::sync::Arc<dyn Fn(&str) -> String + Send + Sync>> = vec![
+        let echoes: Vec<Echo> = vec![
             // the whole target, as sent
             std::sync::Arc::new(|target: &str| format!("No such webhook {target}")),
             // the token alone, percent-encoded as in the URL, and in lower-case hex

@@ -217,7 +217,7 @@ fn echoing_bodies(url: &str) -> Vec<String> {
         format!("token {} is not valid", ECHO_TOKEN.replace('%', "%25")),
         format!("<a href=\"{}\">webhook</a>", url.replace('&', "&amp;")),
         format!("see {}", url.replace('=', "&#61;").replace('&', "&#38;")),
-        format!("{}", target.replace('=', "\\u003d").replace('&', "\\u0026")),
+        target.replace('=', "\\u003d").replace('&', "\\u0026"),
         format!("continue={full_encoded}"),
         format!("continue={}", full_encoded.to_lowercase()),
         format!("API key {ECHO_KEY} not valid"),
