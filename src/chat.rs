@@ -5,6 +5,11 @@ use std::time::Duration;
 
 use crate::secret::{Secret, scrub};
 
+/// How much of Chat's answer is read. Its real answers are a few hundred bytes; a broken
+/// or hostile server sending 100 MB, or a body that never ends, must not grow memory or
+/// hold the space's sender.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
 /// Sent with a thread key so Chat replies in that thread, or starts it.
 pub const REPLY_OPTION: &str = "REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD";
 
@@ -167,8 +172,7 @@ impl ChatClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let text = response
-            .text()
+        let text = read_capped(response)
             .await
             .map_err(|e| transport_failure(e, &secret_refs))?;
         if (200..300).contains(&status) {
@@ -186,9 +190,43 @@ impl ChatClient {
             class: FailureClass::of_status(status),
             status: Some(status),
             retry_after,
-            detail: scrub(&describe_error_body(status, &text), &secret_refs),
+            detail: error_detail(status, &text, &secret_refs),
         })
     }
+}
+
+/// The body, up to `MAX_RESPONSE_BYTES`; the rest is never read (the connection is then
+/// closed rather than reused).
+async fn read_capped(mut response: reqwest::Response) -> Result<String, reqwest::Error> {
+    let mut body: Vec<u8> = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = MAX_RESPONSE_BYTES - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= MAX_RESPONSE_BYTES {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// What is kept of an error answer: scrubbed before it is summarised (a cut must never
+/// leave part of a secret behind) and after (JSON decoding may have turned an escaped
+/// secret into a plain one), on one line of printable text.
+fn error_detail(status: u16, body: &str, secrets: &[&str]) -> String {
+    let body = scrub(body, secrets);
+    one_line(&scrub(&describe_error_body(status, &body), secrets))
+}
+
+/// Text from outside made safe for one log line, one stored column and one CLI cell:
+/// line breaks, other control characters (ANSI escapes among them), line and paragraph
+/// separators and bidirectional controls become spaces.
+pub(crate) fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            let invisible = matches!(c, '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}');
+            if c.is_control() || invisible { ' ' } else { c }
+        })
+        .collect()
 }
 
 fn webhook_request_url(webhook: &Secret, threaded: bool) -> Option<reqwest::Url> {
@@ -207,10 +245,11 @@ fn webhook_request_url(webhook: &Secret, threaded: bool) -> Option<reqwest::Url>
     Some(url)
 }
 
-/// The webhook URL and its query values (key, token), taken from the request URL built
-/// from it: scrubbed from any text we keep.
+/// The webhook URL and everything in it that is a credential (key, token, path), as
+/// configured and as the request URL built from it spells them: scrubbed from any text
+/// we keep.
 fn url_secrets(webhook: &Secret, request_url: &reqwest::Url) -> Vec<String> {
-    let mut values = vec![webhook.expose().to_owned()];
+    let mut values = crate::secret::url_secret_parts(webhook.expose());
     values.extend(request_url.query_pairs().map(|(_, v)| v.into_owned()));
     values.extend(request_url.query().map(str::to_owned));
     values
@@ -243,7 +282,7 @@ fn transport_failure(error: reqwest::Error, secrets: &[&str]) -> SendFailure {
         class,
         status: None,
         retry_after: None,
-        detail: scrub(&detail, secrets),
+        detail: one_line(&scrub(&detail, secrets)),
     }
 }
 
@@ -410,5 +449,182 @@ mod tests {
         )
         .expect("url");
         assert_eq!(plain.query(), Some("key=k"));
+    }
+
+    /// A one-connection HTTP server on 127.0.0.1: reads a request, hands its target
+    /// (`/path?query`) to `answer`, and writes what that returns. The task's result is the
+    /// number of body bytes it managed to write before the client went away.
+    async fn serve_once(
+        answer: impl FnOnce(String) -> (String, BodyPlan) + Send + 'static,
+    ) -> (String, tokio::task::JoinHandle<u64>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let task = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await.expect("read");
+                if n == 0 {
+                    return 0;
+                }
+                request.extend_from_slice(&buf[..n]);
+            }
+            let text = String::from_utf8_lossy(&request).into_owned();
+            let target = text.split(' ').nth(1).unwrap_or("/").to_owned();
+            let (head, plan) = answer(target);
+            if socket.write_all(head.as_bytes()).await.is_err() {
+                return 0;
+            }
+            let mut written = 0u64;
+            match plan {
+                BodyPlan::Fixed(body) => {
+                    if socket.write_all(body.as_bytes()).await.is_ok() {
+                        written = body.len() as u64;
+                    }
+                }
+                BodyPlan::Repeat { chunk, total } => {
+                    let chunk = vec![b'x'; chunk];
+                    while total.is_none_or(|t| written < t) {
+                        let framed = if total.is_none() {
+                            let mut framed = format!("{:x}\r\n", chunk.len()).into_bytes();
+                            framed.extend_from_slice(&chunk);
+                            framed.extend_from_slice(b"\r\n");
+                            framed
+                        } else {
+                            chunk.clone()
+                        };
+                        if socket.write_all(&framed).await.is_err() {
+                            break;
+                        }
+                        written += chunk.len() as u64;
+                    }
+                }
+            }
+            written
+        });
+        (base, task)
+    }
+
+    enum BodyPlan {
+        Fixed(String),
+        /// `chunk`-sized pieces up to `total` bytes (Content-Length), or chunked forever.
+        Repeat {
+            chunk: usize,
+            total: Option<u64>,
+        },
+    }
+
+    const REAL_LOOKING_QUERY: &str = "key=AIzaSyDdI0hCZtE6vySjMm-WEfRq3CPzqKqqsHI&token=Zq8vT3xWm1LkP0aBcD9eFgHiJ2kLmNoPqRsTuVwXyZ%3D";
+
+    #[tokio::test]
+    async fn an_endless_or_huge_error_body_is_read_only_up_to_the_cap() {
+        let client = ChatClient::new(Duration::from_secs(60)).expect("client");
+        for total in [None, Some(100 * 1024 * 1024)] {
+            let (base, server) = serve_once(move |_| {
+                let framing = match total {
+                    None => "Transfer-Encoding: chunked".to_owned(),
+                    Some(n) => format!("Content-Length: {n}"),
+                };
+                (
+                    format!(
+                        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n{framing}\r\n\r\n"
+                    ),
+                    BodyPlan::Repeat {
+                        chunk: 64 * 1024,
+                        total,
+                    },
+                )
+            })
+            .await;
+            let webhook = Secret::new(format!("{base}/v1/spaces/S/messages?{REAL_LOOKING_QUERY}"));
+            let sent =
+                tokio::time::timeout(Duration::from_secs(10), client.post(&webhook, "{}", false))
+                    .await
+                    .expect("an endless body must not keep the sender reading (10 s guard)");
+            let failure = sent.expect_err("a 400");
+            assert_eq!(failure.status, Some(400), "{failure:?}");
+            assert_eq!(failure.class, FailureClass::ClientError);
+            assert!(failure.detail.len() < 1024, "{}", failure.detail.len());
+            let written = tokio::time::timeout(Duration::from_secs(10), server)
+                .await
+                .expect("the server notices the client left")
+                .expect("server task");
+            assert!(
+                written < 32 * 1024 * 1024,
+                "the client kept reading: {written} bytes of {total:?}"
+            );
+        }
+    }
+
+    /// Builds an error body from the request target.
+    type Echo = std::sync::Arc<dyn Fn(&str) -> String + Send + Sync>;
+
+    #[tokio::test]
+    async fn an_error_body_echoing_the_webhook_in_any_encoding_leaves_no_secret_in_the_detail() {
+        let client = ChatClient::new(Duration::from_secs(10)).expect("client");
+        let key = "AIzaSyDdI0hCZtE6vySjMm-WEfRq3CPzqKqqsHI";
+        let token_raw = "Zq8vT3xWm1LkP0aBcD9eFgHiJ2kLmNoPqRsTuVwXyZ%3D";
+        let token = "Zq8vT3xWm1LkP0aBcD9eFgHiJ2kLmNoPqRsTuVwXyZ=";
+        let echoes: Vec<Echo> = vec![
+            // the whole target, as sent
+            std::sync::Arc::new(|target: &str| format!("No such webhook {target}")),
+            // the token alone, percent-encoded as in the URL, and in lower-case hex
+            std::sync::Arc::new(move |_| format!("bad token {token_raw}")),
+            std::sync::Arc::new(move |_| format!("bad token {}", token_raw.replace("%3D", "%3d"))),
+            // decoded
+            std::sync::Arc::new(move |_| format!("bad token {token}")),
+            // HTML-escaped query
+            std::sync::Arc::new(|target: &str| format!("<p>{}</p>", target.replace('&', "&amp;"))),
+            // JSON-escaped `=` and `&`
+            std::sync::Arc::new(|target: &str| {
+                target.replace('=', "\\u003d").replace('&', "\\u0026")
+            }),
+            // the key alone
+            std::sync::Arc::new(move |_| format!("API key {key} not valid")),
+        ];
+        for (i, echo) in echoes.into_iter().enumerate() {
+            for json in [true, false] {
+                let echo = echo.clone();
+                let (base, _server) = serve_once(move |target| {
+                    let text = echo(&target);
+                    let body = if json {
+                        serde_json::json!({"error": {"code": 403, "status": "PERMISSION_DENIED",
+                            "message": format!("{text}\n2026-12-01T00:00:00Z  INFO kabar: forged \u{1b}[31mred")}})
+                        .to_string()
+                    } else {
+                        format!("{text}\r\n2026-12-01T00:00:00Z  INFO kabar: forged \u{1b}[31mred")
+                    };
+                    (
+                        format!(
+                            "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        ),
+                        BodyPlan::Fixed(body),
+                    )
+                })
+                .await;
+                let webhook = Secret::new(format!(
+                    "{base}/v1/spaces/AAAA1234/messages?{REAL_LOOKING_QUERY}"
+                ));
+                let failure = client.post(&webhook, "{}", true).await.expect_err("a 403");
+                let detail = &failure.detail;
+                for secret in [
+                    key,
+                    "Zq8vT3xWm1LkP0aBcD9eFgHiJ2kLmNoPqRsTuVwXyZ",
+                    "/v1/spaces/AAAA1234/messages",
+                ] {
+                    assert!(!detail.contains(secret), "echo {i} (json {json}): {detail}");
+                }
+                assert!(
+                    !detail.chars().any(|c| c.is_control()),
+                    "echo {i} (json {json}): control characters in {detail:?}"
+                );
+                assert!(detail.starts_with("HTTP 403"), "{detail}");
+            }
+        }
     }
 }

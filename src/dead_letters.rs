@@ -241,9 +241,11 @@ pub fn run(
     });
     store.close();
     let letters = result?;
+    let secrets = crate::secret::config_secrets(&config);
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
     Ok(match action {
-        Action::List { json: true } => list_json(&letters),
-        Action::List { json: false } => list_table(&letters, now),
+        Action::List { json: true } => list_json(&letters, &secrets),
+        Action::List { json: false } => list_table(&letters, now, &secrets),
         Action::Retry => {
             let mut out = summary("moved back to the outbox", &letters);
             if !letters.is_empty() {
@@ -270,6 +272,21 @@ pub fn run(
         }
         Action::Drop => summary("deleted", &letters),
     })
+}
+
+/// A stored text as it may be printed: without any credential, on one line.
+fn printable(text: &str, secrets: &[&str]) -> String {
+    crate::chat::one_line(&scrub(text, secrets))
+}
+
+/// Every string in a JSON value, scrubbed in place (the structure stays valid JSON).
+fn scrub_json(value: &mut Value, secrets: &[&str]) {
+    match value {
+        Value::String(text) => *text = scrub(text, secrets),
+        Value::Array(items) => items.iter_mut().for_each(|v| scrub_json(v, secrets)),
+        Value::Object(fields) => fields.values_mut().for_each(|v| scrub_json(v, secrets)),
+        _ => {}
+    }
 }
 
 fn spaces_of(letters: &[DeadLetter]) -> Vec<&str> {
@@ -314,14 +331,6 @@ fn rfc3339(ms: i64) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// The stored error text, cleaned once more (it was scrubbed when stored) and on one line.
-fn error_text(letter: &DeadLetter) -> String {
-    scrub(&letter.detail, &[])
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
-}
-
 fn short(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
         text.to_owned()
@@ -331,7 +340,7 @@ fn short(text: &str, max: usize) -> String {
     }
 }
 
-fn list_table(letters: &[DeadLetter], now_ms: i64) -> String {
+fn list_table(letters: &[DeadLetter], now_ms: i64, secrets: &[&str]) -> String {
     if letters.is_empty() {
         return "no dead letters".to_owned();
     }
@@ -352,14 +361,18 @@ fn list_table(letters: &[DeadLetter], now_ms: i64) -> String {
             let age = Duration::from_secs(((now_ms - l.dead_ms).max(0) / 1000) as u64);
             [
                 l.id.to_string(),
-                l.space.clone(),
-                l.kind.clone(),
-                l.reason.clone(),
+                printable(&l.space, secrets),
+                printable(&l.kind, secrets),
+                printable(&l.reason, secrets),
                 l.status.map_or("-".to_owned(), |s| s.to_string()),
                 format_time(l.dead_ms),
                 crate::config::format_duration(age),
-                short(l.thread_key.as_deref().unwrap_or("-"), 60),
-                short(&error_text(l), 70),
+                short(
+                    &printable(l.thread_key.as_deref().unwrap_or("-"), secrets),
+                    60,
+                ),
+                // Cut after scrubbing: a cut secret would no longer be recognised.
+                short(&printable(&l.detail, secrets), 70),
             ]
         })
         .collect();
@@ -392,23 +405,25 @@ fn list_table(letters: &[DeadLetter], now_ms: i64) -> String {
     out
 }
 
-fn list_json(letters: &[DeadLetter]) -> String {
+fn list_json(letters: &[DeadLetter], secrets: &[&str]) -> String {
     let items: Vec<Value> = letters
         .iter()
         .map(|l| {
-            json!({
+            let mut item = json!({
                 "id": l.id,
                 "space": l.space,
                 "kind": l.kind,
                 "reason": l.reason,
                 "status": l.status,
-                "error": error_text(l),
+                "error": printable(&l.detail, secrets),
                 "attempts": l.attempts,
                 "threadKey": l.thread_key,
                 "receivedAt": rfc3339(l.received_ms),
                 "deadLetteredAt": rfc3339(l.dead_ms),
                 "body": serde_json::from_str::<Value>(&l.body).unwrap_or(Value::String(l.body.clone())),
-            })
+            });
+            scrub_json(&mut item, secrets);
+            item
         })
         .collect();
     serde_json::to_string_pretty(&Value::Array(items)).unwrap_or_else(|_| "[]".to_owned())
@@ -604,8 +619,8 @@ mod tests {
             status: Some(403),
             detail: "HTTP 403 at https://chat.googleapis.com/v1/spaces/S/messages?key=SECRETKEY&token=SECRETTOKEN\nmore".into(),
         };
-        let table = list_table(std::slice::from_ref(&letter), 2 * HOUR_MS);
-        let json = list_json(std::slice::from_ref(&letter));
+        let table = list_table(std::slice::from_ref(&letter), 2 * HOUR_MS, &[]);
+        let json = list_json(std::slice::from_ref(&letter), &[]);
         for out in [&table, &json] {
             assert!(
                 !out.contains("SECRETKEY") && !out.contains("SECRETTOKEN"),

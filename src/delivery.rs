@@ -435,7 +435,7 @@ impl Sender {
         warn!(
             space = %self.space,
             id = message.id,
-            error = %failure.detail,
+            error = ?failure.detail,
             "Chat refused the card; sending the message as text instead"
         );
         let (id, detail) = (message.id, failure.detail.clone());
@@ -458,7 +458,7 @@ impl Sender {
             space = %self.space,
             id = message.id,
             reason = failure.class.as_str(),
-            error = %failure.detail,
+            error = ?failure.detail,
             "delivery failed; will retry"
         );
         let (id, detail) = (message.id, failure.detail.clone());
@@ -503,7 +503,7 @@ impl Sender {
                     space = %self.space,
                     id = dead_letter_id.unwrap_or(0),
                     reason = reason.as_str(),
-                    error = %detail,
+                    error = ?detail,
                     "message dead-lettered (see kabar dead-letters list --id); the space moves on"
                 );
                 self.shared
@@ -529,25 +529,28 @@ impl Sender {
                 .and_then(|body| body["text"].as_str().map(str::to_owned))
                 .unwrap_or_default()
         };
+        // The message is alert data: every value Debug-quoted, so its line breaks, control
+        // characters and ANSI escapes are printed as escapes and no line of it can pass
+        // for a log line of its own, in text or JSON logs.
         match &message.fallback_body {
             // A card: its text version reads best in a log; the card itself follows.
             Some(fallback) => info!(
                 space = %self.space,
                 kind = %message.kind,
-                thread_key = message.thread_key.as_deref().unwrap_or("(none)"),
-                "dry run, would post a card (shown as its text version; the card body follows):\n{}\n{}",
-                text_of(fallback),
-                message.body
+                thread_key = ?message.thread_key.as_deref().unwrap_or("(none)"),
+                text = ?text_of(fallback),
+                card = ?message.body,
+                "dry run, would post a card (text is its text version)"
             ),
             None => info!(
                 space = %self.space,
                 kind = %message.kind,
-                thread_key = message.thread_key.as_deref().unwrap_or("(none)"),
-                "dry run, would post:\n{}",
-                text_of(&message.body)
+                thread_key = ?message.thread_key.as_deref().unwrap_or("(none)"),
+                text = ?text_of(&message.body),
+                "dry run, would post"
             ),
         }
-        debug!(space = %self.space, body = %message.body, "dry run request body");
+        debug!(space = %self.space, body = ?message.body, "dry run request body");
         let id = message.id;
         match self
             .shared

@@ -146,7 +146,7 @@ pub fn authorize(auth: Option<&Auth>, headers: &HeaderMap) -> Result<(), ApiErro
     let ok = match (auth, credentials) {
         (_, None) => false,
         (Auth::Bearer(token), Some(given)) => {
-            bool::from(given.as_bytes().ct_eq(token.expose().as_bytes()))
+            same_credential(given.as_bytes(), token.expose().as_bytes())
         }
         (Auth::Basic { username, password }, Some(given)) => {
             let decoded = base64::engine::general_purpose::STANDARD
@@ -155,9 +155,9 @@ pub fn authorize(auth: Option<&Auth>, headers: &HeaderMap) -> Result<(), ApiErro
             let text = String::from_utf8(decoded).unwrap_or_default();
             let (user, pass) = text.split_once(':').unwrap_or(("", ""));
             // Compare both halves whatever the first says, so timing tells nothing.
-            let user_ok = user.as_bytes().ct_eq(username.as_bytes());
-            let pass_ok = pass.as_bytes().ct_eq(password.expose().as_bytes());
-            bool::from(user_ok & pass_ok)
+            let user_ok = same_credential(user.as_bytes(), username.as_bytes());
+            let pass_ok = same_credential(pass.as_bytes(), password.expose().as_bytes());
+            user_ok & pass_ok
         }
     };
     if ok {
@@ -165,6 +165,21 @@ pub fn authorize(auth: Option<&Auth>, headers: &HeaderMap) -> Result<(), ApiErro
     } else {
         Err(ApiError::Unauthorized { challenge })
     }
+}
+
+/// A credential's SHA-256: 32 bytes whatever its length.
+fn credential_digest(value: &[u8]) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// Whether a presented credential is the expected one. Comparing the bytes themselves
+/// returns at once on a length mismatch, which tells an attacker the secret's length; the
+/// digests have one length, and are compared in constant time.
+fn same_credential(given: &[u8], expected: &[u8]) -> bool {
+    bool::from(credential_digest(given).ct_eq(&credential_digest(expected)))
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -353,7 +368,8 @@ async fn accept(
         }
         for failure in &outcome.template_failures {
             metrics.template_fallbacks.with_label_values(&[space]).inc();
-            warn!(space, error = %failure, "template failed; the built-in template was used");
+            // Debug-quoted: a template error may quote alert data.
+            warn!(space, error = ?failure.to_string(), "template failed; the built-in template was used");
         }
         accepted.queued += outcome.queued.len();
         accepted.suppressed += outcome.suppressed.len();
@@ -467,6 +483,34 @@ mod tests {
             );
         }
         map
+    }
+
+    #[test]
+    fn credentials_are_compared_as_fixed_size_digests_of_any_length() {
+        for len in [0, 1, 5, 32, 55, 56, 64, 1 << 20] {
+            assert_eq!(credential_digest(&vec![b'a'; len]).len(), 32, "{len}");
+        }
+        let expected = b"s3cret-token";
+        assert!(same_credential(b"s3cret-token", expected));
+        let huge = vec![b'x'; 1 << 20];
+        for wrong in [
+            &b""[..],
+            b"s3cret",
+            b"s3cret-token ",
+            b"s3cret-tokeN",
+            b"s3cret-token\0",
+            &huge,
+        ] {
+            assert!(
+                !same_credential(wrong, expected),
+                "{:?}",
+                &wrong[..wrong.len().min(16)]
+            );
+        }
+        assert!(
+            same_credential(b"", b""),
+            "digests of two empty values agree"
+        );
     }
 
     #[test]

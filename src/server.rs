@@ -378,10 +378,30 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     }
 }
 
-async fn reload(State(app): State<Arc<AppState>>) -> Response {
+/// `POST /-/reload`. With auth configured it takes the webhook's credentials, checked the
+/// same way, and only an authenticated caller learns why a reload failed. Without auth
+/// anyone may reload (as SIGHUP), but the reason, which quotes the file, goes only to the
+/// log.
+async fn reload(State(app): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Response {
+    let runtime = app.runtime();
+    if let Err(refused) = ingest::authorize(runtime.config.auth.as_ref(), &headers) {
+        return refused.into_response();
+    }
+    let authenticated = runtime.config.auth.is_some();
+    // The credentials of the configuration in effect, in case the reason quotes one.
+    let secrets = crate::secret::config_secrets(&runtime.config);
+    drop(runtime);
     match app.reload().await {
         Ok(()) => axum::Json(json!({"status": "reloaded"})).into_response(),
-        Err(message) => ApiError::ReloadFailed(message).into_response(),
+        Err(message) if authenticated => {
+            let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+            ApiError::ReloadFailed(crate::secret::scrub(&message, &secrets)).into_response()
+        }
+        Err(_) => ApiError::ReloadFailed(
+            "the reason is in kabar's log (with auth configured, an authenticated caller sees it here)"
+                .to_owned(),
+        )
+        .into_response(),
     }
 }
 

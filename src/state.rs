@@ -95,7 +95,7 @@ impl EpisodeKey {
         EpisodeKey {
             space: space.to_owned(),
             fingerprint: alert.fingerprint(),
-            starts_at_ns: alert.starts_at.as_nanosecond() as i64,
+            starts_at_ns: starts_at_key(alert.starts_at),
         }
     }
 
@@ -110,10 +110,42 @@ impl EpisodeKey {
     }
 }
 
-fn format_ns(ns: i64) -> String {
-    Timestamp::from_nanosecond(i128::from(ns))
+/// Within ±2^62 ns of 1970 (years 1823 to 2116: every real alert, and all that earlier
+/// versions stored) a start time is kept to the nanosecond.
+const EXACT_NS_LIMIT: i128 = 1 << 62;
+/// Beyond, in units of 100 ns past that band: a payload may hold any date from year -9999
+/// to 9999, which in nanoseconds needs 69 bits. A plain cast to i64 wrapped every 2^64 ns
+/// (584 years), so year 1 or 2610 landed on the key of a real 2026 episode.
+const FAR_UNIT_NS: i128 = 100;
+
+/// A start time as the i64 episodes are keyed by: distinct times get distinct numbers
+/// (beyond the exact band, times 100 ns apart).
+fn starts_at_key(t: Timestamp) -> i64 {
+    let ns = t.as_nanosecond();
+    let key = if ns >= EXACT_NS_LIMIT {
+        EXACT_NS_LIMIT + (ns - EXACT_NS_LIMIT) / FAR_UNIT_NS
+    } else if ns <= -EXACT_NS_LIMIT {
+        -EXACT_NS_LIMIT - (-EXACT_NS_LIMIT - ns) / FAR_UNIT_NS
+    } else {
+        ns
+    };
+    // jiff's range ends near ±3.8e20 ns, which the 100 ns units keep below ±8.4e18.
+    i64::try_from(key).unwrap_or(if key < 0 { i64::MIN } else { i64::MAX })
+}
+
+/// The start time a key stands for, in RFC 3339 (to 100 ns beyond the exact band).
+fn format_ns(key: i64) -> String {
+    let key = i128::from(key);
+    let ns = if key >= EXACT_NS_LIMIT {
+        EXACT_NS_LIMIT + (key - EXACT_NS_LIMIT) * FAR_UNIT_NS
+    } else if key <= -EXACT_NS_LIMIT {
+        -EXACT_NS_LIMIT - (-EXACT_NS_LIMIT - key) * FAR_UNIT_NS
+    } else {
+        key
+    };
+    Timestamp::from_nanosecond(ns)
         .map(|t| t.to_string())
-        .unwrap_or_else(|_| ns.to_string())
+        .unwrap_or_else(|_| key.to_string())
 }
 
 /// What is known of an episode in a space.
@@ -580,7 +612,7 @@ fn group_thread_key(space: &str, notification: &Notification) -> String {
             .alerts
             .iter()
             .filter(|a| status.is_none_or(|s| a.status == s))
-            .map(|a| a.starts_at.as_nanosecond() as i64)
+            .map(|a| starts_at_key(a.starts_at))
             .min()
     };
     let first = earliest(Some(AlertStatus::Firing))
@@ -742,6 +774,83 @@ mod tests {
             key.thread_key(),
             "another space"
         );
+    }
+
+    /// One alert starting at `starts_at` (as the payload spells it), if kabar accepts it.
+    fn alert_starting(starts_at: &str) -> Option<Alert> {
+        let body = serde_json::json!({"receiver": "r", "status": "firing", "groupKey": "{}:{}",
+            "alerts": [{"status": "firing", "labels": {"alertname": "A"}, "fingerprint": "fp",
+                "startsAt": starts_at, "endsAt": "0001-01-01T00:00:00Z"}]});
+        Notification::parse(body.to_string().as_bytes())
+            .ok()
+            .map(|mut n| n.alerts.remove(0))
+    }
+
+    #[test]
+    fn any_start_date_gets_its_own_episode_and_thread_key_without_overflow() {
+        let mut alerts: Vec<Alert> = [
+            "0001-01-01T00:00:00Z",
+            "0001-01-01T00:00:00.0000001Z",
+            "-009999-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999999999Z",
+            "9999-12-30T21:59:59.999999999Z",
+            "9999-12-31T23:59:59.999999999-23:59",
+            "0001-01-01T00:00:00+23:59",
+            // the ends of what nanoseconds in an i64 can hold, and 100 ns past each
+            "1677-09-21T00:12:43.145224192Z",
+            "1677-09-21T00:12:43.145224092Z",
+            "2262-04-11T23:47:16.854775807Z",
+            "2262-04-11T23:47:16.854775907Z",
+            // either side of where exact nanoseconds end
+            "2116-02-20T23:53:38.427387903Z",
+            "2116-02-20T23:53:38.427387904Z",
+            "1823-11-12T00:06:21.572612096Z",
+            "1823-11-12T00:06:21.572612097Z",
+            "1970-01-01T00:00:00Z",
+            "2026-11-28T00:52:38Z",
+            "2026-11-28T00:52:38.000000001Z",
+            "2026-11-28T00:52:38.123456789123456789Z",
+            "2016-12-31T23:59:60Z",
+            "2026-11-28T00:52:38+23:59",
+        ]
+        .iter()
+        .filter_map(|t| alert_starting(t))
+        .collect();
+        assert!(
+            alerts.len() >= 12,
+            "kabar parses these dates: {}",
+            alerts.len()
+        );
+        // 2^64 ns (about 584 years) apart: the same number once cut to 64 bits.
+        let mut later = alerts
+            .iter()
+            .find(|a| a.starts_at.to_string() == "2026-11-28T00:52:38Z")
+            .expect("sample")
+            .clone();
+        later.starts_at =
+            Timestamp::from_nanosecond(later.starts_at.as_nanosecond() + (1i128 << 64))
+                .expect("in range");
+        alerts.push(later);
+        let mut instants = std::collections::HashSet::new();
+        let mut keys = std::collections::HashSet::new();
+        let mut thread_keys = std::collections::HashSet::new();
+        for alert in &alerts {
+            let key = EpisodeKey::new("ops", alert);
+            let thread_key = key.thread_key();
+            let shown = alert.starts_at.to_string();
+            let second = shown.split(['.', 'Z']).next().unwrap_or(&shown);
+            assert!(
+                thread_key.contains(second),
+                "{thread_key} names its start {shown}"
+            );
+            if instants.insert(alert.starts_at) {
+                assert!(keys.insert(key), "two episodes share a key: {shown}");
+                assert!(
+                    thread_keys.insert(thread_key),
+                    "two episodes share a thread: {shown}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use common::fake_chat::FakeChat;
 use common::kabar::{
-    InProcess, TestConfig, client, metric_value, metrics_text, notification, post_alerts,
-    wait_for_metric,
+    InProcess, TEST_TOKEN, TestConfig, client, metric_value, metrics_text, notification,
+    post_alerts, wait_for_metric,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -136,6 +136,7 @@ async fn templates_reload_with_the_config() {
     std::fs::write(&template, "v2 {{alert.name}}").expect("rewrite template");
     let response = client()
         .post(kabar.url("/-/reload"))
+        .bearer_auth(TEST_TOKEN)
         .send()
         .await
         .expect("reload");
@@ -153,6 +154,7 @@ async fn templates_reload_with_the_config() {
     std::fs::write(&template, "{{#if}}").expect("break template");
     let response = client()
         .post(kabar.url("/-/reload"))
+        .bearer_auth(TEST_TOKEN)
         .send()
         .await
         .expect("reload");

@@ -603,3 +603,155 @@ async fn the_listener_serves_https_with_the_configured_certificate() {
     assert!(error.contains("key.pem"), "{error}");
     assert!(!error.contains("BEGIN"), "{error}");
 }
+
+// ---------------------------------------------------------------------------------------
+// POST /-/reload: the webhook's credentials, and the reason only for those who have them
+
+async fn reload_with(url: &str, authorization: Option<&str>) -> (u16, Option<String>, String) {
+    let mut request = client().post(url);
+    if let Some(value) = authorization {
+        request = request.header("authorization", value);
+    }
+    let response = request.send().await.expect("reload answers");
+    let status = response.status().as_u16();
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (status, challenge, response.text().await.unwrap_or_default())
+}
+
+/// A reason only a caller who may reload should see: the failing key and its value.
+const BROKEN: &str = "spaces:\n  ops:\n    dry_run: maybe-reload-secret-51c3\n";
+
+fn assert_no_reason(body: &str) {
+    assert!(
+        !body.contains("dry_run") && !body.contains("maybe-reload-secret-51c3"),
+        "the reason reached a caller without credentials: {body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_needs_the_webhook_credentials_and_only_they_see_why_it_failed() {
+    let kabar = InProcess::start(TestConfig::new("spaces:\n  ops:\n    dry_run: true\n")).await;
+    let url = kabar.url("/-/reload");
+    let good = format!("Bearer {TEST_TOKEN}");
+
+    kabar.config.rewrite(BROKEN);
+    for wrong in [
+        None,
+        Some("Bearer not-the-token"),
+        Some(&format!("Bearer {TEST_TOKEN}x")[..]),
+    ] {
+        let (status, challenge, body) = reload_with(&url, wrong).await;
+        assert_eq!(status, 401, "{wrong:?}: {body}");
+        assert!(
+            challenge
+                .as_deref()
+                .is_some_and(|c| c.starts_with("Bearer")),
+            "{challenge:?}"
+        );
+        assert_no_reason(&body);
+    }
+    let (status, _, body) = reload_with(&url, Some(&good)).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains("spaces.ops.dry_run"),
+        "an authenticated caller sees why: {body}"
+    );
+
+    // A refused reload changes nothing; an authorised one applies the file.
+    kabar
+        .config
+        .rewrite("spaces:\n  ops:\n    dry_run: true\n  extra:\n    dry_run: true\n");
+    let (status, _, _) = reload_with(&url, None).await;
+    assert_eq!(status, 401);
+    let (status, _) = post_alerts(
+        &kabar.url("/alerts/extra"),
+        &notification("x", &[("A", "firing")]),
+    )
+    .await;
+    assert_eq!(
+        status, 404,
+        "an unauthenticated reload must not apply the file"
+    );
+    let (status, _, body) = reload_with(&url, Some(&good)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = post_alerts(
+        &kabar.url("/alerts/extra"),
+        &notification("x", &[("A", "firing")]),
+    )
+    .await;
+    assert_eq!(status, 200);
+    kabar.stop().await;
+
+    // Basic auth: the same check as /alerts.
+    let basic = InProcess::start(TestConfig::new(
+        "auth:\n  basic:\n    username: am\n    password: reload-pw-77\nspaces:\n  ops:\n    dry_run: true\n",
+    ))
+    .await;
+    let url = basic.url("/-/reload");
+    basic.config.rewrite(&format!(
+        "auth:\n  basic:\n    username: am\n    password: reload-pw-77\n{BROKEN}"
+    ));
+    let encode = |credentials: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(credentials)
+        )
+    };
+    for wrong in [
+        None,
+        Some(encode("am:wrong")),
+        Some(encode(":reload-pw-77")),
+    ] {
+        let (status, challenge, body) = reload_with(&url, wrong.as_deref()).await;
+        assert_eq!(status, 401, "{body}");
+        assert!(
+            challenge.as_deref().is_some_and(|c| c.starts_with("Basic")),
+            "{challenge:?}"
+        );
+        assert_no_reason(&body);
+    }
+    let (status, _, body) = reload_with(&url, Some(&encode("am:reload-pw-77"))).await;
+    assert_eq!(status, 500);
+    assert!(body.contains("spaces.ops.dry_run"), "{body}");
+    basic.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_auth_reload_stays_open_and_its_answer_names_no_reason() {
+    let config = TestConfig::new("spaces:\n  ops:\n    dry_run: true\n");
+    let state_dir = config.state_dir();
+    let open = |spaces: &str| {
+        format!(
+            "listen: 127.0.0.1:0\nstate_dir: {}\n{spaces}",
+            state_dir.display()
+        )
+    };
+    std::fs::write(&config.path, open("spaces:\n  ops:\n    dry_run: true\n")).expect("write");
+    let log = config.dir.path().join("kabar.log");
+    let kabar = KabarProcess::spawn(&config.path, &log);
+    let url = kabar.url("/-/reload");
+
+    std::fs::write(&config.path, open(BROKEN)).expect("write");
+    let (status, _, body) = reload_with(&url, None).await;
+    assert_eq!(status, 500, "{body}");
+    assert_no_reason(&body);
+    assert!(
+        body.contains("log"),
+        "the answer says where the reason is: {body}"
+    );
+    kabar
+        .wait_for_log("configuration reload failed", WAIT)
+        .await;
+    assert!(
+        kabar.logs().contains("spaces.ops.dry_run"),
+        "the log has the reason"
+    );
+
+    std::fs::write(&config.path, open("spaces:\n  ops:\n    dry_run: true\n")).expect("write");
+    let (status, _, body) = reload_with(&url, None).await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -188,3 +188,221 @@ async fn no_secret_in_any_log_line_through_failures_reloads_and_signals() {
     ];
     assert_no_secrets(&logs, &extra);
 }
+
+/// A real webhook's credentials: the key, and the token as it sits in the URL (`%3D`).
+const ECHO_KEY: &str = "AIzaSyEchoKEYq1w2e3r4t5y6u7i8o9p0aSdFgHjK";
+const ECHO_TOKEN: &str = "EchoTOKEN-Zq8vT3xWm1LkP0aBcD9e%3D";
+const ECHO_TOKEN_DECODED: &str = "EchoTOKEN-Zq8vT3xWm1LkP0aBcD9e=";
+
+/// Error bodies that echo the webhook URL, or parts of it, in every encoding a server may
+/// use; half Google-style JSON errors, half plain text, each with a forged log line.
+fn echoing_bodies(url: &str) -> Vec<String> {
+    let (_, target) = url.split_at(url.find("/v1/").expect("path"));
+    let full_encoded: String = url
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let echoes = [
+        format!("No webhook at {url}"),
+        format!("No webhook at {target}"),
+        format!("token {ECHO_TOKEN} is not valid"),
+        format!("token {} is not valid", ECHO_TOKEN.replace("%3D", "%3d")),
+        format!("token {ECHO_TOKEN_DECODED} is not valid"),
+        format!("token {} is not valid", ECHO_TOKEN.replace('%', "%25")),
+        format!("<a href=\"{}\">webhook</a>", url.replace('&', "&amp;")),
+        format!("see {}", url.replace('=', "&#61;").replace('&', "&#38;")),
+        target.replace('=', "\\u003d").replace('&', "\\u0026"),
+        format!("continue={full_encoded}"),
+        format!("continue={}", full_encoded.to_lowercase()),
+        format!("API key {ECHO_KEY} not valid"),
+    ];
+    let mut bodies = Vec::new();
+    for (i, echo) in echoes.iter().enumerate() {
+        let forged = "\n2026-12-01T00:00:00Z  INFO kabar: forged \u{1b}[31mline";
+        bodies.push(if i % 2 == 0 {
+            serde_json::json!({"error": {"code": 403, "status": "PERMISSION_DENIED",
+                "message": format!("{echo}{forged}")}})
+            .to_string()
+        } else {
+            format!("{echo}{forged}")
+        });
+    }
+    bodies
+}
+
+async fn dead_letters_cli(config: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_kabar"));
+    command
+        .arg("dead-letters")
+        .args(args)
+        .arg("--config")
+        .arg(config);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("run kabar dead-letters");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_errors_echoing_the_token_in_any_encoding_reach_no_log_row_or_cli_output() {
+    let chat = FakeChat::start().await;
+    chat.set_rate_limit(None);
+    let url = |space: &str| {
+        format!(
+            "{}/v1/spaces/{space}/messages?key={ECHO_KEY}&token={ECHO_TOKEN}",
+            chat.base_url()
+        )
+    };
+    let (text_url, card_url) = (url("ECHOTEXT1"), url("ECHOCARD2"));
+    let config = TestConfig::new(&format!(
+        "auth:\n  basic:\n    username: {USERNAME}\n    password: {PASSWORD}\n\
+         delivery:\n  allow_any_host: true\n  rate_limit_per_second: 50\n\
+         spaces:\n  ops:\n    webhook_url: \"{text_url}\"\n    format: text\n  \
+         cards:\n    webhook_url: \"{card_url}\"\n    format: card\n",
+    ));
+    let log = config.dir.path().join("kabar.log");
+    let kabar = KabarProcess::spawn(&config.path, &log);
+    let base = kabar.url("");
+    let good = Some((USERNAME, PASSWORD));
+
+    // Each text message meets one echoing 400 or 403 and is dead-lettered; the card meets
+    // a 400 (kabar logs it and falls back to text), then its text a 403.
+    let bodies = echoing_bodies(&text_url);
+    for (i, body) in bodies.iter().enumerate() {
+        let status = if i % 2 == 0 { 403 } else { 400 };
+        chat.fail_next(
+            "ECHOTEXT1",
+            1,
+            Failure::Body {
+                status,
+                body: body.clone(),
+            },
+        );
+    }
+    let card_bodies = echoing_bodies(&card_url);
+    for (status, body) in [(400, &card_bodies[0]), (403, &card_bodies[5])] {
+        chat.fail_next(
+            "ECHOCARD2",
+            1,
+            Failure::Body {
+                status,
+                body: body.clone(),
+            },
+        );
+    }
+    for i in 0..bodies.len() {
+        let alert = format!("Echo{i}");
+        let (status, answer) =
+            post_with(&base, good, &notification("ops", &[(&alert, "firing")])).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let (status, answer) = post_with(
+        &base,
+        good,
+        &notification("cards", &[("EchoCard", "firing")]),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let expected = bodies.len() + 1;
+    for (space, n) in [("ops", bodies.len()), ("cards", 1)] {
+        common::kabar::wait_for_metric(
+            &base,
+            &format!("kabar_dead_letters{{space=\"{space}\"}}"),
+            n as f64,
+            WAIT,
+        )
+        .await;
+    }
+
+    // A row as an older release stored it, detail unscrubbed: the CLI must clean it too.
+    let database = config.state_dir().join("kabar.db");
+    let planted = format!(
+        "HTTP 403 at {text_url} token {ECHO_TOKEN_DECODED} {}",
+        text_url.replace('&', "&amp;")
+    );
+    {
+        let conn = rusqlite::Connection::open(&database).expect("open the store");
+        conn.busy_timeout(Duration::from_secs(5))
+            .expect("busy timeout");
+        conn.execute(
+            "INSERT INTO dead_letters (space, kind, thread_key, body, received_ms, dead_ms, attempts, reason, status, detail)
+             VALUES ('ops', 'firing', 'kabar:ops:planted', '{\"text\":\"planted\"}', 0, 0, 1, 'authError', 403, ?1)",
+            [&planted],
+        )
+        .expect("plant a dead letter");
+    }
+
+    kabar.signal("TERM");
+    let code = tokio::task::spawn_blocking(move || kabar.wait_exit(Duration::from_secs(15)))
+        .await
+        .expect("wait for kabar");
+    assert_eq!(code, Some(0));
+
+    let secrets = config_secrets(&config.path);
+    for must_scan in [ECHO_KEY, ECHO_TOKEN, ECHO_TOKEN_DECODED] {
+        assert!(
+            secrets.iter().any(|s| s == must_scan),
+            "{must_scan} is scanned for"
+        );
+    }
+
+    let logs = std::fs::read_to_string(&log).expect("read the log");
+    assert_eq!(
+        logs.matches("message dead-lettered").count(),
+        expected,
+        "every echoing answer was logged"
+    );
+    assert!(
+        logs.contains("Chat refused the card"),
+        "the fallback path logged its detail"
+    );
+    assert_no_secrets(&logs, &secrets);
+    assert!(
+        !logs
+            .lines()
+            .any(|line| line.starts_with("2026-12-01T00:00:00Z")),
+        "a forged line in the log"
+    );
+
+    let conn = rusqlite::Connection::open(&database).expect("open the store");
+    let mut query = conn
+        .prepare("SELECT detail FROM dead_letters WHERE thread_key != 'kabar:ops:planted'")
+        .expect("query");
+    let details: Vec<String> = query
+        .query_map([], |row| row.get(0))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("details");
+    assert_eq!(details.len(), expected);
+    for detail in &details {
+        assert!(detail.starts_with("HTTP 40"), "{detail}");
+        assert!(!detail.chars().any(char::is_control), "{detail:?}");
+    }
+    assert_no_secrets(&details.join("\n"), &secrets);
+
+    for args in [&["list"][..], &["list", "--json"][..]] {
+        let (ok, stdout, stderr) = dead_letters_cli(&config.path, args).await;
+        assert!(ok, "{stderr}");
+        assert!(stdout.contains("planted"), "{stdout}");
+        let rows = if args.len() == 1 {
+            stdout.lines().filter(|l| l.contains("kabar:")).count()
+        } else {
+            let parsed: serde_json::Value = serde_json::from_str(&stdout).expect("valid JSON");
+            parsed.as_array().map_or(0, Vec::len)
+        };
+        assert_eq!(rows, expected + 1, "{stdout}");
+        assert_no_secrets(&stdout, &secrets);
+        assert_no_secrets(&stderr, &secrets);
+    }
+}

@@ -652,6 +652,7 @@ async fn health_metrics_landing_and_reload() {
     std::fs::write(&kabar.config.path, "spaces:\n  ops:\n    dry_run: maybe\n").expect("write");
     let response = http
         .post(kabar.url("/-/reload"))
+        .bearer_auth(TEST_TOKEN)
         .send()
         .await
         .expect("reload");
@@ -683,6 +684,7 @@ async fn health_metrics_landing_and_reload() {
     ));
     let response = http
         .post(kabar.url("/-/reload"))
+        .bearer_auth(TEST_TOKEN)
         .send()
         .await
         .expect("reload");

@@ -9,17 +9,65 @@ pub const TRUNCATION_MARKER: &str = "\n… truncated";
 
 /// Escapes a value for Chat text: `<` and `>` become look-alike angle quotes, so
 /// `<users/all>` and `<https://evil|bank>` show as text and do nothing; bidirectional
-/// controls, which can make text read differently than it is, are dropped.
+/// controls, which can make text read differently than it is, are dropped; Markdown and
+/// Chat formatting (`*bold*`, `_italic_`, `~strike~`, backticks, `[text](url)` links) become
+/// look-alikes too, since Chat apps may read text as Markdown. An `_` between two letters
+/// or digits (`node_exporter`) cannot start or end emphasis and stays.
 pub fn escape_text(value: &str) -> String {
-    value
-        .chars()
-        .filter(|c| !is_bidi_control(*c))
-        .map(|c| match c {
+    let chars: Vec<char> = value.chars().filter(|c| !is_bidi_control(*c)).collect();
+    let mut out = String::with_capacity(value.len());
+    let mut line_start = 0;
+    for (i, &c) in chars.iter().enumerate() {
+        let before = i.checked_sub(1).and_then(|j| chars.get(j)).copied();
+        let after = chars.get(i + 1).copied();
+        out.push(match c {
             '<' => '‹',
             '>' => '›',
+            '\n' => {
+                line_start = i + 1;
+                '\n'
+            }
+            c if is_markdown_syntax(before, c, after) => markdown_look_alike(c),
+            // A line that starts `[ref]: url` defines a link for `[ref]` elsewhere.
+            '[' if starts_link_definition(&chars[line_start..i], &chars[i + 1..]) => '［',
             other => other,
-        })
-        .collect()
+        });
+    }
+    out
+}
+
+/// Whether `c`, between `before` and `after`, can take part in Markdown or Chat formatting.
+fn is_markdown_syntax(before: Option<char>, c: char, after: Option<char>) -> bool {
+    let word = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    match c {
+        '*' | '~' | '`' => true,
+        '_' => !(word(before) && word(after)),
+        // `[text](url)`, `[text][ref]` and `![alt](src)` need `]` right before `(` or `[`.
+        ']' => matches!(after, Some('(' | '[')),
+        _ => false,
+    }
+}
+
+fn markdown_look_alike(c: char) -> char {
+    match c {
+        '*' => '∗',
+        '~' => '∼',
+        '`' => 'ˋ',
+        '_' => '＿',
+        ']' => '］',
+        other => other,
+    }
+}
+
+/// `[` opening a line (`indent` before it: at most three spaces) of the shape
+/// `[label]: ...`; `rest` is the text after the `[`.
+fn starts_link_definition(indent: &[char], rest: &[char]) -> bool {
+    if indent.len() > 3 || indent.iter().any(|&c| c != ' ') {
+        return false;
+    }
+    rest.iter()
+        .position(|&c| c == ']' || c == '\n')
+        .is_some_and(|close| rest[close] == ']' && rest.get(close + 1) == Some(&':'))
 }
 
 /// Escapes a value for a card template, where it lands inside a JSON string that Chat
@@ -74,19 +122,33 @@ pub fn neutralise_mentions(text: &str) -> String {
 }
 
 /// Makes a URL safe inside Chat's `<url|label>` syntax and inside a JSON string, or None
-/// if it is not http(s).
+/// if it is not http(s). What would end the link or the string, white space of every
+/// kind, and whatever `escape_text` would turn into a look-alike is percent-encoded (an
+/// encoded `_` or `~` is the same URL), so a link survives text escaping unchanged.
 pub fn safe_link(url: &str) -> Option<String> {
     let url = url.trim();
     let lower = url.to_ascii_lowercase();
     if !(lower.starts_with("https://") || lower.starts_with("http://")) || url.len() > 2048 {
         return None;
     }
+    let chars: Vec<char> = url
+        .chars()
+        .filter(|&c| !(c.is_control() || is_bidi_control(c)))
+        .collect();
     let mut out = String::with_capacity(url.len());
-    for c in url.chars() {
-        match c {
-            '<' | '>' | '|' | '"' | ' ' | '`' | '\\' => out.push_str(&format!("%{:02X}", c as u32)),
-            c if c.is_control() || is_bidi_control(c) => {}
-            c => out.push(c),
+    for (i, &c) in chars.iter().enumerate() {
+        let before = i.checked_sub(1).and_then(|j| chars.get(j)).copied();
+        let after = chars.get(i + 1).copied();
+        let encode = matches!(c, '<' | '>' | '|' | '"' | '`' | '\\')
+            || c.is_whitespace()
+            || is_markdown_syntax(before, c, after);
+        if encode {
+            let mut utf8 = [0u8; 4];
+            for byte in c.encode_utf8(&mut utf8).bytes() {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        } else {
+            out.push(c);
         }
     }
     Some(out)
@@ -103,20 +165,52 @@ pub fn url_encode(value: &str) -> String {
     percent_encoding::utf8_percent_encode(value, QUERY_VALUE).to_string()
 }
 
-/// Alertmanager's new-silence form, prefilled with the alert's labels as matchers.
+/// A label name as Alertmanager's matchers write it: bare when it is a classic name
+/// (`[a-zA-Z_][a-zA-Z0-9_]*`), otherwise (Prometheus 3 allows any UTF-8) in double quotes
+/// with escapes, as `{"service.name"="api"}`.
+fn matcher_name(name: &str) -> String {
+    let mut chars = name.chars();
+    let plain = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if plain {
+        name.to_owned()
+    } else {
+        matcher_quoted(name)
+    }
+}
+
+/// A double-quoted matcher string: `\`, `"` and control characters escaped the way Go's
+/// `strconv.Unquote` (which Alertmanager's parser uses) reads them.
+fn matcher_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Alertmanager's new-silence form, prefilled with the alert's labels as matchers. A
+/// label without a name cannot be matched and is left out.
 pub fn silence_link(external_url: &str, labels: &crate::payload::LabelSet) -> Option<String> {
     if external_url.trim().is_empty() || labels.is_empty() {
         return None;
     }
     let matchers: Vec<String> = labels
         .iter()
-        .map(|(name, value)| {
-            let value = value
-                .replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n");
-            format!("{name}=\"{value}\"")
-        })
+        .filter(|(name, _)| !name.is_empty())
+        .map(|(name, value)| format!("{}={}", matcher_name(name), matcher_quoted(value)))
         .collect();
     let filter = format!("{{{}}}", matchers.join(","));
     safe_link(&format!(
@@ -242,5 +336,113 @@ mod tests {
             "http://am:9093/#/silences/new?filter=%7Balertname%3D%22A%20%5C%22quoted%5C%22%20%7C%20pipe%22%7D"
         );
         assert_eq!(silence_link("", &labels), None);
+    }
+
+    #[test]
+    fn markdown_from_alert_data_is_inert_in_text() {
+        let hostile = "*bold* _it_ ~strike~ `code` ```block``` [click](https://evil.example) ![i](https://evil.example/i.png) [a][ref]\n[ref]: https://evil.example";
+        let escaped = escape_text(hostile);
+        for live in ["*", "~", "`", "](", "][", "\n[ref]"] {
+            assert!(!escaped.contains(live), "{live:?} survived: {escaped}");
+        }
+        assert!(
+            !escaped.contains(" _") && !escaped.contains("_ "),
+            "{escaped}"
+        );
+        // The text still reads the same, and words joined by `_` stay as they are.
+        assert_eq!(
+            escape_text("*x* _y_ ~z~ `c` [t](u)"),
+            "∗x∗ ＿y＿ ∼z∼ ˋcˋ [t］(u)"
+        );
+        assert_eq!(
+            escape_text("node_exporter_up rate(x[5m])"),
+            "node_exporter_up rate(x[5m])"
+        );
+    }
+
+    #[test]
+    fn links_keep_working_through_text_escaping() {
+        for url in [
+            "https://grafana.example/d/a_b/_dash?var-x=~re*&from=now-1h",
+            "https://runbooks.example/~team/`x`/[a](b)[c]",
+            "http://[::1]:9093/#/alerts?_x=1",
+        ] {
+            let link = safe_link(url).expect("http(s)");
+            assert_eq!(escape_text(&link), link, "text escaping would break {link}");
+            let decoded = percent_encoding::percent_decode_str(&link)
+                .decode_utf8()
+                .expect("utf-8");
+            assert_eq!(decoded, url, "only encoded, never changed");
+        }
+        let link = alerts_link("http://am.example/~ops_", "team_a~b").expect("link");
+        assert_eq!(escape_text(&link), link);
+    }
+
+    #[test]
+    fn links_cannot_change_scheme_or_leave_their_markup() {
+        for hostile in [
+            "javascript:alert(1)",
+            " JavaScript:alert(1)",
+            "java\tscript:alert(1)",
+            "\u{0}https://x.example",
+            "data:text/html,<script>",
+            "//evil.example/x",
+            "https:evil.example",
+            "vbscript:x",
+            "file:///etc/passwd",
+        ] {
+            assert_eq!(safe_link(hostile), None, "{hostile:?}");
+        }
+        let link = safe_link("https://x.example/a|<users/all>\u{a0}\u{3000}\u{202e}\"b\n\\")
+            .expect("link");
+        for breaking in [
+            '|', '<', '>', ' ', '"', '\n', '\\', '\u{a0}', '\u{3000}', '\u{202e}',
+        ] {
+            assert!(!link.contains(breaking), "{breaking:?} in {link}");
+        }
+        assert!(silence_link("javascript:alert(1)//", &labels(&[("a", "b")])).is_none());
+        assert!(alerts_link("javascript:alert(1)//", "r").is_none());
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> crate::payload::LabelSet {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    /// The silence filter of `link`, percent-decoded.
+    fn filter_of(link: &str) -> String {
+        let encoded = link.split_once("?filter=").expect("filter").1;
+        percent_encoding::percent_decode_str(encoded)
+            .decode_utf8()
+            .expect("utf-8")
+            .into_owned()
+    }
+
+    #[test]
+    fn silence_filter_quotes_label_names_that_are_not_plain() {
+        let link = silence_link(
+            "http://am:9093",
+            &labels(&[
+                ("alertname", "Disk"),
+                ("service.name", "api"),
+                ("évé", "x"),
+                ("a\"}, evil=\"1", "v"),
+                ("new\nline", "v"),
+                ("_ok9", "y"),
+                ("9lives", "z"),
+                ("", "empty name"),
+            ]),
+        )
+        .expect("link");
+        assert_eq!(
+            filter_of(&link),
+            r#"{"9lives"="z",_ok9="y","a\"}, evil=\"1"="v",alertname="Disk","new\nline"="v","service.name"="api","évé"="x"}"#
+        );
+        assert!(
+            !link.contains('"') && !link.contains('{') && !link.contains(' '),
+            "{link}"
+        );
     }
 }

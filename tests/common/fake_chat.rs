@@ -139,6 +139,9 @@ pub enum Failure {
     /// The request is read, then the TCP connection is reset (SO_LINGER 0) without any HTTP
     /// answer: the client sees a connection error, as when Chat's front end drops out.
     ResetConnection,
+    /// This status with exactly this body (served as `text/plain` unless it parses as JSON):
+    /// for error answers that echo parts of the request, however encoded.
+    Body { status: u16, body: String },
 }
 
 impl Failure {
@@ -153,6 +156,9 @@ impl Failure {
     /// Panics at configuration time, with the reason, on values that could not be sent,
     /// instead of failing obscurely inside the server task later.
     fn check(&self) {
+        if let Failure::Body { status, .. } = self {
+            check_status(*status);
+        }
         if let Failure::Status {
             status,
             retry_after,
@@ -1024,6 +1030,19 @@ async fn handle(
             pending.answered(response, Some(&error))
         }
         Mode::Fail(Failure::Html404) => pending.answered(html_404(uri.path()), None),
+        Mode::Fail(Failure::Body { status, body }) => {
+            let content_type = if serde_json::from_str::<Value>(&body).is_ok() {
+                "application/json; charset=UTF-8"
+            } else {
+                "text/plain; charset=UTF-8"
+            };
+            let response = Response::builder()
+                .status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST))
+                .header(header::CONTENT_TYPE, content_type)
+                .body(Body::from(body))
+                .expect("fake Chat: a checked status and a string body are valid");
+            pending.answered(response, None)
+        }
         Mode::Fail(Failure::ResetConnection) => {
             connection.reset.store(true, Ordering::SeqCst);
             // This response is never delivered: its first write finds the flag and resets

@@ -183,6 +183,11 @@ impl KabarProcess {
         KabarProcess::spawn_with(config, log_path, "debug", &[])
     }
 
+    /// `spawn` with `--log-format json`.
+    pub fn spawn_json_logs(config: &Path, log_path: &Path) -> KabarProcess {
+        KabarProcess::spawn_with_args(config, log_path, "debug", &[], &["--log-format", "json"])
+    }
+
     /// Like `spawn`, with `RUST_LOG` set to `filter` (e.g. to quiet a chatty dependency
     /// while kabar itself logs at debug).
     pub fn spawn_with_log_filter(config: &Path, log_path: &Path, filter: &str) -> KabarProcess {
@@ -200,6 +205,16 @@ impl KabarProcess {
         filter: &str,
         envs: &[(&str, &str)],
     ) -> KabarProcess {
+        KabarProcess::spawn_with_args(config, log_path, filter, envs, &[])
+    }
+
+    fn spawn_with_args(
+        config: &Path,
+        log_path: &Path,
+        filter: &str,
+        envs: &[(&str, &str)],
+        args: &[&str],
+    ) -> KabarProcess {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -209,6 +224,7 @@ impl KabarProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_kabar"))
             .args(["serve", "--config"])
             .arg(config)
+            .args(args)
             .env("RUST_LOG", filter)
             .env("NO_COLOR", "1")
             .envs(envs.iter().copied())
@@ -309,11 +325,16 @@ impl Drop for KabarProcess {
 }
 
 fn parse_listening(log: &str) -> Option<SocketAddr> {
-    log.lines()
-        .find(|line| line.contains("kabar is listening"))
-        .and_then(|line| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix("addr="))
+    let line = log
+        .lines()
+        .find(|line| line.contains("kabar is listening"))?;
+    // Text logs: `addr=127.0.0.1:PORT`; JSON logs: `"addr":"127.0.0.1:PORT"`.
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .map(str::to_owned)
+        .or_else(|| {
+            let json: Value = serde_json::from_str(line).ok()?;
+            json["fields"]["addr"].as_str().map(str::to_owned)
         })
         .and_then(|addr| addr.parse().ok())
 }

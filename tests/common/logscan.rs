@@ -49,7 +49,96 @@ pub fn config_secrets(config_path: &Path) -> Vec<String> {
         }
     }
     secrets.retain(|s| !s.is_empty());
-    secrets
+    let mut all: Vec<String> = Vec::new();
+    for secret in &secrets {
+        for form in encoded_forms(secret) {
+            if !all.contains(&form) {
+                all.push(form);
+            }
+        }
+    }
+    all
+}
+
+/// A secret in every encoding a server or a log pipeline may echo it in: as written,
+/// percent-decoded (a real token's `%3D` is `=`), percent-encoded with upper- and
+/// lower-case hex (every byte but letters and digits), HTML-escaped (`&amp;`, `&#61;`),
+/// and JSON-escaped (`\u003d`, `\u0026`, `\/`).
+pub fn encoded_forms(secret: &str) -> Vec<String> {
+    let decoded = percent_decode(secret);
+    let mut forms = vec![secret.to_owned(), decoded.clone()];
+    for base in [secret, decoded.as_str()] {
+        let upper: String = base
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    char::from(b).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        forms.push(lower_hex(&upper));
+        forms.push(upper);
+        forms.push(
+            base.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('"', "&quot;"),
+        );
+        forms.push(base.replace('=', "&#61;").replace('&', "&#38;"));
+        forms.push(
+            base.replace('=', "\\u003d")
+                .replace('&', "\\u0026")
+                .replace('/', "\\/"),
+        );
+    }
+    let mut unique: Vec<String> = Vec::new();
+    for form in forms {
+        if !form.is_empty() && !unique.contains(&form) {
+            unique.push(form);
+        }
+    }
+    unique
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `%3D` → `%3d`, leaving everything else as it is.
+fn lower_hex(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '%' {
+            for h in chars.by_ref().take(2) {
+                out.push(h.to_ascii_lowercase());
+            }
+        }
+    }
+    out
 }
 
 /// Asserts no secret of the config at `config_path` appears in `logs`, after checking the
