@@ -11,6 +11,7 @@ Secret. Exits non-zero, naming the problem, on any mismatch.
 import base64
 import os
 import posixpath
+import subprocess
 import sys
 
 import yaml
@@ -20,6 +21,20 @@ PLACEHOLDERS = {
     "bearer_token_file": "ci-placeholder-token",
     "password_file": "ci-placeholder-password",
 }
+
+
+def tls_pair(out_dir):
+    """A throwaway self-signed certificate and key (PEM), so a check that reads
+    server.tls files finds a real pair where the pod would find the mounted Secret."""
+    cert, key = posixpath.join(out_dir, "ci-tls.crt"), posixpath.join(out_dir, "ci-tls.key")
+    if not os.path.exists(cert):
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-subj", "/CN=kabar-ci", "-days", "1", "-keyout", key, "-out", cert],
+            check=True, capture_output=True,
+        )
+    with open(cert) as c, open(key) as k:
+        return {"cert_file": c.read(), "key_file": k.read()}
 
 
 def fail(message):
@@ -104,8 +119,12 @@ def main():
                 fail(f"{'.'.join(trail)}: Secret {secret_name} has no key {secret_key}")
         local = out_dir + path
         os.makedirs(posixpath.dirname(local), exist_ok=True)
+        if key in ("cert_file", "key_file"):
+            content = tls_pair(out_dir)[key]
+        else:
+            content = PLACEHOLDERS.get(key, "ci-placeholder")
         with open(local, "w") as f:
-            f.write(PLACEHOLDERS.get(key, "ci-placeholder"))
+            f.write(content)
         set_at(config, trail, local)
     rewritten = posixpath.join(local_config_dir, "kabar.check.yaml")
     with open(rewritten, "w") as f:
