@@ -482,7 +482,7 @@ fn panel_threshold(panel: &Value) -> Option<f64> {
         .as_array()?
         .iter()
         .filter_map(|step| step["value"].as_f64())
-        .last()
+        .next_back()
 }
 
 /// The number an alert's expression compares against (`... > 100`).
