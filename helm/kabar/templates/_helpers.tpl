@@ -52,8 +52,13 @@ app.kubernetes.io/part-of: kabar
 
 {{- define "kabar.image" -}}
 {{- $repository := .Values.image.repository }}
-{{- with .Values.image.registry }}
-{{- $repository = printf "%s/%s" (trimSuffix "/" .) $repository }}
+{{- /* A repository that starts with a registry host (a dot, a port or localhost in its first
+part, as docker reads names) is a whole name already: values written before
+image.registry existed keep working. */}}
+{{- $first := first (splitList "/" $repository) }}
+{{- $hasRegistry := and (contains "/" $repository) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) }}
+{{- if and .Values.image.registry (not $hasRegistry) }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" .Values.image.registry) $repository }}
 {{- end }}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" $repository .Values.image.digest }}
