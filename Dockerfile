@@ -9,12 +9,20 @@
 #
 # The config must listen on 0.0.0.0:9095 and keep state_dir on the volume at /var/lib/kabar.
 
-ARG RUST_VERSION=1.95
-ARG DEBIAN_RELEASE=bookworm
+# Base images, pinned by digest so a rebuild starts from the bytes that were tested; the tag
+# before the @ says what the digest is. Both are multi-arch indexes (linux/amd64, linux/arm64):
+# the release workflow checks that before it builds. To move to newer images, look up the
+# tags' current index digests and put them here:
+#   docker buildx imagetools inspect docker.io/library/rust:1.95-bookworm --format '{{json .Manifest.Digest}}'
+#   docker buildx imagetools inspect gcr.io/distroless/cc-debian12:nonroot --format '{{json .Manifest.Digest}}'
+# (or `crane digest IMAGE:TAG`). A build may override them: --build-arg BUILD_IMAGE=….
+ARG BUILD_IMAGE=docker.io/library/rust:1.95-bookworm@sha256:6258907abe69656e41cd992e0b705cdcfabcbbe3db374f92ed2d47121282d4a1
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot@sha256:9dac0a79194e45a7da0158a9c6da57b217585af0786db3845d1f0ec1a0dd182f
 
-FROM docker.io/library/rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
+FROM ${BUILD_IMAGE} AS build
 WORKDIR /src
 
+# The release profile strips the binary (strip = true in Cargo.toml).
 # Dependencies first, in their own layer: it is rebuilt only when Cargo.toml or Cargo.lock
 # change. Stub sources stand in for kabar itself, whose artifacts are then deleted so the
 # real build below cannot mistake the stubs for up-to-date output.
@@ -41,7 +49,7 @@ RUN touch src/main.rs src/lib.rs \
  && mkdir -p /out/var/lib/kabar \
  && cp target/release/kabar /out/kabar
 
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM ${RUNTIME_IMAGE}
 
 ARG KABAR_GIT_REVISION=unknown
 ARG KABAR_VERSION=0.1.0

@@ -11,6 +11,7 @@ Secret. Exits non-zero, naming the problem, on any mismatch.
 import base64
 import os
 import posixpath
+import subprocess
 import sys
 
 import yaml
@@ -20,6 +21,20 @@ PLACEHOLDERS = {
     "bearer_token_file": "ci-placeholder-token",
     "password_file": "ci-placeholder-password",
 }
+
+
+def tls_pair(out_dir):
+    """A throwaway self-signed certificate and key (PEM), so a check that reads
+    server.tls files finds a real pair where the pod would find the mounted Secret."""
+    cert, key = posixpath.join(out_dir, "ci-tls.crt"), posixpath.join(out_dir, "ci-tls.key")
+    if not os.path.exists(cert):
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-subj", "/CN=kabar-ci", "-days", "1", "-keyout", key, "-out", cert],
+            check=True, capture_output=True,
+        )
+    with open(cert) as c, open(key) as k:
+        return {"cert_file": c.read(), "key_file": k.read()}
 
 
 def fail(message):
@@ -60,6 +75,38 @@ def set_at(node, trail, value):
     node[trail[-1]] = value
 
 
+def check_exposure(docs, pod, container, config):
+    """TLS reaches the probes and the ServiceMonitor; the ServiceMonitor scrapes the pod
+    through a Service that lists unready pods; a NetworkPolicy admits only kabar's port."""
+    tls = bool(((config or {}).get("server") or {}).get("tls")) or any(
+        v.get("secret", {}).get("secretName") and v["name"] == "tls" for v in pod["volumes"]
+    )
+    for probe in ("livenessProbe", "readinessProbe"):
+        http_get = container.get(probe, {}).get("httpGet")
+        if http_get is not None:
+            scheme = http_get.get("scheme", "HTTP")
+            if scheme != ("HTTPS" if tls else "HTTP"):
+                fail(f"{probe} uses {scheme} while kabar serves {'HTTPS' if tls else 'HTTP'}")
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    for monitor in (d for d in docs if d["kind"] == "ServiceMonitor"):
+        wanted = monitor["spec"]["selector"]["matchLabels"]
+        selected = [s for s in services.values()
+                    if wanted.items() <= s["metadata"].get("labels", {}).items()]
+        if len(selected) != 1:
+            fail(f"the ServiceMonitor selects {len(selected)} Services, not the metrics one")
+        if not selected[0]["spec"].get("publishNotReadyAddresses"):
+            fail("the ServiceMonitor's Service drops unready pods: an unready kabar would not be scraped")
+        for endpoint in monitor["spec"]["endpoints"]:
+            if tls and endpoint.get("scheme") != "https":
+                fail("kabar serves HTTPS but the ServiceMonitor scrapes with " + str(endpoint.get("scheme")))
+    for policy in (d for d in docs if d["kind"] == "NetworkPolicy"):
+        if policy["spec"]["policyTypes"] != ["Ingress"]:
+            fail("the NetworkPolicy should restrict ingress only")
+        for rule in policy["spec"]["ingress"]:
+            if rule.get("ports") != [{"port": "http", "protocol": "TCP"}] or not rule.get("from"):
+                fail(f"NetworkPolicy rule admits more than kabar's port from named peers: {rule}")
+
+
 def main():
     out_dir = sys.argv[1]
     docs = [d for d in yaml.safe_load_all(sys.stdin) if d]
@@ -77,7 +124,9 @@ def main():
         fail(f"--config {config_path} is not a mounted Secret key")
     secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
     if config_secret[0] not in secrets:
-        return  # an existing Secret the chart does not render: nothing to check here
+        # An existing Secret the chart does not render: only what the chart itself decides.
+        check_exposure(docs, pod, container, None)
+        return
     config_secret_doc = secrets[config_secret[0]]
     config_dir = posixpath.dirname(config_path)
     local_config_dir = out_dir + config_dir
@@ -104,9 +153,14 @@ def main():
                 fail(f"{'.'.join(trail)}: Secret {secret_name} has no key {secret_key}")
         local = out_dir + path
         os.makedirs(posixpath.dirname(local), exist_ok=True)
+        if key in ("cert_file", "key_file"):
+            content = tls_pair(out_dir)[key]
+        else:
+            content = PLACEHOLDERS.get(key, "ci-placeholder")
         with open(local, "w") as f:
-            f.write(PLACEHOLDERS.get(key, "ci-placeholder"))
+            f.write(content)
         set_at(config, trail, local)
+    check_exposure(docs, pod, container, config)
     rewritten = posixpath.join(local_config_dir, "kabar.check.yaml")
     with open(rewritten, "w") as f:
         yaml.safe_dump(config, f)

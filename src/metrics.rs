@@ -92,6 +92,9 @@ pub struct Metrics {
     pub messages_truncated: IntCounterVec,
     pub config_last_reload_successful: IntGauge,
     pub config_last_reload_success_timestamp: Gauge,
+    /// 1 while the store takes writes; 0 after a failed commit or probe. Scraped from the
+    /// pod, it keeps saying 0 while /readyz has taken the pod out of the Service.
+    pub store_writable: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -174,6 +177,17 @@ impl Metrics {
         registry
             .register(Box::new(reload_ts.clone()))
             .expect("registered once");
+
+        let store_writable = IntGauge::new(
+            "kabar_store_writable",
+            "1 if the store's last write (a commit or the /readyz probe) succeeded, else 0.",
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(store_writable.clone()))
+            .expect("registered once");
+        // kabar serves only after opening its store; the first write or probe corrects it.
+        store_writable.set(1);
 
         #[cfg(target_os = "linux")]
         registry
@@ -262,6 +276,7 @@ impl Metrics {
             dead_letters,
             config_last_reload_successful: reload_ok,
             config_last_reload_success_timestamp: reload_ts,
+            store_writable,
             registry,
         }
     }
@@ -373,6 +388,7 @@ mod tests {
         );
         assert!(text.contains("kabar_requests_rejected_total{reason=\"unauthorized\"} 0"));
         assert!(text.contains("kabar_build_info{revision=\"abc\",version=\"1.2.3\"} 1"));
+        assert!(text.contains("\nkabar_store_writable 1\n"), "{text}");
         metrics.remove_space("ops");
         assert!(!metrics.encode().contains("space=\"ops\""));
     }

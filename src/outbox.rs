@@ -7,7 +7,7 @@
 //! disk, while a burst of requests shares one fsync instead of paying one each.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
@@ -117,6 +117,8 @@ pub struct QueueStats {
 trait WriteJob: Send {
     /// Runs inside the batch transaction; false if the job's own work failed.
     fn run(&mut self, conn: &Connection) -> bool;
+    /// Whether the job's failure came from the disk (full, read-only, I/O), not its own logic.
+    fn failed_for_storage(&self) -> bool;
     /// Reports the job's result once the batch's commit is known.
     fn complete(self: Box<Self>, commit: Result<(), &rusqlite::Error>);
 }
@@ -161,6 +163,10 @@ where
         ok
     }
 
+    fn failed_for_storage(&self) -> bool {
+        matches!(&self.result, Some(Err(e)) if e.is_disk_problem())
+    }
+
     fn complete(self: Box<Self>, commit: Result<(), &rusqlite::Error>) {
         let outcome = match (commit, self.result) {
             (_, None) => Err(StoreError::Closed),
@@ -194,6 +200,8 @@ struct Inner {
     writer_died: Arc<watch::Sender<bool>>,
     /// Transactions committed by the writer: with `writes`, how well batching works.
     commits: Arc<AtomicU64>,
+    /// Whether the last write transaction committed (kabar_store_writable).
+    writable: Arc<AtomicBool>,
     writes: AtomicU64,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
@@ -338,15 +346,18 @@ impl Store {
         let writer_commits = Arc::clone(&commits);
         let writer_died = Arc::new(watch::Sender::new(false));
         let death = WriterDeath(Arc::clone(&writer_died));
+        let writable = Arc::new(AtomicBool::new(true));
+        let writer_writable = Arc::clone(&writable);
         let writer = std::thread::Builder::new()
             .name("kabar-store-writer".into())
-            .spawn(move || writer_loop(conn, receiver, &writer_commits, death))
+            .spawn(move || writer_loop(conn, receiver, &writer_commits, &writer_writable, death))
             .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
         Ok(Store {
             inner: Arc::new(Inner {
                 jobs: Mutex::new(Some(jobs)),
                 writer_died,
                 commits,
+                writable,
                 writes: AtomicU64::new(0),
                 writer: Mutex::new(Some(writer)),
                 readers: Mutex::new(Vec::new()),
@@ -450,6 +461,17 @@ impl Store {
         )
     }
 
+    /// Whether the store's last write transaction committed: false from a failed commit
+    /// (disk full, read-only, I/O error) or a probe that timed out, until a write commits.
+    pub fn writable(&self) -> bool {
+        self.inner.writable.load(Ordering::Relaxed)
+    }
+
+    /// A probe write got no answer in time: the writer is stuck, so nothing commits.
+    pub fn mark_unresponsive(&self) {
+        self.inner.writable.store(false, Ordering::Relaxed);
+    }
+
     /// Stops accepting writes, lets the writer finish what it has, and waits for it.
     pub fn close(&self) {
         if let Ok(mut jobs) = self.inner.jobs.lock() {
@@ -512,6 +534,7 @@ fn writer_loop(
     conn: Connection,
     jobs: mpsc::Receiver<Box<dyn WriteJob>>,
     commits: &AtomicU64,
+    writable: &AtomicBool,
     death: WriterDeath,
 ) {
     // Dropped before the parameters: the death is flagged before the job queue closes, so
@@ -526,19 +549,35 @@ fn writer_loop(
             }
         }
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            writable.store(false, Ordering::Relaxed);
             for job in batch {
                 job.complete(Err(&e));
             }
             continue;
         }
+        // A job refused for lack of room or write access fails inside its savepoint while
+        // the (then empty) commit succeeds: that counts as a failed write too.
+        // Only a job that did its work makes a commit proof that the disk takes writes.
+        let mut storage_failed = false;
+        let mut any_done = false;
         for job in batch.iter_mut() {
-            job.run(&conn);
+            if job.run(&conn) {
+                any_done = true;
+            } else {
+                storage_failed |= job.failed_for_storage();
+            }
         }
         let commit = conn.execute_batch("COMMIT");
         if commit.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
+            writable.store(false, Ordering::Relaxed);
         } else {
             commits.fetch_add(1, Ordering::Relaxed);
+            if storage_failed {
+                writable.store(false, Ordering::Relaxed);
+            } else if any_done {
+                writable.store(true, Ordering::Relaxed);
+            }
         }
         for job in batch {
             job.complete(commit.as_ref().map(|_| ()));
@@ -1108,6 +1147,65 @@ mod tests {
             .await
             .expect("version");
         assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    /// kabar_store_writable follows the writer: a write the disk refuses turns it false,
+    /// the next write that commits turns it true again. (tests/faults.rs does this with a
+    /// real full and read-only tmpfs; this runs without root.)
+    #[tokio::test]
+    async fn writable_follows_the_results_of_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        assert!(store.writable());
+        // What an INSERT into a full disk returns; the batch's (empty) commit succeeds.
+        let refused = store
+            .write(|_| -> Result<(), StoreError> {
+                Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                    Some("database or disk is full".into()),
+                )))
+            })
+            .await
+            .expect_err("the job fails");
+        assert!(refused.is_disk_problem(), "{refused}");
+        assert!(
+            !store.writable(),
+            "a write the disk refused leaves the store unwritable"
+        );
+        // A job failing for its own reasons says nothing about the disk.
+        store
+            .write(|_| -> Result<(), StoreError> {
+                Err(StoreError::Internal("no such row".into()))
+            })
+            .await
+            .expect_err("the job fails");
+        assert!(
+            !store.writable(),
+            "still unwritable: nothing has committed since"
+        );
+        store.probe().await.expect("the probe commits");
+        assert!(store.writable());
+        store
+            .write(|_| -> Result<(), StoreError> {
+                Err(StoreError::Internal("no such row".into()))
+            })
+            .await
+            .expect_err("the job fails");
+        assert!(store.writable(), "a logic error is not a disk problem");
+        store.mark_unresponsive();
+        assert!(
+            !store.writable(),
+            "a probe that timed out counts as unwritable"
+        );
+        store.probe().await.expect("the probe commits");
+        assert!(store.writable());
+        // The writer connection refusing to begin a transaction at all.
+        store
+            .write(|conn| Ok(conn.pragma_update(None, "query_only", true)?))
+            .await
+            .expect("switch the writer connection to read-only");
+        store.probe().await.expect_err("no transaction can begin");
+        assert!(!store.writable());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -360,7 +360,17 @@ fn health(store: &Store) -> Response {
 }
 
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
-    match tokio::time::timeout(READY_PROBE_TIMEOUT, app.shared.store.probe()).await {
+    let store = &app.shared.store;
+    let probe = tokio::time::timeout(READY_PROBE_TIMEOUT, store.probe()).await;
+    if probe.is_err() {
+        store.mark_unresponsive();
+    }
+    // The probe is a write, so the store now knows whether it commits.
+    app.shared
+        .metrics
+        .store_writable
+        .set(i64::from(store.writable()));
+    match probe {
         Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
         Ok(Err(e)) => {
             warn!(error = %e, "not ready: the store cannot take writes");
@@ -407,6 +417,10 @@ async fn reload(State(app): State<Arc<AppState>>, headers: axum::http::HeaderMap
 
 async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     refresh_queue_gauges(&app).await;
+    app.shared
+        .metrics
+        .store_writable
+        .set(i64::from(app.shared.store.writable()));
     (
         [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
         app.shared.metrics.encode(),

@@ -916,11 +916,22 @@ async fn state_dir_full_refuses_with_503_then_recovers_without_losing_or_corrupt
             >= 1.0,
         "{metrics}"
     );
+    // The gauge that KabarStoreNotWritable alerts on, scraped from the pod while /readyz
+    // keeps it out of the Service.
+    assert_eq!(
+        metric_value(&metrics, "kabar_store_writable"),
+        Some(0.0),
+        "{metrics}"
+    );
 
     // Space comes back: kabar is ready again, takes new notifications and delivers
     // everything it acknowledged, before and after.
     std::fs::remove_file(&filler).expect("remove the filler");
     wait_ready(&base, 200).await;
+    assert_eq!(
+        metric_value(&metrics_text(&base).await, "kabar_store_writable"),
+        Some(1.0)
+    );
     acked.extend(post_all(&base, "ops", &names("AfterFull", 3), false).await);
     chat.set_mode(Some("ops"), Mode::Normal);
     let verdict = verify(&chat, &config.state_dir(), &acked).await;
@@ -955,6 +966,12 @@ async fn state_dir_read_only_refuses_with_503_then_recovers_without_losing_or_co
         post_raw(&base, &notification("ops", &[("WhileRo", "firing")])).await;
     assert_store_refusal(status, retry_after.as_deref(), &answer);
     assert_eq!(readyz(&base).await, 503);
+    let metrics = metrics_text(&base).await;
+    assert_eq!(
+        metric_value(&metrics, "kabar_store_writable"),
+        Some(0.0),
+        "{metrics}"
+    );
     // Give the sender time to try what it can while the disk is read-only.
     tokio::time::sleep(Duration::from_secs(1)).await;
 

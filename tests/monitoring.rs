@@ -214,11 +214,12 @@ fn dashboard_problems(dashboard: &Value, exposition: &str) -> Vec<String> {
                 problems.push(format!("panel {title:?} has an empty query"));
                 continue;
             }
+            // `up` is Prometheus's own series for every target: the "Up" stat shows it.
             problems.extend(query_problems(
                 &format!("panel {title:?}"),
                 expr,
                 &exposed,
-                &[],
+                &["up"],
             ));
             shown.extend(metric_names(expr));
         }
@@ -240,6 +241,19 @@ fn dashboard_problems(dashboard: &Value, exposition: &str) -> Vec<String> {
         problems.extend(query_problems(
             &format!("variable {}", variable["name"]),
             inner,
+            &exposed,
+            &[],
+        ));
+    }
+    let annotations = dashboard["annotations"]["list"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for annotation in annotations.iter().filter(|a| a["builtIn"] != 1) {
+        let expr = annotation["expr"].as_str().unwrap_or("");
+        problems.extend(query_problems(
+            &format!("annotation {}", annotation["name"]),
+            expr,
             &exposed,
             &[],
         ));
@@ -424,4 +438,214 @@ fn alert_rules_pass_promtool_checks_and_unit_tests() {
             "{alert} needs a firing and a not-firing case in kabar.rules.test.yml, has {cases}"
         );
     }
+}
+
+/// Every query of the dashboard: panels' targets and annotations, with where they are.
+fn dashboard_queries(dashboard: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for panel in panels(dashboard) {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            if let Some(expr) = target["expr"].as_str() {
+                out.push((format!("panel {}", panel["title"]), expr.to_owned()));
+            }
+        }
+    }
+    for annotation in dashboard["annotations"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(expr) = annotation["expr"].as_str() {
+            out.push((
+                format!("annotation {}", annotation["name"]),
+                expr.to_owned(),
+            ));
+        }
+    }
+    out
+}
+
+fn dashboard() -> Value {
+    serde_json::from_str(&read("monitoring/kabar-dashboard.json")).expect("the dashboard is JSON")
+}
+
+fn panel<'a>(dashboard: &'a Value, title: &str) -> &'a Value {
+    panels(dashboard)
+        .into_iter()
+        .find(|p| p["title"] == title)
+        .unwrap_or_else(|| panic!("the dashboard has no panel {title:?}"))
+}
+
+/// The threshold a panel draws: the value of its last non-base step.
+fn panel_threshold(panel: &Value) -> Option<f64> {
+    panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        .as_array()?
+        .iter()
+        .filter_map(|step| step["value"].as_f64())
+        .next_back()
+}
+
+/// The number an alert's expression compares against (`... > 100`).
+fn rule_threshold(rules_yaml: &str, alert: &str) -> f64 {
+    let (_, expr) = rule_exprs(rules_yaml)
+        .into_iter()
+        .find(|(name, _)| name == alert)
+        .unwrap_or_else(|| panic!("no rule {alert}"));
+    let tail = expr
+        .trim()
+        .rsplit_once('>')
+        .map(|(_, n)| n.trim())
+        .unwrap_or("");
+    tail.parse()
+        .unwrap_or_else(|_| panic!("{alert}: no `> N` at the end of {expr}"))
+}
+
+/// An operator running several kabars (or one per cluster) narrows every panel by job and
+/// cluster, and sees restarts and reloads on every graph.
+#[test]
+fn dashboard_filters_by_job_and_cluster_and_marks_restarts_and_reloads() {
+    let dashboard = dashboard();
+    let variables: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    for wanted in ["datasource", "cluster", "job", "instance", "space"] {
+        assert!(
+            variables.contains(&wanted),
+            "no ${wanted} variable: {variables:?}"
+        );
+    }
+    for (place, expr) in dashboard_queries(&dashboard) {
+        for matcher in [
+            "job=~\"$job\"",
+            "cluster=~\"$cluster\"",
+            "instance=~\"$instance\"",
+        ] {
+            assert!(expr.contains(matcher), "{place} lacks {matcher}: {expr}");
+        }
+    }
+    let annotated: Vec<String> = dashboard["annotations"]["list"]
+        .as_array()
+        .expect("annotations")
+        .iter()
+        .filter_map(|a| a["expr"].as_str())
+        .flat_map(metric_names)
+        .collect();
+    for metric in [
+        "process_start_time_seconds",
+        "kabar_config_last_reload_success_timestamp_seconds",
+    ] {
+        assert!(
+            annotated.iter().any(|m| m == metric),
+            "no annotation on {metric}: {annotated:?}"
+        );
+    }
+}
+
+/// The first row answers "is kabar up, can it write, has it given up on anything", and the
+/// lines the graphs draw are the rules' thresholds, so a panel turns red when an alert would.
+#[test]
+fn dashboard_stats_and_thresholds_match_the_alerting_rules() {
+    let dashboard = dashboard();
+    let rules = read("monitoring/kabar.rules.yml");
+    let first_row: Vec<&Value> = panels(&dashboard)
+        .into_iter()
+        .filter(|p| p["type"] == "stat" && p["gridPos"]["y"] == 1)
+        .collect();
+    for metric in ["up", "kabar_store_writable", "kabar_dead_letters"] {
+        assert!(
+            first_row.iter().any(|p| p["targets"][0]["expr"]
+                .as_str()
+                .is_some_and(|e| metric_names(e).iter().any(|m| m == metric))),
+            "the first stat row does not show {metric}"
+        );
+    }
+    for (title, alert) in [
+        ("Outbox depth", "KabarOutboxBacklog"),
+        ("Messages waiting", "KabarOutboxBacklog"),
+        ("Oldest waiting message", "KabarOutboxMessageTooOld"),
+        (
+            "Failing deliveries (429s excluded)",
+            "KabarDeliveryFailuresRising",
+        ),
+    ] {
+        assert_eq!(
+            panel_threshold(panel(&dashboard, title)),
+            Some(rule_threshold(&rules, alert)),
+            "panel {title:?} draws another threshold than {alert}"
+        );
+    }
+    assert_eq!(
+        panel_threshold(panel(&dashboard, "Dead letters")),
+        Some(1.0)
+    );
+    let ratio = panel(&dashboard, "Failing deliveries (429s excluded)")["targets"][0]["expr"]
+        .as_str()
+        .expect("expr")
+        .to_owned();
+    assert!(ratio.contains("reason!=\"rateLimited\""), "{ratio}");
+
+    // Virtual memory is hundreds of MiB of reserved address space; on one axis with the
+    // resident set it would flatten the line that matters.
+    let memory = panel(&dashboard, "Memory");
+    let virtual_ref = memory["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .find(|t| {
+            t["expr"]
+                .as_str()
+                .is_some_and(|e| e.contains("process_virtual_memory_bytes"))
+        })
+        .and_then(|t| t["refId"].as_str())
+        .expect("the memory panel shows virtual memory");
+    let on_right = memory["fieldConfig"]["overrides"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|o| o["matcher"]["options"] == virtual_ref)
+        .flat_map(|o| o["properties"].as_array().cloned().unwrap_or_default())
+        .any(|p| p["id"] == "custom.axisPlacement" && p["value"] == "right");
+    assert!(on_right, "virtual memory is not on an axis of its own");
+}
+
+/// Every alert links to its own section of docs/alerts.md in the repository the chart
+/// names, and that section exists.
+#[test]
+fn every_alert_has_a_runbook_section_in_docs_alerts() {
+    let chart = read("helm/kabar/Chart.yaml");
+    let home = chart
+        .lines()
+        .find_map(|l| l.strip_prefix("home: "))
+        .expect("Chart.yaml names the project's home")
+        .trim();
+    let runbooks = read("docs/alerts.md");
+    let headings: Vec<&str> = runbooks
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(str::trim)
+        .collect();
+    let rules: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&read("monitoring/kabar.rules.yml")).expect("rules are YAML");
+    let mut alerts = 0;
+    for group in rules["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            let Some(alert) = rule["alert"].as_str() else {
+                continue;
+            };
+            alerts += 1;
+            let url = rule["annotations"]["runbook_url"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{alert} has no runbook_url"));
+            let expected = format!("{home}/blob/main/docs/alerts.md#{}", alert.to_lowercase());
+            assert_eq!(url, expected, "{alert}'s runbook_url");
+            assert!(
+                headings.contains(&alert),
+                "docs/alerts.md has no section \"## {alert}\" (has {headings:?})"
+            );
+        }
+    }
+    assert!(alerts >= 10, "alerts went missing");
 }

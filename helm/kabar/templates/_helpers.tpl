@@ -51,11 +51,34 @@ app.kubernetes.io/part-of: kabar
 {{- end }}
 
 {{- define "kabar.image" -}}
-{{- if .Values.image.digest }}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
-{{- else }}
-{{- printf "%s:%s" .Values.image.repository (include "kabar.imageTag" .) }}
+{{- $repository := .Values.image.repository }}
+{{- /* A repository that starts with a registry host (a dot, a port or localhost in its first
+part, as docker reads names) is a whole name already: values written before
+image.registry existed keep working. */}}
+{{- $first := first (splitList "/" $repository) }}
+{{- $hasRegistry := and (contains "/" $repository) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) }}
+{{- if and .Values.image.registry (not $hasRegistry) }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" .Values.image.registry) $repository }}
 {{- end }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" $repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repository (include "kabar.imageTag" .) }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when kabar serves HTTPS: a TLS Secret to mount, or server.tls in config. */}}
+{{- define "kabar.tlsEnabled" -}}
+{{- $server := default dict .Values.config.server }}
+{{- if or .Values.tls.existingSecret $server.tls }}true{{ end }}
+{{- end }}
+
+{{- define "kabar.scheme" -}}
+{{- ternary "https" "http" (eq (include "kabar.tlsEnabled" .) "true") }}
+{{- end }}
+
+{{- define "kabar.tlsDir" -}}
+/etc/kabar-secrets/tls
 {{- end }}
 
 {{/* The Secret that holds kabar.yaml: the chart's own or an existing one. */}}
@@ -107,7 +130,15 @@ settings fail the render rather than letting kabar pick one.
 {{- else if not $config.auth }}
 {{- $_ := unset $config "auth" }}
 {{- end }}
-{{- range $key := list "delivery" "defaults" }}
+{{- if .Values.tls.existingSecret }}
+{{- $server := default dict $config.server }}
+{{- if $server.tls }}
+{{- fail "set either config.server.tls or tls.existingSecret, not both" }}
+{{- end }}
+{{- $_ := set $server "tls" (dict "cert_file" (printf "%s/tls.crt" (include "kabar.tlsDir" .)) "key_file" (printf "%s/tls.key" (include "kabar.tlsDir" .))) }}
+{{- $_ := set $config "server" $server }}
+{{- end }}
+{{- range $key := list "delivery" "defaults" "server" }}
 {{- if not (get $config $key) }}
 {{- $_ := unset $config $key }}
 {{- end }}
