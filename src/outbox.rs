@@ -492,6 +492,9 @@ impl Store {
             fn run(&mut self, _conn: &Connection) -> bool {
                 true
             }
+            fn failed_for_storage(&self) -> bool {
+                false
+            }
             fn complete(self: Box<Self>, _commit: Result<(), &rusqlite::Error>) {
                 panic!("injected: the writer thread fails outside any job");
             }
