@@ -141,10 +141,10 @@ fn links_in_card(body: &Value) -> Vec<String> {
         match value {
             Value::Object(map) => {
                 for (key, v) in map {
-                    if key == "url" || key == "openLink" && v.is_string() {
-                        if let Some(url) = v.as_str() {
-                            found.push(url.to_owned());
-                        }
+                    if (key == "url" || key == "openLink")
+                        && let Some(url) = v.as_str()
+                    {
+                        found.push(url.to_owned());
                     }
                     walk(v, found);
                 }
