@@ -20,7 +20,6 @@ pub use model::{
     Auth, Config, Delivery, Format, Mention, Server, Space, SpaceOptions, Target, TemplatePaths,
     Threading, TlsFiles,
 };
-pub use validate::CHAT_HOST;
 
 use std::path::PathBuf;
 

@@ -92,7 +92,7 @@ pub enum Target {
 
 impl Target {
     /// What may be shown of the target: the host of the webhook URL, never its path or query.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Target::DryRun => "dry run".to_owned(),
             Target::Webhook(url) => match reqwest::Url::parse(url.expose()) {
@@ -120,7 +120,7 @@ pub enum Threading {
 
 impl Format {
     /// The name as written in the config.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Format::Text => "text",
             Format::Card => "card",
@@ -130,7 +130,7 @@ impl Format {
 
 impl Threading {
     /// The name as written in the config.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Threading::PerAlert => "per_alert",
             Threading::PerGroup => "per_group",
@@ -145,7 +145,7 @@ pub struct Mention(String);
 
 impl Mention {
     /// `all`, `users/123`, a numeric id or an email address.
-    pub fn parse(raw: &str) -> Option<Mention> {
+    pub(crate) fn parse(raw: &str) -> Option<Mention> {
         let raw = raw.trim();
         let id = raw.strip_prefix("users/").unwrap_or(raw);
         let valid = !id.is_empty()
@@ -157,12 +157,12 @@ impl Mention {
     }
 
     /// `users/all` or `users/123`.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 
     /// Chat's text syntax that notifies the user(s).
-    pub fn markup(&self) -> String {
+    pub(crate) fn markup(&self) -> String {
         format!("<{}>", self.0)
     }
 }
@@ -217,14 +217,17 @@ impl Default for Delivery {
 
 impl Config {
     /// Spaces whose `receivers` list contains `receiver`.
-    pub fn spaces_for_receiver<'a>(&'a self, receiver: &'a str) -> impl Iterator<Item = &'a Space> {
+    pub(crate) fn spaces_for_receiver<'a>(
+        &'a self,
+        receiver: &'a str,
+    ) -> impl Iterator<Item = &'a Space> {
         self.spaces
             .values()
             .filter(move |s| s.receivers.iter().any(|r| r == receiver))
     }
 
     /// Every receiver name some space listens for, sorted and de-duplicated.
-    pub fn receiver_names(&self) -> Vec<&str> {
+    pub(crate) fn receiver_names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self
             .spaces
             .values()

@@ -14,7 +14,7 @@ use crate::secret::scrub;
 impl Config {
     /// Reads, expands and validates the file at `path`. Relative paths inside it (secret
     /// files, templates) are taken relative to the file's folder.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,

@@ -5,7 +5,7 @@ use super::{ConfigError, invalid};
 use crate::secret::Secret;
 
 /// The host Google Chat webhooks live on; anything else needs `delivery.allow_any_host`.
-pub const CHAT_HOST: &str = "chat.googleapis.com";
+const CHAT_HOST: &str = "chat.googleapis.com";
 
 pub(super) fn valid_space_name(name: &str) -> bool {
     let mut chars = name.chars();
