@@ -68,3 +68,45 @@ mod test_support {
             .to_string()
     }
 }
+
+/// The split by concern holds only while each file stays small enough to read whole and
+/// says at its top what it owns and what it must not do.
+#[cfg(test)]
+mod layout_tests {
+    /// Lines of code before a file's unit tests: neither blank nor a comment.
+    const MAX_CODE_LINES: usize = 500;
+
+    #[test]
+    fn every_config_file_is_small_and_opens_with_what_it_owns() {
+        let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config");
+        let mut files: Vec<_> = std::fs::read_dir(&folder)
+            .expect("read src/config")
+            .map(|entry| entry.expect("a folder entry").path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "rs"))
+            .collect();
+        files.sort();
+        assert!(files.len() >= 8, "the config folder lost files: {files:?}");
+        for path in files {
+            let text = std::fs::read_to_string(&path).expect("read a config file");
+            let mut lines = text.lines();
+            let opening = [lines.next(), lines.next()];
+            assert!(
+                opening
+                    .iter()
+                    .all(|line| line.is_some_and(|l| l.starts_with("//! "))),
+                "{} must open with two //! lines: what it owns, what it must not do",
+                path.display()
+            );
+            let code = text
+                .lines()
+                .take_while(|line| !line.starts_with("#[cfg(test)]"))
+                .filter(|line| !line.trim().is_empty() && !line.trim_start().starts_with("//"))
+                .count();
+            assert!(
+                code <= MAX_CODE_LINES,
+                "{} has {code} lines of code (at most {MAX_CODE_LINES}): split it by concern",
+                path.display()
+            );
+        }
+    }
+}
