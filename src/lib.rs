@@ -6,6 +6,10 @@
 //! senders) → [`chat`] (the webhook client); [`metrics`] and [`config`] serve them all,
 //! [`server`] wires them into a running service.
 
+#![forbid(unsafe_code)]
+// Output goes through print_out / print_err: println! panics when the reader has gone.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod chat;
 pub mod commands;
 pub mod config;

@@ -1,5 +1,9 @@
 //! The `kabar` command: parses the command line and calls into the library.
 
+#![forbid(unsafe_code)]
+// Output goes through kabar::print_out / print_err: println! panics when the reader has gone.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
