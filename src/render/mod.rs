@@ -625,6 +625,21 @@ mod tests {
     }
 
     #[test]
+    fn a_failing_helper_quotes_the_value_only_in_part() {
+        let (_dir, c) = with_template("{{date alert.annotations.description}}\n");
+        let mut n = fixture("firing.json");
+        n.alerts[0]
+            .annotations
+            .insert("description".into(), "not a time ".repeat(100_000));
+        let renderer = Renderer::new(&c).expect("compiles");
+        let (message, failures) = renderer.render(&input(&c, MessageKind::Firing, &n));
+        assert!(message.fell_back);
+        let failure = failures.first().expect("reported").to_string();
+        assert!(failure.len() < 600, "{} bytes: {failure}", failure.len());
+        assert!(failure.contains("date: \"not a time"), "{failure}");
+    }
+
+    #[test]
     fn broken_template_is_reported_with_line() {
         let (_dir, c) = with_template("ok\n{{#if x}}never closed\n");
         let err = Renderer::new(&c).expect_err("does not compile").to_string();
