@@ -67,10 +67,11 @@ pub struct Alert {
 }
 
 /// A fingerprint longer than this (bytes) is replaced by a hash of it. Alertmanager's are 16
-/// hex digits; any sender's real ones are far below. The fingerprint goes into thread keys,
-/// the store's keys and the template context, so its length must not be the sender's
-/// choice: a 40 kB one made a thread key no message body could hold.
-pub const MAX_FINGERPRINT_BYTES: usize = 64;
+/// hex digits, other senders' hashes rarely more than 128 (SHA-512 in hex); those keep
+/// their thread keys. The fingerprint goes into thread keys, the store's keys and the
+/// template context, so its length must not be the sender's choice: a 40 kB one made a
+/// thread key no message body could hold.
+pub const MAX_FINGERPRINT_BYTES: usize = 256;
 /// How much of an over-long fingerprint is kept, readable, in front of its hash.
 const HASHED_FINGERPRINT_PREFIX_BYTES: usize = 16;
 

@@ -228,7 +228,12 @@ fn alert_view(alert: &Alert, notification: &Notification, cuts: &mut Cuts) -> Va
         "moreLabels": more_labels,
         "links": {
             "source": safe_link(&alert.generator_url),
-            "silence": silence_link(&notification.external_url, &alert.labels),
+            // A silence of more than MAX_CONTEXT_LABELS matchers is not one anyone means
+            // (and its URL would mostly pass the link limit); building it was most of the
+            // cost of rendering an alert of 100k labels.
+            "silence": (alert.labels.len() <= MAX_CONTEXT_LABELS)
+                .then(|| silence_link(&notification.external_url, &alert.labels))
+                .flatten(),
             "runbook": annotation("runbook_url").and_then(|u| safe_link(u)),
             "dashboard": annotation("dashboard_url")
                 .or_else(|| annotation("grafana_url"))
@@ -432,7 +437,10 @@ mod tests {
         let alert = &context["alert"];
         assert_eq!(alert["generatorURL"], "", "too long to link, left out");
         assert_eq!(context["group"]["externalURL"], "");
-        assert!(alert["fingerprint"].as_str().expect("fingerprint").len() <= 64);
+        assert!(
+            alert["fingerprint"].as_str().expect("fingerprint").len()
+                <= crate::payload::MAX_FINGERPRINT_BYTES
+        );
         assert_eq!(
             alert["otherLabels"].as_object().map(|m| m.len()),
             Some(MAX_LABELS_SHOWN)
@@ -468,6 +476,17 @@ mod tests {
         assert_eq!(alert["fingerprint"], "efb0c6c488e007da");
         assert_eq!(context["group"]["groupLabels"], json!(n.group_labels));
         assert_eq!(context["group"]["externalURL"], "http://vm:19093");
+        assert!(alert["links"]["silence"].is_string());
+    }
+
+    #[test]
+    fn an_alert_of_more_labels_than_the_bound_gets_no_silence_link() {
+        let mut n = fixture();
+        for i in 0..MAX_CONTEXT_LABELS {
+            n.alerts[0].labels.insert(format!("l{i}"), "v".into());
+        }
+        let (context, _) = context_of(&n, MessageKind::Firing, &Subject::Alert(0));
+        assert!(context["alert"]["links"]["silence"].is_null());
     }
 
     #[test]
