@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use crate::config::{Auth, Space};
 use crate::metrics::RejectReason;
 use crate::outbox::{self, NewMessage, SqlEpisodes, StoreError};
-use crate::payload::{Notification, PayloadError};
+use crate::payload::{Notification, PayloadError, elide_middle};
 use crate::render::RenderInput;
 use crate::routing::{RoutingError, route};
 use crate::runtime::Runtime;
@@ -110,10 +110,27 @@ impl ApiError {
     }
 }
 
+/// An error answer, and the log line of a refused request, quote at most about this many
+/// characters of the error: its message can carry what the sender wrote (a receiver name,
+/// a value where a number belongs), and a 3 MB value must not become a 3 MB answer and
+/// log line. Payload errors are bounded tighter where they are made; this holds for all.
+const MAX_ERROR_MESSAGE_CHARS: usize = 600;
+/// Payload values named in the "notification accepted" log line are cut to this.
+const MAX_LOGGED_VALUE_CHARS: usize = 200;
+
+impl ApiError {
+    /// The error's message, bounded in length.
+    fn message(&self) -> String {
+        elide_middle(&self.to_string(), MAX_ERROR_MESSAGE_CHARS).into_owned()
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = Json(json!({"error": self.to_string(), "hint": self.hint()}));
+        // The hint can name the payload's receiver too: bounded like the message.
+        let hint = elide_middle(&self.hint(), MAX_ERROR_MESSAGE_CHARS).into_owned();
+        let body = Json(json!({"error": self.message(), "hint": hint}));
         let mut response = (status, body).into_response();
         if let ApiError::Unauthorized { challenge } = self {
             response.headers_mut().insert(
@@ -262,7 +279,7 @@ fn respond(app: &AppState, result: Result<Accepted, ApiError>) -> Response {
                 other => {
                     // Debug-quoted: the message can carry payload text (serde names an unknown
                     // value verbatim), whose line breaks must not start log lines of their own.
-                    info!(status = other.status().as_u16(), error = ?other.to_string(), "webhook request refused")
+                    info!(status = other.status().as_u16(), error = ?other.message(), "webhook request refused")
                 }
             }
             error.into_response()
@@ -378,9 +395,10 @@ async fn accept(
         }
     }
     info!(
-        // Debug-quoted: both come from the payload and may hold line breaks.
-        receiver = ?notification.receiver,
-        group_key = ?notification.group_key,
+        // Debug-quoted: both come from the payload and may hold line breaks; cut, as they
+        // may be megabytes long.
+        receiver = ?elide_middle(&notification.receiver, MAX_LOGGED_VALUE_CHARS),
+        group_key = ?elide_middle(&notification.group_key, MAX_LOGGED_VALUE_CHARS),
         spaces = %spaces.join(","),
         alerts = notification.alerts.len(),
         queued = accepted.queued,

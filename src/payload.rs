@@ -1,6 +1,7 @@
 //! Alertmanager's webhook payload (version 4), read leniently: unknown keys are ignored,
 //! `null` maps and strings read as empty, timestamps take any RFC 3339 precision.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
@@ -65,14 +66,56 @@ pub struct Alert {
     pub fingerprint: String,
 }
 
+/// A fingerprint longer than this (bytes) is replaced by a hash of it. Alertmanager's are 16
+/// hex digits, other senders' hashes rarely more than 128 (SHA-512 in hex); those keep
+/// their thread keys. The fingerprint goes into thread keys, the store's keys and the
+/// template context, so its length must not be the sender's choice: a 40 kB one made a
+/// thread key no message body could hold.
+pub const MAX_FINGERPRINT_BYTES: usize = 256;
+/// How much of an over-long fingerprint is kept, readable, in front of its hash.
+const HASHED_FINGERPRINT_PREFIX_BYTES: usize = 16;
+
+/// A fingerprint of at most [`MAX_FINGERPRINT_BYTES`]: one within the bound as it is (so
+/// the thread keys of ordinary alerts never change), a longer one as its first bytes and
+/// two 64-bit hashes of the whole, so it stays deterministic and distinct.
+pub fn bounded_fingerprint(raw: &str) -> Cow<'_, str> {
+    if raw.len() <= MAX_FINGERPRINT_BYTES {
+        return Cow::Borrowed(raw);
+    }
+    let mut forward = Fnv64::new();
+    forward.write(raw.as_bytes());
+    // A second, differently fed hash: two long fingerprints that collide in one are
+    // unlikely to collide in both.
+    let mut backward = Fnv64::new();
+    backward.write(&(raw.len() as u64).to_le_bytes());
+    for byte in raw.bytes().rev() {
+        backward.write(&[byte]);
+    }
+    let prefix = prefix_at_char_boundary(raw, HASHED_FINGERPRINT_PREFIX_BYTES);
+    Cow::Owned(format!(
+        "{prefix}~{:016x}{:016x}",
+        forward.finish(),
+        backward.finish()
+    ))
+}
+
+/// The longest prefix of `text` of at most `max_bytes` that ends on a character boundary.
+fn prefix_at_char_boundary(text: &str, max_bytes: usize) -> &str {
+    let mut end = max_bytes.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 impl Alert {
     /// Alertmanager's fingerprint, or the same hash computed from the labels when a
-    /// sender left it out.
+    /// sender left it out; bounded in length (see [`bounded_fingerprint`]).
     pub fn fingerprint(&self) -> String {
         if self.fingerprint.is_empty() {
             format!("{:016x}", label_fingerprint(&self.labels))
         } else {
-            self.fingerprint.clone()
+            bounded_fingerprint(&self.fingerprint).into_owned()
         }
     }
 
@@ -102,9 +145,24 @@ pub enum PayloadError {
     Shape { path: String, message: String },
 }
 
+/// A payload error's reason (serde's message, which quotes the offending value verbatim)
+/// is cut to about this many characters, keeping its start and end: enough to recognise
+/// the value and to read what was expected, while a 3 MB string where a number belongs no
+/// longer makes a 3 MB answer and a 3 MB log line.
+pub const MAX_ERROR_REASON_CHARS: usize = 240;
+/// A key in an error's field path (a label name, say) is cut to about this many characters.
+const MAX_PATH_KEY_CHARS: usize = 48;
+/// The whole field path is cut to about this many characters. The payload's shape bounds
+/// its depth (`alerts[i].labels.key`), so this only guards against the unforeseen.
+const MAX_PATH_CHARS: usize = 160;
+
 impl Notification {
-    /// Parses a webhook body, naming the offending field on error.
+    /// Parses a webhook body, naming the offending field on error. Error messages are
+    /// bounded in length whatever the body holds.
     pub fn parse(body: &[u8]) -> Result<Notification, PayloadError> {
+        let syntax = |e: serde_json::Error| {
+            PayloadError::Syntax(elide_middle(&e.to_string(), MAX_ERROR_REASON_CHARS).into_owned())
+        };
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
         if first == Some(&b'[') {
             // Only a well-formed array is Prometheus's alert list; anything else starting
@@ -112,31 +170,81 @@ impl Notification {
             return Err(
                 match serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(body) {
                     Ok(_) => PayloadError::BareAlertArray,
-                    Err(e) => PayloadError::Syntax(e.to_string()),
+                    Err(e) => syntax(e),
                 },
             );
         }
         let mut de = serde_json::Deserializer::from_slice(body);
         let parsed: Result<Notification, _> = serde_path_to_error::deserialize(&mut de);
         let notification = parsed.map_err(|e| {
-            let path = e.path().to_string();
+            let path = bounded_path(e.path());
             let inner = e.into_inner();
             if inner.is_syntax() || inner.is_eof() || inner.is_io() {
-                PayloadError::Syntax(inner.to_string())
+                syntax(inner)
             } else {
+                let reason = strip_position(&inner.to_string());
                 PayloadError::Shape {
-                    path: if path == "." {
-                        "top level".to_owned()
-                    } else {
-                        path
-                    },
-                    message: strip_position(&inner.to_string()),
+                    path,
+                    message: elide_middle(&reason, MAX_ERROR_REASON_CHARS).into_owned(),
                 }
             }
         })?;
-        de.end().map_err(|e| PayloadError::Syntax(e.to_string()))?;
+        de.end().map_err(syntax)?;
         Ok(notification)
     }
+}
+
+/// The field path of a payload error as serde_path_to_error writes it
+/// (`alerts[0].labels.team`), with long keys cut; "top level" for the root.
+fn bounded_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(&elide_middle(key, MAX_PATH_KEY_CHARS));
+            }
+            Segment::Unknown => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push('?');
+            }
+        }
+    }
+    if out.is_empty() {
+        return "top level".to_owned();
+    }
+    elide_middle(&out, MAX_PATH_CHARS).into_owned()
+}
+
+/// `text` if it has at most `max_chars` characters; otherwise its first two thirds and
+/// last third of `max_chars`, joined by a note of how much was left out. For quoting
+/// sender-controlled text in errors and logs.
+pub fn elide_middle(text: &str, max_chars: usize) -> Cow<'_, str> {
+    let total = text.chars().count();
+    if total <= max_chars {
+        return Cow::Borrowed(text);
+    }
+    let head = max_chars * 2 / 3;
+    let tail = max_chars - head;
+    let byte_at = |chars: usize| {
+        text.char_indices()
+            .nth(chars)
+            .map_or(text.len(), |(i, _)| i)
+    };
+    let head_end = byte_at(head);
+    let tail_start = byte_at(total - tail);
+    Cow::Owned(format!(
+        "{}…({} characters left out)…{}",
+        &text[..head_end],
+        total - head - tail,
+        &text[tail_start..]
+    ))
 }
 
 /// serde_json appends " at line 1 column 42" to data errors; the path says it better.
@@ -304,5 +412,97 @@ mod tests {
             Notification::parse(b"[{\"labels\": {}}, 1"),
             Err(PayloadError::Syntax(_))
         ));
+    }
+
+    fn shape_error(body: &str) -> String {
+        Notification::parse(body.as_bytes())
+            .expect_err("a wrong shape")
+            .to_string()
+    }
+
+    #[test]
+    fn errors_quote_a_huge_value_only_in_part() {
+        let huge = "9".repeat(3_000_000);
+        let message = shape_error(&format!(
+            r#"{{"receiver":"r","status":"firing","alerts":[],"truncatedAlerts":"{huge}"}}"#
+        ));
+        assert!(message.len() < 400, "{} bytes", message.len());
+        assert!(
+            message.starts_with("invalid type: string \"999")
+                && message.contains("characters left out")
+                && message.ends_with("999\", expected u64 at truncatedAlerts"),
+            "{message}"
+        );
+        let message = shape_error(&format!(
+            r#"{{"receiver":"r","status":"{huge}","alerts":[]}}"#
+        ));
+        assert!(message.len() < 400, "{} bytes", message.len());
+        assert!(
+            message.contains("unknown variant") && message.contains("at status"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn error_paths_cut_long_keys() {
+        let name = "n".repeat(3_000_000);
+        let message = shape_error(&format!(
+            r#"{{"receiver":"r","status":"firing","alerts":[{{"status":"firing","startsAt":"2026-11-28T00:52:38Z","labels":{{"{name}":1}}}}]}}"#
+        ));
+        assert!(message.len() < 400, "{} bytes", message.len());
+        assert!(
+            message.starts_with(
+                "invalid type: integer `1`, expected a string at alerts[0].labels.nnn"
+            ),
+            "{message}"
+        );
+        match Notification::parse(br#"{"receiver":"r","status":"firing","alerts":{}}"#) {
+            Err(PayloadError::Shape { path, .. }) => assert_eq!(path, "alerts"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn elide_middle_keeps_both_ends_on_character_boundaries() {
+        assert_eq!(elide_middle("short", 10), "short");
+        let long = "é".repeat(100);
+        let cut = elide_middle(&long, 12);
+        assert_eq!(
+            cut,
+            format!(
+                "{}…(88 characters left out)…{}",
+                "é".repeat(8),
+                "é".repeat(4)
+            )
+        );
+    }
+
+    #[test]
+    fn long_fingerprints_are_hashed_and_ordinary_ones_kept() {
+        let n = Notification::parse(&fixture("firing.json")).expect("parses");
+        let mut alert = n.alerts[0].clone();
+        let ordinary = "x".repeat(MAX_FINGERPRINT_BYTES);
+        alert.fingerprint = ordinary.clone();
+        assert_eq!(alert.fingerprint(), ordinary);
+        alert.fingerprint = "🔥".repeat(20_000);
+        let hashed = alert.fingerprint();
+        assert!(hashed.len() <= MAX_FINGERPRINT_BYTES, "{hashed}");
+        assert!(hashed.starts_with("🔥🔥🔥🔥~"), "{hashed}");
+        assert_eq!(alert.fingerprint(), hashed, "deterministic");
+        alert.fingerprint.push('!');
+        assert_ne!(alert.fingerprint(), hashed, "distinct");
+        // A key built from a long fingerprint by hand is bounded the same way.
+        let key = crate::state::EpisodeKey {
+            space: "ops".into(),
+            fingerprint: "f".repeat(100_000),
+            starts_at_ns: 0,
+        };
+        assert!(key.thread_key().len() < 120, "{}", key.thread_key());
+        let ordinary = crate::state::EpisodeKey::new("ops", &n.alerts[0]);
+        assert_eq!(
+            ordinary.thread_key(),
+            "kabar:ops:efb0c6c488e007da:2026-11-28T00:52:38Z",
+            "threads of ordinary alerts survive the upgrade"
+        );
     }
 }

@@ -99,12 +99,15 @@ impl EpisodeKey {
         }
     }
 
-    /// The Chat thread key of this episode.
+    /// The Chat thread key of this episode. Bounded in length: a fingerprint past
+    /// [`crate::payload::MAX_FINGERPRINT_BYTES`] is hashed (`Alert::fingerprint` already
+    /// does; a key built by hand gets the same), while ordinary ones, and so the threads
+    /// of ordinary alerts, are exactly as before.
     pub fn thread_key(&self) -> String {
         format!(
             "kabar:{}:{}:{}",
             self.space,
-            self.fingerprint,
+            crate::payload::bounded_fingerprint(&self.fingerprint),
             format_ns(self.starts_at_ns)
         )
     }

@@ -44,9 +44,11 @@ async fn start_logging(max_body_bytes: usize, filter: &str) -> Kabar {
         "max_body_bytes: {max_body_bytes}\ndelivery:\n  allow_any_host: true\n  \
          rate_limit_per_second: 50\n  backoff: {{initial: 50ms, max: 500ms}}\n\
          defaults:\n  format: text\nspaces:\n  ops:\n    webhook_url: \"{}\"\n  \
-         quiet:\n    webhook_url: \"{}\"\n    send_resolved: false\n",
+         quiet:\n    webhook_url: \"{}\"\n    send_resolved: false\n  \
+         cards:\n    webhook_url: \"{}\"\n    format: card\n",
         chat.webhook_url("ops"),
-        chat.webhook_url("quiet")
+        chat.webhook_url("quiet"),
+        chat.webhook_url("cards")
     ));
     let process = KabarProcess::spawn_with_log_filter(
         &config.path,
@@ -194,11 +196,16 @@ fn expected(file: &str) -> (u16, &'static str) {
         "duplicate_receiver_key.json" => (400, "duplicate field"),
         // serde_json reports an out-of-range number as a syntax error, without the field.
         "huge_number.json" => (400, "number out of range"),
-        "negative_truncated.json" => (400, "truncatedAlerts"),
+        "negative_truncated.json" | "long_string_for_number.json" => (400, "truncatedAlerts"),
+        "long_unknown_status.json" => (400, "status"),
+        "long_label_name_is_number.json" => (400, "labels"),
         f if f.starts_with("starts_at_") => (400, "startsAt"),
         other => panic!("corpus file {other} has no expectation: add it to expected()"),
     }
 }
+
+/// No refusal answer is longer than this, whatever the body quoted.
+const MAX_REFUSAL_BYTES: usize = 2048;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corpus_of_malformed_bodies_gets_the_right_4xx_and_a_useful_json_error() {
@@ -217,6 +224,9 @@ async fn corpus_of_malformed_bodies_gets_the_right_4xx_and_a_useful_json_error()
         let (status, needle) = expected(name);
         let problem = if status == 200 {
             (answer.status != 200).then(|| format!("status {}: {}", answer.status, answer.raw))
+        } else if answer.raw.len() > MAX_REFUSAL_BYTES {
+            // A refusal quotes what the sender wrote only in part, however long it is.
+            Some(format!("an answer of {} bytes", answer.raw.len()))
         } else {
             answer.refusal_problem(status, needle)
         };
@@ -231,7 +241,7 @@ async fn corpus_of_malformed_bodies_gets_the_right_4xx_and_a_useful_json_error()
     );
     // What was accepted is deliverable: one message per odd-but-valid alert (the empty
     // alert list makes none), each taken by Chat.
-    let accepted_alerts = 5;
+    let accepted_alerts = 10;
     kabar
         .chat
         .wait_for_messages("ops", accepted_alerts, WAIT)
@@ -686,5 +696,230 @@ async fn line_breaks_in_payload_fields_cannot_forge_log_lines() {
         "a payload value wrote its own log line(s): {forged_lines:?}"
     );
     assert!(logs.contains("FORGED"), "the values were logged, escaped");
+    kabar.finish();
+}
+
+/// Posts `body` and fails if kabar has not answered within `limit`: a request that hangs
+/// kabar fails the test instead of hanging it.
+async fn post_within(kabar: &Kabar, path: &str, body: &[u8], limit: Duration) -> Answer {
+    let response = reqwest::Client::builder()
+        .timeout(limit)
+        .build()
+        .expect("HTTP client")
+        .post(kabar.url(path))
+        .bearer_auth(TEST_TOKEN)
+        .header("content-type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("no answer to POST {path} within {limit:?}: {e}"));
+    Answer::of(response).await
+}
+
+async fn readyz(kabar: &Kabar) -> u16 {
+    client()
+        .get(kabar.url("/readyz"))
+        .send()
+        .await
+        .expect("kabar answers /readyz")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_fingerprint_is_answered_promptly_and_later_requests_still_work() {
+    // A fingerprint tens of kilobytes long once made fitting the message loop forever in
+    // the store's writer: every later request hung, and Alertmanager's retry hung it again.
+    let kabar = start(4 * 1024 * 1024).await;
+    let limit = Duration::from_secs(10);
+    for space in ["ops", "cards"] {
+        let mut long = alert(&format!("LongFingerprint-{space}"));
+        long["fingerprint"] = Value::from("f".repeat(40_000));
+        let body = webhook_to(space, "firing", vec![long]);
+        for attempt in ["first", "retried"] {
+            let answer = post_within(&kabar, "/alerts", &body, limit).await;
+            assert_eq!(answer.status, 200, "{space}, {attempt}: {}", answer.raw);
+        }
+        let next = webhook_to(space, "firing", vec![alert(&format!("AfterIt-{space}"))]);
+        let answer = post_within(&kabar, "/alerts", &next, limit).await;
+        assert_eq!(
+            (answer.status, answer.body["queued"].as_u64()),
+            (200, Some(1)),
+            "{space}: the next request: {}",
+            answer.raw
+        );
+    }
+    assert_eq!(readyz(&kabar).await, 200, "ready");
+    for space in ["ops", "cards"] {
+        let messages = kabar.chat.wait_for_messages(space, 2, WAIT).await;
+        let long = messages
+            .iter()
+            .find(|m| m.body.to_string().contains("LongFingerprint"))
+            .unwrap_or_else(|| panic!("{}", kabar.chat.describe(space)));
+        let key = long.thread_key.as_deref().expect("threaded");
+        assert!(
+            key.len() < 200,
+            "{space}: a thread key of {} bytes",
+            key.len()
+        );
+        assert!(
+            kabar
+                .chat
+                .requests_for(space)
+                .iter()
+                .all(|r| r.status == 200),
+            "{}",
+            kabar.chat.describe(space)
+        );
+    }
+    assert_eq!(
+        kabar.chat.messages("ops").len() + kabar.chat.messages("cards").len(),
+        4,
+        "the retried copy posts nothing new"
+    );
+    kabar.assert_alive().await;
+    kabar.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_4_mib_alert_of_tiny_labels_becomes_a_bounded_card_within_the_memory_bound() {
+    let kabar = start_logging(4 * 1024 * 1024, "debug,handlebars=info").await;
+    // 290k labels of 14 bytes each (`"l000000":"v",`): just under the default 4 MiB limit.
+    let count = 290_000;
+    let mut many = alert("ManyLabels");
+    let labels = many["labels"].as_object_mut().expect("labels");
+    for i in 0..count {
+        labels.insert(format!("l{i:06}"), Value::from("v"));
+    }
+    let body = webhook_to("cards", "firing", vec![many]);
+    assert!(
+        body.len() > 3_900_000 && body.len() < 4 * 1024 * 1024,
+        "{} bytes",
+        body.len()
+    );
+    let before = kabar.take_peak_memory_bytes();
+    let started = std::time::Instant::now();
+    let answer = post_within(&kabar, "/alerts", &body, Duration::from_secs(60)).await;
+    eprintln!(
+        "{count} labels ({} bytes) in card format answered in {:?}",
+        body.len(),
+        started.elapsed()
+    );
+    assert_eq!(
+        (answer.status, answer.body["queued"].as_u64()),
+        (200, Some(1)),
+        "{}",
+        answer.raw
+    );
+    let messages = kabar.chat.wait_for_messages("cards", 1, WAIT).await;
+    let peak = kabar.peak_memory_bytes();
+    eprintln!(
+        "peak resident memory {:.1} MiB (before: {:.1} MiB; bound {} MiB)",
+        peak as f64 / 1048576.0,
+        before as f64 / 1048576.0,
+        MEMORY_BOUND_BYTES >> 20
+    );
+    assert!(
+        peak < MEMORY_BOUND_BYTES,
+        "kabar peaked at {peak} bytes resident, over the {MEMORY_BOUND_BYTES} bound"
+    );
+    let card = &messages[0];
+    assert!(card.body.get("cardsV2").is_some(), "a card: {}", card.body);
+    assert_eq!(card.ignored_widgets, 0, "within Chat's 100 widgets");
+    let more = format!(
+        "Other labels (+{} more)",
+        count - kabar::render::MAX_LABELS_SHOWN
+    );
+    assert!(
+        card.body.to_string().contains(&more),
+        "the card says how many labels it leaves out ({more}): {}",
+        card.body
+    );
+    assert!(
+        kabar
+            .chat
+            .requests_for("cards")
+            .iter()
+            .all(|r| r.status == 200),
+        "{}",
+        kabar.chat.describe("cards")
+    );
+    kabar.assert_alive().await;
+    kabar.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn megabyte_values_in_the_wrong_place_get_short_answers_and_short_log_lines() {
+    let kabar = start(8 * 1024 * 1024).await;
+    let huge = "9".repeat(3_000_000);
+    let valid = || notification("ops", &[("Edge", "firing")]);
+    let mut number_as_string = valid();
+    number_as_string["truncatedAlerts"] = Value::from(huge.clone());
+    let mut status = valid();
+    status["alerts"][0]["status"] = Value::from(huge.clone());
+    let mut label_name = valid();
+    label_name["alerts"][0]["labels"][huge.clone()] = Value::from(1);
+    let unknown_receiver = notification(&huge, &[("Edge", "firing")]);
+    let mut problems = Vec::new();
+    for (case, body, status, needle) in [
+        (
+            "3 MB string for a number",
+            number_as_string,
+            400,
+            "truncatedAlerts",
+        ),
+        ("3 MB alert status", status, 400, "status"),
+        ("3 MB label name, number value", label_name, 400, "labels"),
+        ("3 MB unknown receiver", unknown_receiver, 404, "receiver"),
+    ] {
+        let answer = kabar
+            .post_json(&serde_json::to_vec(&body).expect("json"))
+            .await;
+        if let Some(problem) = answer.refusal_problem(status, needle) {
+            problems.push(format!("{case}: {}", &problem[..problem.len().min(300)]));
+        } else if answer.raw.len() > 2048 {
+            problems.push(format!("{case}: an answer of {} bytes", answer.raw.len()));
+        } else {
+            eprintln!("{case}: {}", answer.body["error"]);
+        }
+    }
+    // Accepted by an explicit space: the receiver and group key are logged, cut.
+    let mut odd_receiver = notification(&huge, &[("HugeReceiver", "firing")]);
+    odd_receiver["groupKey"] = Value::from(huge.clone());
+    let response = client()
+        .post(kabar.url("/alerts/ops"))
+        .bearer_auth(TEST_TOKEN)
+        .json(&odd_receiver)
+        .send()
+        .await
+        .expect("kabar answers");
+    assert_eq!(response.status(), 200);
+    assert!(
+        problems.is_empty(),
+        "wrong answers:\n{}",
+        problems.join("\n")
+    );
+    kabar.chat.wait_for_messages("ops", 1, WAIT).await;
+    kabar
+        .process
+        .wait_for_log("notification accepted", WAIT)
+        .await;
+    let logs = kabar.process.logs();
+    let refused = logs
+        .lines()
+        .filter(|l| l.contains("webhook request refused"))
+        .count();
+    assert_eq!(refused, 4, "each refusal is logged");
+    let longest = logs.lines().map(str::len).max().unwrap_or(0);
+    eprintln!("longest log line: {longest} bytes");
+    assert!(
+        longest < 4096,
+        "a log line of {longest} bytes: {}",
+        logs.lines()
+            .find(|l| l.len() == longest)
+            .map(|l| &l[..300])
+            .unwrap_or("")
+    );
+    kabar.assert_alive().await;
     kabar.finish();
 }

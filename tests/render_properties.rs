@@ -139,6 +139,15 @@ fn assert_inert(body: &Value) {
 }
 
 fn check(format: &str, n: &Notification) {
+    check_with_keys(format, n, |_| "kabar:ops:fp:2026-11-28T00:52:38Z".into());
+}
+
+/// As [`check`], with each message's thread key made by `thread_key` from its first alert.
+fn check_with_keys(
+    format: &str,
+    n: &Notification,
+    thread_key: impl Fn(&kabar::payload::Alert) -> String,
+) {
     let yaml = format!("spaces:\n  ops:\n    dry_run: true\n    format: {format}\n");
     let config = Config::parse(&yaml, Path::new("."), &|_| None).expect("config");
     let renderer = Renderer::new(&config).expect("templates");
@@ -176,7 +185,11 @@ fn check(format: &str, n: &Notification) {
             kind: *kind,
             subject,
             notification: n,
-            thread_key: Some("kabar:ops:fp:2026-11-28T00:52:38Z".into()),
+            thread_key: subject
+                .indexes()
+                .first()
+                .and_then(|i| n.alerts.get(*i))
+                .map(&thread_key),
             now: Timestamp::from_second(1_795_830_000).expect("now"),
         });
         assert!(
@@ -208,5 +221,50 @@ proptest! {
         let n = notification(&alerts);
         check("card", &n);
         check("text", &n);
+    }
+}
+
+/// Shapes far past what a real alert carries, within what a 256 KiB body can hold: a
+/// fingerprint of up to 100 kB (hashed into the thread key), up to 2,000 labels, values
+/// of up to 20 kB.
+fn extreme_alert() -> impl Strategy<Value = (String, usize, usize, String)> {
+    (
+        "[0-9a-f]{1,16}",
+        0usize..100_000,
+        0usize..2_000,
+        proptest::sample::select(HOSTILE).prop_flat_map(|piece| {
+            (0usize..20_000 / piece.len().max(1)).prop_map(move |n| piece.repeat(n))
+        }),
+    )
+        .prop_map(|(fingerprint, length, labels, value)| {
+            let labels = labels.min((1 << 18) / (value.len() + 16));
+            (
+                fingerprint.repeat(length / fingerprint.len() + 1),
+                length,
+                labels,
+                value,
+            )
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    #[test]
+    fn extreme_shapes_render_to_bodies_chat_accepts_with_bounded_thread_keys(
+        (fingerprint, length, label_count, value) in extreme_alert()
+    ) {
+        let labels: Pairs = (0..label_count).map(|i| (format!("l{i:04}"), value.clone())).collect();
+        let annotations: Pairs = vec![("description".into(), value.clone())];
+        let mut n = notification(&[("Extreme".into(), labels, annotations)]);
+        n.alerts[0].fingerprint = fingerprint[..length.min(fingerprint.len())].to_owned();
+        let key = |alert: &kabar::payload::Alert| {
+            let key = kabar::state::EpisodeKey::new("ops", alert).thread_key();
+            let bound = kabar::payload::MAX_FINGERPRINT_BYTES + 50;
+            assert!(key.len() < bound, "a thread key of {} bytes", key.len());
+            key
+        };
+        check_with_keys("card", &n, key);
+        check_with_keys("text", &n, key);
     }
 }

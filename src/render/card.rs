@@ -497,4 +497,45 @@ mod tests {
             Some(CardError::TooLarge)
         );
     }
+
+    fn buttons() -> Value {
+        json!({"buttonList": {"buttons": [{"text": "B", "onClick": {"openLink": {"url": "https://b.example"}}}]}})
+    }
+
+    #[test]
+    fn fitting_ends_when_nothing_more_may_be_shed() {
+        // Button lists are never shed: 150 of them cannot get under 100 widgets.
+        let widgets: Vec<Value> = (0..150).map(|_| buttons()).collect();
+        let cards = parse(&card_with(widgets)).expect("parses");
+        assert_eq!(
+            fit(&cards, "fallback", None, None).err(),
+            Some(CardError::TooLarge)
+        );
+        // Nor can a thread key longer than a body, however much is shed.
+        let widgets: Vec<Value> = (0..500).map(|i| paragraph(&format!("w{i}"))).collect();
+        let cards = parse(&card_with(widgets)).expect("parses");
+        let key = "k".repeat(MAX_BODY_BYTES);
+        assert_eq!(
+            fit(&cards, "fallback", None, Some(&key)).err(),
+            Some(CardError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn a_card_of_20k_widgets_is_shed_in_a_few_rounds() {
+        let widgets: Vec<Value> = (0..20_000)
+            .map(|i| paragraph(&format!("widget {i} {}", "p".repeat(i % 50))))
+            .collect();
+        let cards = parse(&card_with(widgets)).expect("parses");
+        let fitted = fit(&cards, "fallback", None, Some("k")).expect("fits");
+        assert!(fitted.body.len() <= MAX_BODY_BYTES);
+        let body: Value = serde_json::from_str(&fitted.body).expect("json");
+        assert!(total_widgets(&body["cardsV2"][0]) <= MAX_WIDGETS_PER_CARD);
+        assert!(
+            fitted
+                .body
+                .contains(&format!("+{} more not shown", fitted.shed))
+        );
+        assert!(fitted.shed >= 20_000 - MAX_WIDGETS_PER_CARD);
+    }
 }

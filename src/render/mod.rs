@@ -10,6 +10,7 @@ mod context;
 mod escape;
 mod helpers;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,7 +20,10 @@ use jiff::Timestamp;
 use serde_json::{Value, json};
 
 pub use card::{CardError, MAX_CARD_STRING};
-pub use context::LIST_LIMIT;
+pub use context::{
+    LIST_LIMIT, MAX_ANNOTATION_CHARS, MAX_CONTEXT_LABELS, MAX_LABEL_NAME_CHARS,
+    MAX_LABEL_VALUE_CHARS, MAX_LABELS_SHOWN, MAX_URL_CHARS,
+};
 pub use escape::{
     TRUNCATION_MARKER, alerts_link, escape_card, escape_text, fit_text, neutralise_mentions,
     safe_link, silence_link, url_encode, utf16_len,
@@ -27,7 +31,7 @@ pub use escape::{
 pub use helpers::{humanize_seconds, severity_color, severity_icon, title_case};
 
 use crate::config::{Config, Format, Space};
-use crate::payload::Notification;
+use crate::payload::{Notification, elide_middle};
 use crate::state::{MessageKind, Subject};
 
 /// Chat rejects `text` longer than this (counted here in UTF-16 units, which is never
@@ -201,7 +205,7 @@ impl Renderer {
     /// so an alert is never dropped for a template bug. The failures are returned for
     /// logging and counting.
     pub fn render(&self, input: &RenderInput<'_>) -> (RenderedMessage, Vec<RenderFailure>) {
-        let context = context::message_context(input);
+        let (context, capped) = context::message_context(input);
         let (text_name, card_name) = self.names(&input.space.name);
         let mut failures = Vec::new();
         let text = match self.render_text(text_name, &context) {
@@ -212,7 +216,8 @@ impl Renderer {
                     .unwrap_or_else(|_| minimal_text(input))
             }
         };
-        let text_message = finish_text(input, &text);
+        let mut text_message = finish_text(input, &text);
+        text_message.truncated |= capped;
         if input.space.options.format == Format::Text {
             let fell_back = !failures.is_empty();
             return (
@@ -253,10 +258,11 @@ impl Renderer {
     /// Renders the space's own templates strictly, for `kabar check`: any failure is an
     /// error, none falls back.
     pub fn render_strict(&self, input: &RenderInput<'_>) -> Result<RenderedMessage, RenderFailure> {
-        let context = context::message_context(input);
+        let (context, capped) = context::message_context(input);
         let (text_name, card_name) = self.names(&input.space.name);
         let text = self.render_text(text_name, &context)?;
-        let text_message = finish_text(input, &text);
+        let mut text_message = finish_text(input, &text);
+        text_message.truncated |= capped;
         if input.space.options.format == Format::Text {
             return Ok(text_message);
         }
@@ -319,8 +325,13 @@ impl Renderer {
     }
 }
 
+/// A template error's reason is cut to about this many characters: a helper's reason can
+/// quote the alert value it choked on (`date` names the text that is no time), and these
+/// messages go to logs and `kabar check` output.
+const MAX_TEMPLATE_ERROR_CHARS: usize = 300;
+
 fn template_error_message(e: &handlebars::TemplateError) -> String {
-    let reason = e.reason().to_string();
+    let reason = elide_middle(&e.reason().to_string(), MAX_TEMPLATE_ERROR_CHARS).into_owned();
     match e.pos() {
         Some((line, column)) => format!("line {line}, column {column}: {reason}"),
         None => reason,
@@ -328,7 +339,7 @@ fn template_error_message(e: &handlebars::TemplateError) -> String {
 }
 
 fn render_error_message(e: &RenderError) -> String {
-    let mut message = e.reason().to_string();
+    let mut message = elide_middle(&e.reason().to_string(), MAX_TEMPLATE_ERROR_CHARS).into_owned();
     if let Some(line) = e.line_no {
         message = format!(
             "line {line}, column {}: {message}",
@@ -375,23 +386,58 @@ fn finish_text(input: &RenderInput<'_>, text: &str) -> RenderedMessage {
         Some(pings) => format!("{pings}\n{text}"),
         None => text.to_owned(),
     };
-    let (mut text, mut truncated) = fit_text(&text, MAX_TEXT_CHARS);
+    let (text, cut) = fit_text(&text, MAX_TEXT_CHARS);
+    let thread_key = input.thread_key.as_deref();
+    if let Some((body, shrunk)) = fit_body(&text, thread_key) {
+        return RenderedMessage {
+            body,
+            fallback_body: None,
+            thread_key: input.thread_key.clone(),
+            truncated: cut || shrunk,
+            fell_back: false,
+        };
+    }
+    // The thread key alone leaves no room for any text. Keys kabar derives are short (long
+    // fingerprints are hashed), so this is a last resort: the alert is still posted,
+    // top-level, rather than as a body Chat refuses.
+    let body = fit_body(&text, None).map_or_else(
+        || build_text_body(TRUNCATION_MARKER.trim(), None),
+        |(body, _)| body,
+    );
+    RenderedMessage {
+        body,
+        fallback_body: None,
+        thread_key: None,
+        truncated: true,
+        fell_back: false,
+    }
+}
+
+/// The text body of `text` within [`MAX_BODY_BYTES`], and whether the text had to be cut
+/// for it; None if not even the shortest text fits beside `thread_key`.
+fn fit_body(text: &str, thread_key: Option<&str>) -> Option<(String, bool)> {
+    // The shortest text still worth sending: the marker and one character.
+    let shortest = utf16_len(TRUNCATION_MARKER) + 1;
+    let mut text = Cow::Borrowed(text);
+    let mut cut = false;
     loop {
-        let body = build_text_body(&text, input.thread_key.as_deref());
+        let body = build_text_body(&text, thread_key);
         if body.len() <= MAX_BODY_BYTES {
-            return RenderedMessage {
-                body,
-                fallback_body: None,
-                thread_key: input.thread_key.clone(),
-                truncated,
-                fell_back: false,
-            };
+            return Some((body, cut));
         }
         // JSON escaping made the body too large: cut the text by the excess and retry.
+        // Every round makes the text strictly shorter (`keep` is below its length), so
+        // the loop ends whatever the input.
+        let length = utf16_len(&text);
+        if length <= shortest {
+            return None;
+        }
         let excess = body.len() - MAX_BODY_BYTES;
-        let keep = utf16_len(&text).saturating_sub(excess + TRUNCATION_MARKER.len());
-        (text, _) = fit_text(&text, keep.max(TRUNCATION_MARKER.len() + 1));
-        truncated = true;
+        let keep = length
+            .saturating_sub(excess + TRUNCATION_MARKER.len())
+            .clamp(shortest, length - 1);
+        text = Cow::Owned(fit_text(&text, keep).0);
+        cut = true;
     }
 }
 
@@ -576,6 +622,21 @@ mod tests {
         let failure = failures.first().expect("failure reported").to_string();
         assert!(failure.contains("truncate"), "{failure}");
         assert!(renderer.render_strict(&input).is_err());
+    }
+
+    #[test]
+    fn a_failing_helper_quotes_the_value_only_in_part() {
+        let (_dir, c) = with_template("{{date alert.annotations.description}}\n");
+        let mut n = fixture("firing.json");
+        n.alerts[0]
+            .annotations
+            .insert("description".into(), "not a time ".repeat(100_000));
+        let renderer = Renderer::new(&c).expect("compiles");
+        let (message, failures) = renderer.render(&input(&c, MessageKind::Firing, &n));
+        assert!(message.fell_back);
+        let failure = failures.first().expect("reported").to_string();
+        assert!(failure.len() < 600, "{} bytes: {failure}", failure.len());
+        assert!(failure.contains("date: \"not a time"), "{failure}");
     }
 
     #[test]
@@ -946,10 +1007,11 @@ mod tests {
     #[test]
     fn a_card_with_many_labels_sheds_widgets_and_stays_within_limits() {
         let mut n = fixture("firing.json");
-        for i in 0..300 {
+        // Long enough that the labels shown pass the body limit.
+        for i in 0..60 {
             n.alerts[0]
                 .labels
-                .insert(format!("label{i:03}"), "v".repeat(100));
+                .insert(format!("label{i:03}"), "é".repeat(1_000));
         }
         let message = render(&card_config(""), MessageKind::Firing, &n);
         assert!(message.truncated);
@@ -963,7 +1025,251 @@ mod tests {
             .sum();
         assert!(widgets <= MAX_WIDGETS_PER_CARD, "{widgets}");
         assert!(message.body.contains("more not shown"));
-        // The silence link with 300 matchers would pass the URL limit, so it is left out.
+        // The silence link with 60 long matchers would pass the URL limit, so it is left out.
         assert_eq!(buttons(&body), ["Source"], "buttons survive shedding");
+    }
+
+    /// Runs `f` on a thread of its own and fails the test if it has not finished within
+    /// 10 s: a shrinking loop that never ends fails instead of hanging the suite. A safety
+    /// bound, not a timing: each case takes well under a second.
+    fn within_10s<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (done, result) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(f());
+        });
+        match result.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(value) => value,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("{what} did not finish within 10 s")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("{what} panicked"),
+        }
+    }
+
+    /// Renders alert 0 of `n` as `kind` in both formats with `thread_key`, on a guarded
+    /// thread; checks every body fits Chat's limits and says something, and that the
+    /// built-in templates did not fail.
+    fn render_both_guarded(
+        what: &str,
+        n: Notification,
+        kind: MessageKind,
+        thread_key: Option<String>,
+    ) -> Vec<RenderedMessage> {
+        render_both_guarded_with_failures(what, n, kind, thread_key)
+            .into_iter()
+            .map(|(message, failures)| {
+                assert!(failures.is_empty(), "{failures:?}");
+                message
+            })
+            .collect()
+    }
+
+    fn render_both_guarded_with_failures(
+        what: &str,
+        n: Notification,
+        kind: MessageKind,
+        thread_key: Option<String>,
+    ) -> Vec<(RenderedMessage, Vec<RenderFailure>)> {
+        within_10s(what, move || {
+            [config(""), card_config("")]
+                .iter()
+                .map(|c| {
+                    let renderer = Renderer::new(c).expect("compiles");
+                    let mut input = input(c, kind, &n);
+                    input.thread_key = thread_key.clone();
+                    let (message, failures) = renderer.render(&input);
+                    for body in std::iter::once(&message.body).chain(&message.fallback_body) {
+                        assert!(body.len() <= MAX_BODY_BYTES, "{} bytes", body.len());
+                        let value: Value = serde_json::from_str(body).expect("JSON");
+                        assert!(
+                            value.get("cardsV2").is_some()
+                                || !value["text"].as_str().unwrap_or("").trim().is_empty(),
+                            "an empty message"
+                        );
+                    }
+                    (message, failures)
+                })
+                .collect()
+        })
+    }
+
+    #[test]
+    fn a_thread_key_too_long_for_any_body_cannot_hang_fitting() {
+        // No key kabar derives is this long; one that is must still end in a message.
+        let key = "k".repeat(40_000);
+        let messages = render_both_guarded_with_failures(
+            "rendering with a 40 kB thread key",
+            fixture("firing.json"),
+            MessageKind::Firing,
+            Some(key),
+        );
+        for (message, failures) in messages {
+            // The card cannot hold the key either: it is refused, and text it is.
+            assert!(
+                failures.iter().all(|f| matches!(
+                    f,
+                    RenderFailure::Card {
+                        source: CardError::TooLarge,
+                        ..
+                    }
+                )),
+                "{failures:?}"
+            );
+            assert_eq!(message.thread_key, None, "posted top-level instead");
+            assert!(message.truncated);
+            assert!(message.body.contains("DiskFull"), "{}", message.body);
+        }
+    }
+
+    #[test]
+    fn a_long_fingerprint_gets_a_short_thread_key_and_renders_promptly() {
+        let mut n = fixture("firing.json");
+        n.alerts[0].fingerprint = "f".repeat(50_000);
+        let key = crate::state::EpisodeKey::new("ops", &n.alerts[0]).thread_key();
+        assert!(key.len() < 200, "thread key of {} bytes", key.len());
+        let messages = render_both_guarded(
+            "rendering an alert with a 50 kB fingerprint",
+            n,
+            MessageKind::Firing,
+            Some(key.clone()),
+        );
+        for message in messages {
+            assert_eq!(
+                message.thread_key.as_deref(),
+                Some(key.as_str()),
+                "threaded"
+            );
+            let body = body_of(&message);
+            assert_eq!(body["thread"]["threadKey"], key.as_str());
+            assert!(message.body.contains("DiskFull"));
+        }
+    }
+
+    /// Labels of alert 0 that the built-in templates list among its other labels.
+    fn other_label_count(n: &Notification) -> usize {
+        n.alerts[0]
+            .labels
+            .keys()
+            .filter(|k| *k != "alertname" && *k != "severity")
+            .count()
+    }
+
+    #[test]
+    fn an_alert_with_100k_labels_is_shown_bounded_with_a_more_count() {
+        let mut n = fixture("firing.json");
+        for i in 0..100_000 {
+            n.alerts[0].labels.insert(format!("l{i:06}"), "v".into());
+        }
+        let more = other_label_count(&n) - MAX_LABELS_SHOWN;
+        let messages = render_both_guarded(
+            "rendering 100k labels",
+            n,
+            MessageKind::Firing,
+            Some("kabar:ops:x".into()),
+        );
+        let [text, card] = &messages[..] else {
+            panic!("two formats")
+        };
+        assert!(text.truncated && card.truncated, "cut labels count as cut");
+        let text = text_of(text);
+        assert!(text.contains(&format!(" · +{more} more")), "{text}");
+        assert!(
+            text.contains("l000000 v") && !text.contains("l000100"),
+            "{text}"
+        );
+        let body = body_of(card);
+        let sections = body["cardsV2"][0]["card"]["sections"]
+            .as_array()
+            .expect("sections");
+        let widgets: usize = sections
+            .iter()
+            .map(|s| s["widgets"].as_array().map_or(0, Vec::len))
+            .sum();
+        assert!(widgets <= MAX_WIDGETS_PER_CARD, "{widgets}");
+        assert!(
+            sections
+                .iter()
+                .any(|s| s["header"] == format!("Other labels (+{more} more)").as_str()),
+            "{body}"
+        );
+        assert!(!card.body.contains("more not shown"), "no shedding needed");
+    }
+
+    #[test]
+    fn a_few_labels_show_no_more_count() {
+        let n = fixture("firing.json");
+        let text = text_of(&render(&config(""), MessageKind::Firing, &n));
+        assert!(!text.contains(" more"), "{text}");
+        let card = render(&card_config(""), MessageKind::Firing, &n);
+        assert!(!card.truncated);
+        assert!(!card.body.contains(" more"), "{}", card.body);
+    }
+
+    #[test]
+    fn megabyte_values_and_urls_render_promptly_within_limits() {
+        let mut n = fixture("firing.json");
+        n.external_url = format!("http://am.example/{}", "u".repeat(3_000_000));
+        n.group_key = "g".repeat(1_000_000);
+        n.receiver = "r".repeat(1_000_000);
+        let alert = &mut n.alerts[0];
+        alert.generator_url = format!("http://prom.example/{}", "g".repeat(3_000_000));
+        alert
+            .labels
+            .insert("alertname".into(), "N".repeat(2_000_000));
+        alert
+            .labels
+            .insert("n".repeat(1_000_000), "long name".into());
+        alert
+            .annotations
+            .insert("description".into(), "<b>&".repeat(1_000_000));
+        for i in 0..50_000 {
+            alert.annotations.insert(format!("a{i}"), "x".into());
+        }
+        for i in 0..50_000 {
+            n.group_labels.insert(format!("g{i}"), "y".into());
+            n.common_labels.insert(format!("c{i}"), "z".into());
+        }
+        for kind in [
+            MessageKind::Firing,
+            MessageKind::Resolved,
+            MessageKind::Reminder,
+        ] {
+            let messages = render_both_guarded(
+                "rendering megabyte values",
+                n.clone(),
+                kind,
+                Some("kabar:ops:x".into()),
+            );
+            assert!(messages.iter().all(|m| m.truncated), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn a_group_of_alerts_each_with_many_labels_renders_promptly() {
+        let mut n = fixture("firing.json");
+        let mut alert = n.alerts[0].clone();
+        for i in 0..5_000 {
+            alert.labels.insert(format!("l{i:05}"), "v".repeat(20));
+        }
+        n.alerts = (0..40)
+            .map(|i| {
+                let mut a = alert.clone();
+                a.labels.insert("instance".into(), format!("db{i}:9100"));
+                a
+            })
+            .collect();
+        let subject = Subject::Alerts(crate::state::AlertSet {
+            firing: (0..40).collect(),
+            ..Default::default()
+        });
+        within_10s("rendering 40 alerts of 5k labels", move || {
+            for c in [config(""), card_config("")] {
+                for kind in [MessageKind::Group, MessageKind::Digest] {
+                    let message = render_about(&c, kind, &subject, &n);
+                    assert!(message.body.len() <= MAX_BODY_BYTES);
+                    assert!(message.body.contains("+20 more"), "{}", message.body);
+                }
+            }
+        });
     }
 }
