@@ -13,10 +13,9 @@ use base64::Engine;
 use jiff::Timestamp;
 use serde_json::json;
 use subtle::ConstantTimeEq;
-use tracing::{info, warn};
 
 use crate::config::{Auth, Space};
-use crate::metrics::RejectReason;
+use crate::metrics::{AcceptedNotification, RejectReason};
 use crate::outbox::{self, NewMessage, SqlEpisodes, StoreError};
 use crate::payload::{Notification, PayloadError, elide_middle};
 use crate::render::RenderInput;
@@ -269,18 +268,14 @@ fn respond(app: &AppState, result: Result<Accepted, ApiError>) -> Response {
         Ok(accepted) => Json(json!({"queued": accepted.queued, "suppressed": accepted.suppressed}))
             .into_response(),
         Err(error) => {
-            if let Some(reason) = error.reject_reason() {
-                app.shared.metrics.reject(reason);
-            }
+            let metrics = &app.shared.metrics;
             match &error {
-                ApiError::StoreUnavailable(source) => {
-                    warn!(error = %source, "notification refused: the store cannot take the write")
-                }
-                other => {
-                    // Debug-quoted: the message can carry payload text (serde names an unknown
-                    // value verbatim), whose line breaks must not start log lines of their own.
-                    info!(status = other.status().as_u16(), error = ?other.message(), "webhook request refused")
-                }
+                ApiError::StoreUnavailable(source) => metrics.store_refused_notification(source),
+                other => metrics.request_rejected(
+                    other.reject_reason(),
+                    other.status().as_u16(),
+                    &other.message(),
+                ),
             }
             error.into_response()
         }
@@ -353,40 +348,22 @@ async fn accept(
         queued: 0,
         suppressed: 0,
     };
+    let alert_statuses: Vec<&str> = notification
+        .alerts
+        .iter()
+        .map(|alert| alert.status.as_str())
+        .collect();
     for outcome in &outcomes {
         let space = outcome.space.as_str();
-        metrics
-            .notifications_received
-            .with_label_values(&[space])
-            .inc();
-        for alert in &notification.alerts {
-            metrics
-                .alerts_received
-                .with_label_values(&[space, alert.status.as_str()])
-                .inc();
-        }
-        for reason in &outcome.suppressed {
-            metrics
-                .alerts_suppressed
-                .with_label_values(&[space, reason.as_str()])
-                .inc();
-        }
-        for kind in &outcome.queued {
-            metrics
-                .messages_queued
-                .with_label_values(&[space, kind.as_str()])
-                .inc();
-        }
-        if outcome.truncated > 0 {
-            metrics
-                .messages_truncated
-                .with_label_values(&[space])
-                .inc_by(outcome.truncated);
-        }
+        metrics.space_notified(
+            space,
+            &alert_statuses,
+            &outcome.suppressed,
+            &outcome.queued,
+            outcome.truncated,
+        );
         for failure in &outcome.template_failures {
-            metrics.template_fallbacks.with_label_values(&[space]).inc();
-            // Debug-quoted: a template error may quote alert data.
-            warn!(space, error = ?failure.to_string(), "template failed; the built-in template was used");
+            metrics.template_fallback(space, failure);
         }
         accepted.queued += outcome.queued.len();
         accepted.suppressed += outcome.suppressed.len();
@@ -394,17 +371,15 @@ async fn accept(
             app.delivery.wake(space);
         }
     }
-    info!(
-        // Debug-quoted: both come from the payload and may hold line breaks; cut, as they
-        // may be megabytes long.
-        receiver = ?elide_middle(&notification.receiver, MAX_LOGGED_VALUE_CHARS),
-        group_key = ?elide_middle(&notification.group_key, MAX_LOGGED_VALUE_CHARS),
-        spaces = %spaces.join(","),
-        alerts = notification.alerts.len(),
-        queued = accepted.queued,
-        suppressed = accepted.suppressed,
-        "notification accepted"
-    );
+    // Both come from the payload and may be megabytes long: the log line quotes them cut.
+    metrics.notification_accepted(&AcceptedNotification {
+        receiver: &elide_middle(&notification.receiver, MAX_LOGGED_VALUE_CHARS),
+        group_key: &elide_middle(&notification.group_key, MAX_LOGGED_VALUE_CHARS),
+        spaces: &spaces.join(","),
+        alerts: notification.alerts.len(),
+        queued: accepted.queued,
+        suppressed: accepted.suppressed,
+    });
     Ok(accepted)
 }
 

@@ -33,7 +33,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::{debug, info, warn};
 
 use crate::config;
-use crate::metrics::{Metrics, RejectReason};
+use crate::metrics::Metrics;
 
 /// Seconds an overloaded kabar asks the client to wait.
 const OVERLOADED_RETRY_AFTER: &str = "5";
@@ -69,11 +69,7 @@ pub async fn guard_webhook(
     next: Next,
 ) -> Response {
     let Ok(_permit) = Arc::clone(&guard.permits).try_acquire_owned() else {
-        guard.metrics.reject(RejectReason::Overloaded);
-        warn!(
-            limit = guard.limit,
-            "webhook request refused: server.max_concurrent_requests are in progress"
-        );
+        guard.metrics.overloaded(guard.limit);
         return overloaded(guard.limit);
     };
     let deadline = Instant::now() + guard.read_timeout;

@@ -1,12 +1,21 @@
-//! kabar's own metrics, modelled on Alertmanager's notifier metrics. Labels are bounded:
-//! space names from config and small fixed enums; never a URL, fingerprint or alert name.
+//! kabar's own metrics, modelled on Alertmanager's notifier metrics, recorded as events:
+//! each thing that happens is one method that counts it and writes its log line together.
+//! Labels are bounded (space names from config and small fixed enums; never a URL,
+//! fingerprint or alert name) and alert data is logged Debug-quoted only. It must not
+//! decide anything: callers say what happened, this records it.
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
 
+use std::fmt::Display;
+use std::time::Duration;
+
+use tracing::{debug, error, info, warn};
+
 use crate::chat::FailureClass;
+use crate::delivery::DeadLetterReason;
 use crate::state::{MessageKind, SuppressReason};
 
 /// Why an HTTP request was refused.
@@ -49,52 +58,28 @@ impl RejectReason {
     }
 }
 
-/// Why a message was dead-lettered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeadLetterReason {
-    ClientError,
-    AuthError,
-    Expired,
-}
-
-impl DeadLetterReason {
-    pub const ALL: [DeadLetterReason; 3] = [
-        DeadLetterReason::ClientError,
-        DeadLetterReason::AuthError,
-        DeadLetterReason::Expired,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeadLetterReason::ClientError => "clientError",
-            DeadLetterReason::AuthError => "authError",
-            DeadLetterReason::Expired => "expired",
-        }
-    }
-}
-
 pub struct Metrics {
     registry: Registry,
-    pub notifications_received: IntCounterVec,
-    pub requests_rejected: IntCounterVec,
-    pub alerts_received: IntCounterVec,
-    pub alerts_suppressed: IntCounterVec,
-    pub messages_queued: IntCounterVec,
-    pub messages_sent: IntCounterVec,
-    pub messages_failed: IntCounterVec,
-    pub messages_dead_lettered: IntCounterVec,
-    pub chat_request_duration: HistogramVec,
-    pub delivery_latency: HistogramVec,
-    pub outbox_messages: IntGaugeVec,
-    pub outbox_oldest_age: GaugeVec,
-    pub dead_letters: IntGaugeVec,
-    pub template_fallbacks: IntCounterVec,
-    pub messages_truncated: IntCounterVec,
-    pub config_last_reload_successful: IntGauge,
-    pub config_last_reload_success_timestamp: Gauge,
+    notifications_received: IntCounterVec,
+    requests_rejected: IntCounterVec,
+    alerts_received: IntCounterVec,
+    alerts_suppressed: IntCounterVec,
+    messages_queued: IntCounterVec,
+    messages_sent: IntCounterVec,
+    messages_failed: IntCounterVec,
+    messages_dead_lettered: IntCounterVec,
+    chat_request_duration: HistogramVec,
+    delivery_latency: HistogramVec,
+    outbox_messages: IntGaugeVec,
+    outbox_oldest_age: GaugeVec,
+    dead_letters: IntGaugeVec,
+    template_fallbacks: IntCounterVec,
+    messages_truncated: IntCounterVec,
+    config_last_reload_successful: IntGauge,
+    config_last_reload_success_timestamp: Gauge,
     /// 1 while the store takes writes; 0 after a failed commit or probe. Scraped from the
     /// pod, it keeps saying 0 while /readyz has taken the pod out of the Service.
-    pub store_writable: IntGauge,
+    store_writable: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -332,7 +317,7 @@ impl Metrics {
         }
     }
 
-    pub fn reject(&self, reason: RejectReason) {
+    fn reject(&self, reason: RejectReason) {
         self.requests_rejected
             .with_label_values(&[reason.as_str()])
             .inc();
@@ -346,6 +331,244 @@ impl Metrics {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+// The events. Each log line keeps the target of the module it was written from before
+// these methods existed, so RUST_LOG filters such as kabar::delivery=debug still apply.
+// Every value that can carry alert data or Chat's answer is Debug-quoted (`?`): its line
+// breaks and escapes print as escapes, so no part of it can pass for a log line.
+
+/// The HTTP edge: notifications accepted and requests refused.
+impl Metrics {
+    /// A webhook request was refused; `reason` is None for requests that are not webhook
+    /// deliveries (an unknown path, say), which no counter tracks.
+    pub fn request_rejected(&self, reason: Option<RejectReason>, status: u16, error: &str) {
+        if let Some(reason) = reason {
+            self.reject(reason);
+        }
+        // Debug-quoted: the message can carry payload text (serde names an unknown
+        // value verbatim), whose line breaks must not start log lines of their own.
+        info!(target: "kabar::ingest", status, error = ?error, "webhook request refused");
+    }
+
+    /// A notification was refused because the store could not commit it.
+    pub fn store_refused_notification(&self, error: &dyn Display) {
+        self.reject(RejectReason::StoreUnavailable);
+        warn!(target: "kabar::ingest", error = %error, "notification refused: the store cannot take the write");
+    }
+
+    /// A webhook request found `server.max_concurrent_requests` already in progress.
+    pub fn overloaded(&self, limit: usize) {
+        self.reject(RejectReason::Overloaded);
+        warn!(
+            target: "kabar::listener",
+            limit,
+            "webhook request refused: server.max_concurrent_requests are in progress"
+        );
+    }
+
+    /// What an accepted notification did in one of its spaces: the alerts it carried, the
+    /// ones that needed no message, the messages queued and how many were cut to fit.
+    pub fn space_notified(
+        &self,
+        space: &str,
+        alert_statuses: &[&str],
+        suppressed: &[SuppressReason],
+        queued: &[MessageKind],
+        truncated: u64,
+    ) {
+        self.notifications_received
+            .with_label_values(&[space])
+            .inc();
+        for status in alert_statuses {
+            self.alerts_received
+                .with_label_values(&[space, status])
+                .inc();
+        }
+        for reason in suppressed {
+            self.alerts_suppressed
+                .with_label_values(&[space, reason.as_str()])
+                .inc();
+        }
+        for kind in queued {
+            self.messages_queued
+                .with_label_values(&[space, kind.as_str()])
+                .inc();
+        }
+        if truncated > 0 {
+            self.messages_truncated
+                .with_label_values(&[space])
+                .inc_by(truncated);
+        }
+    }
+
+    /// A space's template failed and the built-in template rendered the message.
+    pub fn template_fallback(&self, space: &str, error: &str) {
+        self.template_fallbacks.with_label_values(&[space]).inc();
+        // Debug-quoted: a template error may quote alert data.
+        warn!(target: "kabar::ingest", space, error = ?error, "template failed; the built-in template was used");
+    }
+
+    /// A notification was committed; its per-space counts went to `space_notified`.
+    pub fn notification_accepted(&self, accepted: &AcceptedNotification<'_>) {
+        info!(
+            target: "kabar::ingest",
+            // Debug-quoted: both come from the payload and may hold line breaks.
+            receiver = ?accepted.receiver,
+            group_key = ?accepted.group_key,
+            spaces = %accepted.spaces,
+            alerts = accepted.alerts,
+            queued = accepted.queued,
+            suppressed = accepted.suppressed,
+            "notification accepted"
+        );
+    }
+}
+
+/// What the log line of an accepted notification says.
+#[derive(Debug)]
+pub struct AcceptedNotification<'a> {
+    pub receiver: &'a str,
+    pub group_key: &'a str,
+    /// The spaces it was routed to, comma-separated.
+    pub spaces: &'a str,
+    pub alerts: usize,
+    pub queued: usize,
+    pub suppressed: usize,
+}
+
+/// The senders: what Chat made of each message.
+impl Metrics {
+    /// Chat answered a request (whatever it said) after `elapsed`.
+    pub fn chat_answered(&self, space: &str, elapsed: Duration) {
+        self.chat_request_duration
+            .with_label_values(&[space])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Chat accepted message `id`, `latency` after its notification arrived.
+    pub fn delivered(
+        &self,
+        space: &str,
+        id: i64,
+        kind: &str,
+        thread: Option<&str>,
+        latency: Duration,
+    ) {
+        self.messages_sent.with_label_values(&[space]).inc();
+        self.delivery_latency
+            .with_label_values(&[space])
+            .observe(latency.as_secs_f64());
+        debug!(
+            target: "kabar::delivery",
+            space = %space,
+            id,
+            kind = %kind,
+            thread = thread.unwrap_or("(none)"),
+            "delivered"
+        );
+    }
+
+    /// A dry-run space printed a message (it counts as sent).
+    pub fn dry_run_delivered(&self, space: &str) {
+        self.messages_sent.with_label_values(&[space]).inc();
+    }
+
+    /// Chat refused a card as invalid; its text version goes next.
+    pub fn card_refused(&self, space: &str, id: i64, class: FailureClass, detail: &str) {
+        self.messages_failed
+            .with_label_values(&[space, class.as_str()])
+            .inc();
+        warn!(
+            target: "kabar::delivery",
+            space = %space,
+            id,
+            error = ?detail,
+            "Chat refused the card; sending the message as text instead"
+        );
+    }
+
+    /// An attempt failed in a way a later one may not: the message waits and goes again.
+    pub fn retry_scheduled(&self, space: &str, id: i64, class: FailureClass, detail: &str) {
+        self.messages_failed
+            .with_label_values(&[space, class.as_str()])
+            .inc();
+        warn!(
+            target: "kabar::delivery",
+            space = %space,
+            id,
+            reason = class.as_str(),
+            error = ?detail,
+            "delivery failed; will retry"
+        );
+    }
+
+    /// Chat refused a message for good; `dead_lettered` follows once the store moved it.
+    pub fn refused_for_good(&self, space: &str, class: FailureClass) {
+        self.messages_failed
+            .with_label_values(&[space, class.as_str()])
+            .inc();
+    }
+
+    /// A message moved to the dead letters, as row `dead_letter_id` there.
+    pub fn dead_lettered(
+        &self,
+        space: &str,
+        dead_letter_id: Option<i64>,
+        reason: DeadLetterReason,
+        detail: &str,
+    ) {
+        warn!(
+            target: "kabar::delivery",
+            space = %space,
+            id = dead_letter_id.unwrap_or(0),
+            reason = reason.as_str(),
+            error = ?detail,
+            "message dead-lettered (see kabar dead-letters list --id); the space moves on"
+        );
+        self.messages_dead_lettered
+            .with_label_values(&[space, reason.as_str()])
+            .inc();
+    }
+}
+
+/// The service: configuration loads and what the store holds.
+impl Metrics {
+    /// The configuration kabar started with loaded.
+    pub fn config_loaded(&self) {
+        self.config_last_reload_successful.set(1);
+        self.config_last_reload_success_timestamp
+            .set(crate::outbox::now_ms() as f64 / 1000.0);
+    }
+
+    /// A reload failed; the previous configuration stays.
+    pub fn reload_failed(&self, error: &dyn Display) {
+        self.config_last_reload_successful.set(0);
+        error!(target: "kabar::server", error = %error, "configuration reload failed; the previous configuration stays in effect");
+    }
+
+    /// A reload put a new configuration in effect, with these (comma-separated) spaces.
+    pub fn reloaded(&self, spaces: &str) {
+        self.config_loaded();
+        info!(target: "kabar::server", spaces = %spaces, "configuration reloaded");
+    }
+
+    /// Whether the store's last write (a commit or the /readyz probe) succeeded.
+    pub fn store_writability(&self, writable: bool) {
+        self.store_writable.set(i64::from(writable));
+    }
+
+    /// A space's queue as the store reports it at scrape time: messages waiting, the age
+    /// of the oldest (0 when none) and dead letters held.
+    pub fn queue_depth(&self, space: &str, messages: i64, oldest_age: Duration, dead: i64) {
+        self.outbox_messages
+            .with_label_values(&[space])
+            .set(messages);
+        self.outbox_oldest_age
+            .with_label_values(&[space])
+            .set(oldest_age.as_secs_f64());
+        self.dead_letters.with_label_values(&[space]).set(dead);
     }
 }
 
@@ -391,5 +614,202 @@ mod tests {
         assert!(text.contains("\nkabar_store_writable 1\n"), "{text}");
         metrics.remove_space("ops");
         assert!(!metrics.encode().contains("space=\"ops\""));
+    }
+
+    /// Runs `emit` with a subscriber that writes every event (debug and up) as text to a
+    /// buffer, and returns that text.
+    fn logged(emit: impl FnOnce()) -> String {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                if let Ok(mut buffer) = self.0.lock() {
+                    buffer.extend_from_slice(bytes);
+                }
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, emit);
+        let bytes = buffer.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Chat's answers and template errors carry alert data: a line break in one may not
+    /// start a log line of its own.
+    const FORGING: &str = "boom\n2026-12-01T00:00:00Z  WARN kabar::delivery: FORGED";
+
+    fn assert_one_line(log: &str, target: &str, message: &str) {
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 1, "one event, one line: {log}");
+        assert!(lines[0].contains(target), "{log}");
+        assert!(lines[0].contains(message), "{log}");
+        assert!(
+            !log.contains("\nFORGED") && !log.contains("\n2026"),
+            "{log}"
+        );
+    }
+
+    #[test]
+    fn each_delivery_event_counts_and_logs_in_one_call() {
+        let metrics = Metrics::new("1", "r");
+        metrics.init_space("ops");
+
+        let log = logged(|| metrics.card_refused("ops", 7, FailureClass::ClientError, FORGING));
+        assert_one_line(
+            &log,
+            "kabar::delivery",
+            "Chat refused the card; sending the message as text instead",
+        );
+        assert!(
+            log.contains("id=7") && log.contains(r#"error="boom\n2026"#),
+            "{log}"
+        );
+
+        let log = logged(|| metrics.retry_scheduled("ops", 8, FailureClass::RateLimited, FORGING));
+        assert_one_line(&log, "kabar::delivery", "delivery failed; will retry");
+        assert!(
+            log.contains("reason=\"rateLimited\"") || log.contains("reason=rateLimited"),
+            "{log}"
+        );
+
+        let log =
+            logged(|| metrics.dead_lettered("ops", Some(3), DeadLetterReason::AuthError, FORGING));
+        assert_one_line(
+            &log,
+            "kabar::delivery",
+            "message dead-lettered (see kabar dead-letters list --id); the space moves on",
+        );
+        assert!(log.contains("id=3"), "{log}");
+
+        let log =
+            logged(|| metrics.delivered("ops", 9, "firing", None, Duration::from_millis(1500)));
+        assert_one_line(&log, "kabar::delivery", "delivered");
+        assert!(
+            log.contains("thread=\"(none)\"") || log.contains("thread=(none)"),
+            "{log}"
+        );
+
+        // Events without a line of their own log nothing.
+        let quiet = logged(|| {
+            metrics.chat_answered("ops", Duration::from_millis(20));
+            metrics.refused_for_good("ops", FailureClass::AuthError);
+            metrics.dry_run_delivered("ops");
+        });
+        assert_eq!(quiet, "");
+
+        let text = metrics.encode();
+        for series in [
+            "kabar_messages_failed_total{reason=\"clientError\",space=\"ops\"} 1",
+            "kabar_messages_failed_total{reason=\"rateLimited\",space=\"ops\"} 1",
+            "kabar_messages_failed_total{reason=\"authError\",space=\"ops\"} 1",
+            "kabar_messages_dead_lettered_total{reason=\"authError\",space=\"ops\"} 1",
+            "kabar_messages_sent_total{space=\"ops\"} 2",
+            "kabar_delivery_latency_seconds_sum{space=\"ops\"} 1.5",
+            "kabar_chat_request_duration_seconds_count{space=\"ops\"} 1",
+        ] {
+            assert!(text.contains(series), "{series} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn each_edge_and_service_event_counts_and_logs_in_one_call() {
+        let metrics = Metrics::new("1", "r");
+        metrics.init_space("ops");
+        metrics.init_reject_reasons();
+
+        let log = logged(|| metrics.request_rejected(Some(RejectReason::BadRequest), 400, FORGING));
+        assert_one_line(&log, "kabar::ingest", "webhook request refused");
+        let log = logged(|| metrics.request_rejected(None, 404, "no such path"));
+        assert_one_line(&log, "kabar::ingest", "webhook request refused");
+        let log = logged(|| metrics.store_refused_notification(&"disk full"));
+        assert_one_line(
+            &log,
+            "kabar::ingest",
+            "notification refused: the store cannot take the write",
+        );
+        let log = logged(|| metrics.overloaded(4));
+        assert_one_line(
+            &log,
+            "kabar::listener",
+            "webhook request refused: server.max_concurrent_requests are in progress",
+        );
+        let log = logged(|| metrics.template_fallback("ops", FORGING));
+        assert_one_line(
+            &log,
+            "kabar::ingest",
+            "template failed; the built-in template was used",
+        );
+        let log = logged(|| {
+            metrics.space_notified(
+                "ops",
+                &["firing", "firing", "resolved"],
+                &[SuppressReason::Unchanged],
+                &[MessageKind::Firing, MessageKind::Firing],
+                3,
+            );
+            metrics.notification_accepted(&AcceptedNotification {
+                receiver: FORGING,
+                group_key: FORGING,
+                spaces: "ops",
+                alerts: 3,
+                queued: 2,
+                suppressed: 1,
+            });
+        });
+        assert_one_line(&log, "kabar::ingest", "notification accepted");
+        let log = logged(|| metrics.reload_failed(&"bad yaml"));
+        assert_one_line(
+            &log,
+            "kabar::server",
+            "configuration reload failed; the previous configuration stays in effect",
+        );
+        assert!(
+            metrics
+                .encode()
+                .contains("\nkabar_config_last_reload_successful 0\n")
+        );
+        let log = logged(|| metrics.reloaded("ops"));
+        assert_one_line(&log, "kabar::server", "configuration reloaded");
+        metrics.store_writability(false);
+        metrics.queue_depth("ops", 5, Duration::from_millis(2500), 2);
+
+        let text = metrics.encode();
+        for series in [
+            "kabar_requests_rejected_total{reason=\"badRequest\"} 1",
+            "kabar_requests_rejected_total{reason=\"storeUnavailable\"} 1",
+            "kabar_requests_rejected_total{reason=\"overloaded\"} 1",
+            "kabar_template_fallbacks_total{space=\"ops\"} 1",
+            "kabar_notifications_received_total{space=\"ops\"} 1",
+            "kabar_alerts_received_total{space=\"ops\",status=\"firing\"} 2",
+            "kabar_alerts_received_total{space=\"ops\",status=\"resolved\"} 1",
+            "kabar_alerts_suppressed_total{reason=\"unchanged\",space=\"ops\"} 1",
+            "kabar_messages_queued_total{kind=\"firing\",space=\"ops\"} 2",
+            "kabar_messages_truncated_total{space=\"ops\"} 3",
+            "\nkabar_config_last_reload_successful 1\n",
+            "\nkabar_store_writable 0\n",
+            "kabar_outbox_messages{space=\"ops\"} 5",
+            "kabar_outbox_oldest_message_age_seconds{space=\"ops\"} 2.5",
+            "kabar_dead_letters{space=\"ops\"} 2",
+        ] {
+            assert!(text.contains(series), "{series} in\n{text}");
+        }
+        // Only webhook deliveries are counted: the 404 above has no reason.
+        let rejected: u64 = text
+            .lines()
+            .filter(|line| line.starts_with("kabar_requests_rejected_total{"))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        assert_eq!(rejected, 3, "{text}");
     }
 }

@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::chat::{ChatClient, ChatClientError};
 use crate::config::{Auth, Target};
@@ -82,8 +82,7 @@ impl AppState {
         let runtime = match loaded {
             Ok(runtime) => runtime,
             Err(e) => {
-                metrics.config_last_reload_successful.set(0);
-                error!(error = %e, "configuration reload failed; the previous configuration stays in effect");
+                metrics.reload_failed(&e);
                 return Err(e.to_string());
             }
         };
@@ -110,11 +109,7 @@ impl AppState {
         let spaces: Vec<String> = runtime.config.spaces.keys().cloned().collect();
         self.shared.replace_runtime(runtime);
         self.delivery.sync_spaces(&self.runtime().config);
-        metrics.config_last_reload_successful.set(1);
-        metrics
-            .config_last_reload_success_timestamp
-            .set(now_ms() as f64 / 1000.0);
-        info!(spaces = %spaces.join(","), "configuration reloaded");
+        metrics.reloaded(&spaces.join(","));
         Ok(())
     }
 }
@@ -164,10 +159,7 @@ impl Service {
         for name in config.spaces.keys() {
             metrics.init_space(name);
         }
-        metrics.config_last_reload_successful.set(1);
-        metrics
-            .config_last_reload_success_timestamp
-            .set(now_ms() as f64 / 1000.0);
+        metrics.config_loaded();
         let chat = ChatClient::with_proxy(
             config.delivery.request_timeout,
             config.delivery.proxy_url.as_ref(),
@@ -366,10 +358,7 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
         store.mark_unresponsive();
     }
     // The probe is a write, so the store now knows whether it commits.
-    app.shared
-        .metrics
-        .store_writable
-        .set(i64::from(store.writable()));
+    app.shared.metrics.store_writability(store.writable());
     match probe {
         Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
         Ok(Err(e)) => {
@@ -419,8 +408,7 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     refresh_queue_gauges(&app).await;
     app.shared
         .metrics
-        .store_writable
-        .set(i64::from(app.shared.store.writable()));
+        .store_writability(app.shared.store.writable());
     (
         [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
         app.shared.metrics.encode(),
@@ -452,25 +440,19 @@ async fn refresh_queue_gauges(app: &AppState) {
     let now = now_ms();
     for name in app.runtime().config.spaces.keys() {
         let queue = queues.iter().find(|q| &q.space == name);
-        metrics
-            .outbox_messages
-            .with_label_values(&[name])
-            .set(queue.map_or(0, |q| q.messages));
-        let age = queue
+        let age_ms = queue
             .and_then(|q| q.oldest_received_ms)
-            .map_or(0.0, |oldest| (now - oldest).max(0) as f64 / 1000.0);
-        metrics
-            .outbox_oldest_age
-            .with_label_values(&[name])
-            .set(age);
+            .map_or(0, |oldest| (now - oldest).max(0));
         let dead_count = dead
             .iter()
             .find(|(space, _)| space == name)
             .map_or(0, |(_, n)| *n);
-        metrics
-            .dead_letters
-            .with_label_values(&[name])
-            .set(dead_count);
+        metrics.queue_depth(
+            name,
+            queue.map_or(0, |q| q.messages),
+            Duration::from_millis(age_ms as u64),
+            dead_count,
+        );
     }
 }
 

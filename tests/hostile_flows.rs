@@ -312,3 +312,42 @@ async fn far_start_dates_are_episodes_of_their_own_end_to_end() {
     }
     kabar.stop().await;
 }
+
+/// Each sender runs in a span naming its space, so every line it writes (the Chat
+/// client's and the store's included) says which space it is about, in JSON as a field of
+/// the span and in text as `sender{space=...}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sender_line_carries_a_span_naming_its_space() {
+    let config = TestConfig::new("spaces:\n  ops:\n    dry_run: true\n  dev:\n    dry_run: true\n");
+    let log = config.dir.path().join("kabar.log");
+    let kabar = KabarProcess::spawn_json_logs(&config.path, &log);
+    for space in ["ops", "dev"] {
+        let (status, body) = post_alerts(
+            &kabar.url(&format!("/alerts/{space}")),
+            &notification(space, &[("Spanned", "firing")]),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while kabar.logs().matches("dry run, would post").count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "{}", kabar.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let logs = kabar.logs();
+    let mut spaces_seen = Vec::new();
+    for line in logs.lines() {
+        let event: Value = serde_json::from_str(line).expect("every line is JSON");
+        let message = event["fields"]["message"].as_str().unwrap_or("");
+        if message.starts_with("dry run, would post") || message == "sender started" {
+            let space = event["fields"]["space"]
+                .as_str()
+                .expect("the line names its space");
+            assert_eq!(event["span"]["name"], "sender", "{line}");
+            assert_eq!(event["span"]["space"], space, "{line}");
+            spaces_seen.push(space.to_owned());
+        }
+    }
+    spaces_seen.sort();
+    assert_eq!(spaces_seen, ["dev", "dev", "ops", "ops"], "{logs}");
+}

@@ -1,0 +1,378 @@
+//! One space's sender loop: reads the outbox in order and performs what `decide` made of
+//! each answer (send, switch to text, retry, dead-letter). It decides nothing itself.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::Shared;
+use super::decide::{self, DeadLetterReason, Outcome};
+use super::pacing::Pacing;
+use crate::chat::{Accepted, FailureClass};
+use crate::config::Target;
+use crate::outbox::{self, QueuedMessage, now_ms};
+
+/// How many queued messages a sender reads at once. Small: a space sends about one a
+/// second, so a read lasts seconds anyway, while what is read stays in memory per space
+/// (64 held ~24 MiB more with 100,000 cards queued over 100 spaces; bench/README.md).
+const READ_AHEAD: usize = 8;
+/// A sender re-checks its queue this often even without a wake-up, so nothing waits on a
+/// lost notification.
+pub const IDLE_POLL: Duration = Duration::from_secs(5);
+/// How long to wait before reading the store again after it failed.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
+pub(super) struct Sender {
+    space: String,
+    shared: Arc<Shared>,
+    wake: Arc<Notify>,
+    stopped: watch::Receiver<bool>,
+}
+
+/// What the loop does after performing an outcome.
+enum Step {
+    /// Done with the head message (sent or dead-lettered): move on.
+    Next,
+    /// Try it again: after `retry_after` (kept within the backoff range) or the backoff.
+    Retry { retry_after: Option<Duration> },
+    /// Send the head message's text version next.
+    UseFallback,
+}
+
+/// A step for when the store refused the write that performing an outcome needs: the
+/// message stays at the head (a refused write changed nothing) and is tried again.
+const STORE_FAILED: Step = Step::Retry {
+    retry_after: Some(STORE_RETRY),
+};
+
+impl Sender {
+    pub(super) fn new(
+        space: String,
+        shared: Arc<Shared>,
+        wake: Arc<Notify>,
+        stopped: watch::Receiver<bool>,
+    ) -> Sender {
+        Sender {
+            space,
+            shared,
+            wake,
+            stopped,
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        *self.stopped.borrow()
+    }
+
+    /// Sleeps for `duration` unless told to stop first; false if stopping.
+    async fn pause(&mut self, duration: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(duration) => !self.stopping(),
+            _ = self.stopped.changed() => false,
+        }
+    }
+
+    /// Waits until `at` unless told to stop first; false if stopping.
+    async fn pause_until(&mut self, at: Instant) -> bool {
+        let now = Instant::now();
+        at <= now || self.pause(at - now).await
+    }
+
+    pub(super) async fn run(mut self) {
+        debug!(space = %self.space, "sender started");
+        let mut queue: VecDeque<QueuedMessage> = VecDeque::new();
+        // Messages this process already finished with; a failed delete must not resend.
+        let mut last_done = 0i64;
+        let mut pacing = Pacing::new();
+        while !self.stopping() {
+            if queue.is_empty() {
+                let space = self.space.clone();
+                match self
+                    .shared
+                    .store
+                    .read(move |conn| outbox::next_messages(conn, &space, last_done, READ_AHEAD))
+                    .await
+                {
+                    Ok(batch) => queue.extend(batch),
+                    Err(e) => {
+                        warn!(space = %self.space, error = %e, "cannot read the outbox; retrying");
+                        if !self.pause(STORE_RETRY).await {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let Some(message) = queue.front().cloned() else {
+                let wake = Arc::clone(&self.wake);
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                    _ = self.stopped.changed() => {}
+                }
+                continue;
+            };
+            let runtime = self.shared.runtime();
+            let Some(space) = runtime.config.spaces.get(&self.space) else {
+                break;
+            };
+            let target = space.target.clone();
+            let delivery = runtime.config.delivery.clone();
+            drop(runtime);
+
+            let age =
+                Duration::from_millis(now_ms().saturating_sub(message.received_ms).max(0) as u64);
+            let step = if let Some(expired) = decide::before_send(age, delivery.give_up_after) {
+                self.perform(&message, expired, None).await
+            } else {
+                match target {
+                    Target::DryRun => self.print(&message).await,
+                    Target::Webhook(url) => {
+                        if !self.pause_until(pacing.next_send).await {
+                            break;
+                        }
+                        let started = Instant::now();
+                        let result = self
+                            .shared
+                            .chat
+                            .post(&url, &message.body, message.thread_key.is_some())
+                            .await;
+                        self.shared
+                            .metrics
+                            .chat_answered(&self.space, started.elapsed());
+                        let outcome =
+                            decide::after_send(result.as_ref(), message.fallback_body.is_some());
+                        if matches!(
+                            outcome,
+                            Outcome::Retry {
+                                class: FailureClass::RateLimited,
+                                ..
+                            }
+                        ) {
+                            pacing.rate_limited();
+                        }
+                        pacing.answered(&delivery);
+                        self.perform(&message, outcome, result.as_ref().ok()).await
+                    }
+                }
+            };
+            match step {
+                Step::Next => {
+                    queue.pop_front();
+                    last_done = message.id;
+                    pacing.delivered();
+                }
+                Step::UseFallback => {
+                    if let Some(head) = queue.front_mut()
+                        && let Some(text) = head.fallback_body.take()
+                    {
+                        head.body = text;
+                    }
+                }
+                Step::Retry { retry_after } => {
+                    let wait = pacing.failed(&delivery, retry_after);
+                    debug!(space = %self.space, failures = pacing.failures, wait_ms = wait.as_millis() as u64, "waiting before retry");
+                    if !self.pause_until(pacing.next_send).await {
+                        break;
+                    }
+                }
+            }
+        }
+        debug!(space = %self.space, "sender stopped");
+    }
+
+    /// Carries out what `decide` made of the head message; `accepted` is Chat's answer
+    /// when it took the message.
+    async fn perform(
+        &self,
+        message: &QueuedMessage,
+        outcome: Outcome,
+        accepted: Option<&Accepted>,
+    ) -> Step {
+        match outcome {
+            Outcome::Delivered => self.remove_delivered(message, accepted).await,
+            Outcome::UseFallback { class, detail } => {
+                self.shared
+                    .metrics
+                    .card_refused(&self.space, message.id, class, &detail);
+                self.use_fallback(message, detail).await
+            }
+            Outcome::Retry {
+                class,
+                detail,
+                retry_after,
+            } => {
+                self.shared
+                    .metrics
+                    .retry_scheduled(&self.space, message.id, class, &detail);
+                self.record_failure(message, detail).await;
+                Step::Retry { retry_after }
+            }
+            Outcome::DeadLetter {
+                reason,
+                status,
+                detail,
+            } => {
+                if let Some(class) = attempt_class(reason) {
+                    self.shared.metrics.refused_for_good(&self.space, class);
+                }
+                self.dead_letter(message, reason, status, detail).await
+            }
+        }
+    }
+
+    async fn remove_delivered(&self, message: &QueuedMessage, accepted: Option<&Accepted>) -> Step {
+        let id = message.id;
+        // Chat has it. Until the store records that, the space sends nothing else:
+        // moving on would post every later message a second time after a restart,
+        // where waiting bounds that to this one.
+        while let Err(e) = self
+            .shared
+            .store
+            .write(move |conn| outbox::remove(conn, id))
+            .await
+        {
+            warn!(space = %self.space, error = %e, "sent, but cannot remove it from the outbox; retrying");
+            if self.stopping() {
+                break;
+            }
+            tokio::time::sleep(STORE_RETRY).await;
+        }
+        let latency =
+            Duration::from_millis(now_ms().saturating_sub(message.received_ms).max(0) as u64);
+        self.shared.metrics.delivered(
+            &self.space,
+            message.id,
+            &message.kind,
+            accepted.and_then(|accepted| accepted.thread_name.as_deref()),
+            latency,
+        );
+        Step::Next
+    }
+
+    /// A card Chat calls invalid is sent once more as text; if that fails too, the text
+    /// goes to the dead letters like any other rejected message.
+    async fn use_fallback(&self, message: &QueuedMessage, detail: String) -> Step {
+        let id = message.id;
+        match self
+            .shared
+            .store
+            .write(move |conn| outbox::switch_to_fallback(conn, id, &detail))
+            .await
+        {
+            Ok(()) => Step::UseFallback,
+            Err(e) => {
+                warn!(space = %self.space, error = %e, "cannot record the switch to text");
+                STORE_FAILED
+            }
+        }
+    }
+
+    async fn record_failure(&self, message: &QueuedMessage, detail: String) {
+        let id = message.id;
+        if let Err(e) = self
+            .shared
+            .store
+            .write(move |conn| outbox::record_failure(conn, id, &detail))
+            .await
+        {
+            warn!(space = %self.space, error = %e, "cannot record the failed attempt");
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        message: &QueuedMessage,
+        reason: DeadLetterReason,
+        status: Option<u16>,
+        detail: String,
+    ) -> Step {
+        let (id, detail_text) = (message.id, detail.clone());
+        let now = now_ms();
+        match self
+            .shared
+            .store
+            .write(move |conn| {
+                outbox::dead_letter(conn, id, reason.as_str(), status, &detail_text, now)?;
+                // The dead letter's own id, the one `kabar dead-letters --id` takes: the
+                // row just inserted, when the outbox row existed (the DELETE changed one).
+                Ok((conn.changes() == 1).then(|| conn.last_insert_rowid()))
+            })
+            .await
+        {
+            Ok(dead_letter_id) => {
+                self.shared
+                    .metrics
+                    .dead_lettered(&self.space, dead_letter_id, reason, &detail);
+                Step::Next
+            }
+            Err(e) => {
+                // Keep it at the head and try again: a rejected request changed nothing.
+                warn!(space = %self.space, error = %e, "cannot move the message to the dead letters");
+                STORE_FAILED
+            }
+        }
+    }
+
+    /// Dry-run spaces print what would be sent, then treat it as delivered.
+    async fn print(&self, message: &QueuedMessage) -> Step {
+        let text_of = |body: &str| {
+            serde_json::from_str::<serde_json::Value>(body)
+                .ok()
+                .and_then(|body| body["text"].as_str().map(str::to_owned))
+                .unwrap_or_default()
+        };
+        // The message is alert data: every value Debug-quoted, so its line breaks, control
+        // characters and ANSI escapes are printed as escapes and no line of it can pass
+        // for a log line of its own, in text or JSON logs.
+        match &message.fallback_body {
+            // A card: its text version reads best in a log; the card itself follows.
+            Some(fallback) => info!(
+                space = %self.space,
+                kind = %message.kind,
+                thread_key = ?message.thread_key.as_deref().unwrap_or("(none)"),
+                text = ?text_of(fallback),
+                card = ?message.body,
+                "dry run, would post a card (text is its text version)"
+            ),
+            None => info!(
+                space = %self.space,
+                kind = %message.kind,
+                thread_key = ?message.thread_key.as_deref().unwrap_or("(none)"),
+                text = ?text_of(&message.body),
+                "dry run, would post"
+            ),
+        }
+        debug!(space = %self.space, body = ?message.body, "dry run request body");
+        let id = message.id;
+        match self
+            .shared
+            .store
+            .write(move |conn| outbox::remove(conn, id))
+            .await
+        {
+            Ok(()) => {
+                self.shared.metrics.dry_run_delivered(&self.space);
+                Step::Next
+            }
+            Err(e) => {
+                warn!(space = %self.space, error = %e, "cannot remove the printed message from the outbox");
+                Step::Next
+            }
+        }
+    }
+}
+
+/// The class of the refused attempt behind a dead letter, for kabar_messages_failed_total;
+/// none for a message that expired unsent.
+fn attempt_class(reason: DeadLetterReason) -> Option<FailureClass> {
+    match reason {
+        DeadLetterReason::AuthError => Some(FailureClass::AuthError),
+        DeadLetterReason::ClientError => Some(FailureClass::ClientError),
+        DeadLetterReason::Expired => None,
+    }
+}
