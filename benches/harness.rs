@@ -32,9 +32,9 @@ use jiff::Timestamp;
 use serde_json::{Value, json};
 
 use kabar::config::Config;
-use kabar::ingest::prepare;
 use kabar::outbox::{self, NewMessage, Store};
 use kabar::payload::Notification;
+use kabar::pipeline::preview;
 use kabar::runtime::Runtime;
 use kabar::state::MemoryEpisodes;
 
@@ -327,25 +327,21 @@ async fn prequeue(config_path: &Path, spaces: usize, per_space: usize) -> Result
             let space = config.spaces.get(&name).ok_or("space missing")?;
             let bytes = serde_json::to_vec(&notification_json(&name, &format!("q{s}x{n}"), 1))?;
             let notification = Notification::parse(&bytes)?;
-            let outcome = prepare(
+            let preview = preview(
                 &mut MemoryEpisodes::default(),
                 &runtime,
                 space,
                 &notification,
                 now,
-                |message| {
-                    rows.push((
-                        message.space.clone(),
-                        message.kind.as_str(),
-                        message.thread_key.clone(),
-                        message.body.clone(),
-                        message.fallback_body.clone(),
-                    ));
-                    Ok(())
-                },
             );
-            if let Err(never) = outcome {
-                match never {}
+            for message in preview.messages {
+                rows.push((
+                    message.space,
+                    message.kind.as_str(),
+                    message.thread_key,
+                    message.body,
+                    message.fallback_body,
+                ));
             }
         }
     }

@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 
 use crate::chat::REPLY_OPTION;
 use crate::config::Target;
-use crate::ingest::prepare;
 use crate::payload::{AlertStatus, Notification, PayloadError};
+use crate::pipeline::preview;
 use crate::render::{RenderFailure, RenderInput};
 use crate::routing::{RoutingError, route};
 use crate::runtime::{LoadError, Runtime};
@@ -284,19 +284,14 @@ pub fn render(
         let Some(space) = runtime.config.spaces.get(&name) else {
             continue;
         };
-        let outcome = prepare(
-            &mut episodes,
-            &runtime,
-            space,
-            &notification,
-            now,
-            |message| {
-                let body: Value = serde_json::from_str(&message.body).unwrap_or(Value::Null);
-                let fallback: Option<Value> = message
-                    .fallback_body
-                    .as_deref()
-                    .and_then(|b| serde_json::from_str(b).ok());
-                requests.push(json!({
+        let preview = preview(&mut episodes, &runtime, space, &notification, now);
+        for message in preview.messages {
+            let body: Value = serde_json::from_str(&message.body).unwrap_or(Value::Null);
+            let fallback: Option<Value> = message
+                .fallback_body
+                .as_deref()
+                .and_then(|b| serde_json::from_str(b).ok());
+            requests.push(json!({
                 "space": message.space,
                 "kind": message.kind.as_str(),
                 "fingerprints": message
@@ -311,18 +306,11 @@ pub fn render(
                 "body": body,
                 "fallbackBody": fallback,
             }));
-                Ok(())
-            },
-        );
-        match outcome {
-            Ok(outcome) => {
-                for failure in outcome.template_failures {
-                    crate::print_err(&format!(
-                        "warning: space {name}: {failure} (the built-in template was used)\n"
-                    ));
-                }
-            }
-            Err(never) => match never {},
+        }
+        for failure in preview.outcome.template_failures {
+            crate::print_err(&format!(
+                "warning: space {name}: {failure} (the built-in template was used)\n"
+            ));
         }
     }
     Ok(serde_json::to_string_pretty(&requests).unwrap_or_else(|_| "[]".to_owned()))

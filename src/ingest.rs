@@ -1,6 +1,6 @@
-//! The webhook edge: authentication, size and type checks, parsing, routing, and the one
-//! transaction that plans, renders and queues a notification before it is acknowledged.
-//! `ApiError` is the single mapping from failures to HTTP answers.
+//! The webhook edge: authentication, size and type checks and parsing, then the notification
+//! goes to the pipeline; `ApiError` is the single mapping from failures to HTTP answers.
+//! It must not route, plan, render or queue (the pipeline does) nor hold app state (app does).
 
 use std::sync::Arc;
 
@@ -10,19 +10,16 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use jiff::Timestamp;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use crate::config::{Auth, Space};
-use crate::metrics::{AcceptedNotification, RejectReason};
-use crate::outbox::{self, NewMessage, SqlEpisodes, StoreError};
+use crate::app::AppState;
+use crate::config::Auth;
+use crate::metrics::RejectReason;
+use crate::outbox::StoreError;
 use crate::payload::{Notification, PayloadError, elide_middle};
-use crate::render::RenderInput;
-use crate::routing::{RoutingError, route};
-use crate::runtime::Runtime;
-use crate::server::AppState;
-use crate::state::{EpisodeStore, MessageKind, Subject, SuppressReason, plan};
+use crate::pipeline::{self, Accepted, PipelineError};
+use crate::routing::RoutingError;
 
 /// Every way an HTTP request can fail, and its answer.
 #[derive(Debug, thiserror::Error)]
@@ -114,13 +111,20 @@ impl ApiError {
 /// a value where a number belongs), and a 3 MB value must not become a 3 MB answer and
 /// log line. Payload errors are bounded tighter where they are made; this holds for all.
 const MAX_ERROR_MESSAGE_CHARS: usize = 600;
-/// Payload values named in the "notification accepted" log line are cut to this.
-const MAX_LOGGED_VALUE_CHARS: usize = 200;
 
 impl ApiError {
     /// The error's message, bounded in length.
     fn message(&self) -> String {
         elide_middle(&self.to_string(), MAX_ERROR_MESSAGE_CHARS).into_owned()
+    }
+}
+
+impl From<PipelineError> for ApiError {
+    fn from(error: PipelineError) -> ApiError {
+        match error {
+            PipelineError::Routing(e) => ApiError::Routing(e),
+            PipelineError::Store(e) => ApiError::StoreUnavailable(e),
+        }
     }
 }
 
@@ -249,47 +253,48 @@ async fn read_body(
 }
 
 /// `POST /alerts`: routed by the payload's receiver.
-pub async fn receive(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    respond(&app, accept(&app, None, &headers, body).await)
+pub(crate) async fn receive(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Accepted>, ApiError> {
+    accept(&app, None, &headers, body)
+        .await
+        .map(Json)
+        .map_err(|error| refused(&app, error))
 }
 
 /// `POST /alerts/{space}`: routed to the named space.
-pub async fn receive_for_space(
+pub(crate) async fn receive_for_space(
     State(app): State<Arc<AppState>>,
     Path(space): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    respond(&app, accept(&app, Some(space), &headers, body).await)
+) -> Result<Json<Accepted>, ApiError> {
+    accept(&app, Some(space.as_str()), &headers, body)
+        .await
+        .map(Json)
+        .map_err(|error| refused(&app, error))
 }
 
-fn respond(app: &AppState, result: Result<Accepted, ApiError>) -> Response {
-    match result {
-        Ok(accepted) => Json(json!({"queued": accepted.queued, "suppressed": accepted.suppressed}))
-            .into_response(),
-        Err(error) => {
-            let metrics = &app.shared.metrics;
-            match &error {
-                ApiError::StoreUnavailable(source) => metrics.store_refused_notification(source),
-                other => metrics.request_rejected(
-                    other.reject_reason(),
-                    other.status().as_u16(),
-                    &other.message(),
-                ),
-            }
-            error.into_response()
-        }
+/// Records a refused request (metric and log line) and hands the error on to be answered.
+fn refused(app: &AppState, error: ApiError) -> ApiError {
+    let metrics = &app.shared.metrics;
+    match &error {
+        ApiError::StoreUnavailable(source) => metrics.store_refused_notification(source),
+        other => metrics.request_rejected(
+            other.reject_reason(),
+            other.status().as_u16(),
+            &other.message(),
+        ),
     }
+    error
 }
 
-struct Accepted {
-    queued: usize,
-    suppressed: usize,
-}
-
+/// The HTTP checks, in order, then the pipeline.
 async fn accept(
     app: &AppState,
-    space: Option<String>,
+    space: Option<&str>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Accepted, ApiError> {
@@ -298,168 +303,7 @@ async fn accept(
     check_content_type(headers)?;
     let bytes = read_body(headers, body, runtime.config.max_body_bytes).await?;
     let notification = Notification::parse(&bytes)?;
-    let spaces = route(&runtime.config, &notification.receiver, space.as_deref())?;
-    let received = Timestamp::now();
-
-    let job_runtime = Arc::clone(&runtime);
-    let job_spaces = spaces.clone();
-    let notification = Arc::new(notification);
-    let job_notification = Arc::clone(&notification);
-    let outcomes = app
-        .shared
-        .store
-        .write(move |conn| {
-            let mut episodes = SqlEpisodes(conn);
-            let mut outcomes = Vec::with_capacity(job_spaces.len());
-            for name in &job_spaces {
-                let Some(space) = job_runtime.config.spaces.get(name) else {
-                    continue;
-                };
-                let outcome = prepare(
-                    &mut episodes,
-                    &job_runtime,
-                    space,
-                    &job_notification,
-                    received,
-                    |message| {
-                        outbox::enqueue(
-                            conn,
-                            &NewMessage {
-                                space: &message.space,
-                                kind: message.kind.as_str(),
-                                thread_key: message.thread_key.as_deref(),
-                                body: &message.body,
-                                fallback_body: message.fallback_body.as_deref(),
-                                received_ms: received.as_millisecond(),
-                            },
-                        )
-                        .map(|_| ())
-                    },
-                )?;
-                outcomes.push(outcome);
-            }
-            Ok(outcomes)
-        })
-        .await
-        .map_err(ApiError::StoreUnavailable)?;
-
-    let metrics = &app.shared.metrics;
-    let mut accepted = Accepted {
-        queued: 0,
-        suppressed: 0,
-    };
-    let alert_statuses: Vec<&str> = notification
-        .alerts
-        .iter()
-        .map(|alert| alert.status.as_str())
-        .collect();
-    for outcome in &outcomes {
-        let space = outcome.space.as_str();
-        metrics.space_notified(
-            space,
-            &alert_statuses,
-            &outcome.suppressed,
-            &outcome.queued,
-            outcome.truncated,
-        );
-        for failure in &outcome.template_failures {
-            metrics.template_fallback(space, failure);
-        }
-        accepted.queued += outcome.queued.len();
-        accepted.suppressed += outcome.suppressed.len();
-        if !outcome.queued.is_empty() {
-            app.delivery.wake(space);
-        }
-    }
-    // Both come from the payload and may be megabytes long: the log line quotes them cut.
-    metrics.notification_accepted(&AcceptedNotification {
-        receiver: &elide_middle(&notification.receiver, MAX_LOGGED_VALUE_CHARS),
-        group_key: &elide_middle(&notification.group_key, MAX_LOGGED_VALUE_CHARS),
-        spaces: &spaces.join(","),
-        alerts: notification.alerts.len(),
-        queued: accepted.queued,
-        suppressed: accepted.suppressed,
-    });
-    Ok(accepted)
-}
-
-/// A message ready to queue (or, for `kabar render`, to print).
-#[derive(Debug, Clone)]
-pub struct Outgoing {
-    pub space: String,
-    pub kind: MessageKind,
-    /// The alerts the message is about.
-    pub subject: Subject,
-    pub thread_key: Option<String>,
-    pub body: String,
-    /// For a card: the text body sent instead if Chat refuses the card.
-    pub fallback_body: Option<String>,
-}
-
-/// What one notification did in one space.
-#[derive(Debug, Default)]
-pub struct SpaceOutcome {
-    pub space: String,
-    pub queued: Vec<MessageKind>,
-    pub suppressed: Vec<SuppressReason>,
-    pub truncated: u64,
-    pub template_failures: Vec<String>,
-}
-
-/// Plans the messages a notification needs in a space, renders them and hands each to
-/// `emit`, all against `episodes` (the open transaction, or memory for `kabar render`).
-pub fn prepare<S: EpisodeStore>(
-    episodes: &mut S,
-    runtime: &Runtime,
-    space: &Space,
-    notification: &Notification,
-    now: Timestamp,
-    mut emit: impl FnMut(&Outgoing) -> Result<(), S::Error>,
-) -> Result<SpaceOutcome, S::Error> {
-    let planned = plan(
-        episodes,
-        &space.name,
-        &space.options,
-        notification,
-        now.as_millisecond(),
-    )?;
-    let mut outcome = SpaceOutcome {
-        space: space.name.clone(),
-        suppressed: planned.suppressed,
-        ..SpaceOutcome::default()
-    };
-    for message in planned.messages {
-        let (rendered, failures) = runtime.renderer.render(&RenderInput {
-            space,
-            kind: message.kind,
-            subject: &message.subject,
-            notification,
-            thread_key: message.thread_key,
-            now,
-        });
-        if rendered.fell_back {
-            outcome.template_failures.push(
-                failures
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            );
-        }
-        if rendered.truncated {
-            outcome.truncated += 1;
-        }
-        emit(&Outgoing {
-            space: space.name.clone(),
-            kind: message.kind,
-            subject: message.subject,
-            thread_key: rendered.thread_key,
-            body: rendered.body,
-            fallback_body: rendered.fallback_body,
-        })?;
-        outcome.queued.push(message.kind);
-    }
-    Ok(outcome)
+    Ok(pipeline::accept(app, runtime, space, notification).await?)
 }
 
 #[cfg(test)]
@@ -590,6 +434,27 @@ mod tests {
             assert_eq!(error.status().as_u16(), status);
             assert!(!error.hint().is_empty());
         }
+    }
+
+    #[test]
+    fn pipeline_errors_answer_as_the_edge_always_did() {
+        let routing = ApiError::from(PipelineError::Routing(RoutingError::UnknownReceiver {
+            name: "nobody".into(),
+            known: vec!["ops".into()],
+        }));
+        assert!(matches!(routing, ApiError::Routing(_)));
+        assert_eq!(routing.status(), StatusCode::NOT_FOUND);
+        assert_eq!(routing.reject_reason(), Some(RejectReason::UnknownRoute));
+
+        let store = ApiError::from(PipelineError::Store(StoreError::Closed));
+        assert!(matches!(
+            store,
+            ApiError::StoreUnavailable(StoreError::Closed)
+        ));
+        assert_eq!(store.reject_reason(), Some(RejectReason::StoreUnavailable));
+        let response = store.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "10");
     }
 
     #[test]

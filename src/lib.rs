@@ -1,15 +1,17 @@
 //! kabar: a Prometheus Alertmanager receiver for Google Chat.
 //!
-//! The flow, one module per stage: [`ingest`] (HTTP edge, auth, parsing) →
-//! [`routing`] (receiver → spaces) → [`state`] (what changed) → [`render`] (templates,
-//! Chat limits) → [`outbox`] (SQLite, committed before the 200) → [`delivery`] (per-space
-//! senders) → [`chat`] (the webhook client); [`metrics`] and [`config`] serve them all,
-//! [`server`] wires them into a running service.
+//! The flow, one module per stage: [`ingest`] (HTTP edge, auth, parsing) → [`pipeline`]
+//! (one transaction of: [`routing`] (receiver → spaces) → [`state`] (what changed) →
+//! [`render`] (templates, Chat limits) → [`outbox`] (SQLite, committed before the 200)) →
+//! [`delivery`] (per-space senders) → [`chat`] (the webhook client); [`metrics`] and
+//! [`config`] serve them all, [`server`] wires them into a running service around the
+//! shared app state.
 
 #![forbid(unsafe_code)]
 // Output goes through print_out / print_err: println! panics when the reader has gone.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+pub(crate) mod app;
 pub mod chat;
 pub mod commands;
 pub mod config;
@@ -20,6 +22,7 @@ pub mod listener;
 pub mod metrics;
 pub mod outbox;
 pub mod payload;
+pub mod pipeline;
 pub mod render;
 pub mod routing;
 pub mod runtime;

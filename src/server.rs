@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::app::{AppState, warn_about_auth};
 use crate::chat::{ChatClient, ChatClientError};
 use crate::config::{Auth, Target};
 use crate::delivery::{Delivery, Shared};
@@ -54,77 +55,6 @@ pub enum ServeError {
     WriterDied,
     #[error(transparent)]
     StateDir(#[from] crate::state_dir::StateDirError),
-}
-
-/// State behind every HTTP handler.
-pub struct AppState {
-    pub shared: Arc<Shared>,
-    pub delivery: Delivery,
-    config_path: Option<PathBuf>,
-    reload_lock: tokio::sync::Mutex<()>,
-}
-
-impl AppState {
-    pub fn runtime(&self) -> Arc<Runtime> {
-        self.shared.runtime()
-    }
-
-    /// Loads the config file again; on any error the running config stays.
-    pub async fn reload(&self) -> Result<(), String> {
-        let _one_at_a_time = self.reload_lock.lock().await;
-        let metrics = &self.shared.metrics;
-        let Some(path) = self.config_path.clone() else {
-            return Err("kabar was started without a config file".to_owned());
-        };
-        let loaded = tokio::task::spawn_blocking(move || Runtime::load(&path))
-            .await
-            .map_err(|e| format!("reload task failed: {e}"))?;
-        let runtime = match loaded {
-            Ok(runtime) => runtime,
-            Err(e) => {
-                metrics.reload_failed(&e);
-                return Err(e.to_string());
-            }
-        };
-        let old = self.runtime();
-        if runtime.config.listen != old.config.listen
-            || runtime.config.state_dir != old.config.state_dir
-        {
-            warn!("listen and state_dir changes take effect only after a restart");
-        }
-        if runtime.config.delivery.proxy_url != old.config.delivery.proxy_url
-            || runtime.config.server != old.config.server
-        {
-            warn!("delivery.proxy_url and server changes take effect only after a restart");
-        }
-        for name in old.config.spaces.keys() {
-            if !runtime.config.spaces.contains_key(name) {
-                metrics.remove_space(name);
-            }
-        }
-        for name in runtime.config.spaces.keys() {
-            metrics.init_space(name);
-        }
-        warn_about_auth(&runtime);
-        let spaces: Vec<String> = runtime.config.spaces.keys().cloned().collect();
-        self.shared.replace_runtime(runtime);
-        self.delivery.sync_spaces(&self.runtime().config);
-        metrics.reloaded(&spaces.join(","));
-        Ok(())
-    }
-}
-
-fn warn_about_auth(runtime: &Runtime) {
-    if runtime.config.auth.is_none() {
-        warn!(
-            "no auth configured: anyone who can reach kabar can post alerts; set auth.bearer_token_file"
-        );
-    }
-    if runtime.config.delivery.allow_any_host {
-        warn!(
-            "delivery.allow_any_host is on: webhook URLs may point elsewhere than chat.googleapis.com"
-        );
-    }
 }
 
 /// A running kabar: its address and the means to reload and stop it.

@@ -13,8 +13,8 @@ use jiff::Timestamp;
 use serde_json::{Value, json};
 
 use kabar::config::Config;
-use kabar::ingest::prepare;
 use kabar::payload::{AlertStatus, Notification};
+use kabar::pipeline::preview;
 use kabar::runtime::Runtime;
 use kabar::state::MemoryEpisodes;
 
@@ -153,40 +153,27 @@ fn render_after(
     for (status, minutes_ago) in history {
         let at = now - jiff::SignedDuration::from_mins(*minutes_ago);
         let earlier = with_status(&notification, *status, at);
-        let played = prepare(&mut episodes, &runtime, space, &earlier, at, |_| Ok(()));
-        if let Err(never) = played {
-            match never {}
-        }
+        preview(&mut episodes, &runtime, space, &earlier, at);
     }
     let notification = match status {
         Some(status) => with_status(&notification, status, now),
         None => notification,
     };
+    let preview = preview(&mut episodes, &runtime, space, &notification, now);
     let mut requests = Vec::new();
-    let outcome = prepare(
-        &mut episodes,
-        &runtime,
-        space,
-        &notification,
-        now,
-        |message| {
-            let body: Value = serde_json::from_str(&message.body).expect("body is JSON");
-            let fallback: Option<Value> = message
-                .fallback_body
-                .as_deref()
-                .map(|b| serde_json::from_str(b).expect("fallback is JSON"));
-            requests.push(json!({
-                "kind": message.kind.as_str(),
-                "body": body,
-                "fallbackBody": fallback,
-            }));
-            Ok(())
-        },
-    );
-    let outcome = match outcome {
-        Ok(outcome) => outcome,
-        Err(never) => match never {},
-    };
+    for message in &preview.messages {
+        let body: Value = serde_json::from_str(&message.body).expect("body is JSON");
+        let fallback: Option<Value> = message
+            .fallback_body
+            .as_deref()
+            .map(|b| serde_json::from_str(b).expect("fallback is JSON"));
+        requests.push(json!({
+            "kind": message.kind.as_str(),
+            "body": body,
+            "fallbackBody": fallback,
+        }));
+    }
+    let outcome = preview.outcome;
     assert!(
         outcome.template_failures.is_empty(),
         "{:?}",

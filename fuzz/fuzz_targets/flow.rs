@@ -1,5 +1,5 @@
 //! One notification through planning, rendering and fitting, as a webhook request takes it
-//! (`ingest::prepare`): extreme shapes, built from a short input by multipliers (a long
+//! (`pipeline::preview`): extreme shapes, built from a short input by multipliers (a long
 //! fingerprint, many labels, huge values and URLs, many alerts), in every space shape
 //! (text and card, per alert, per group, a digest). Every message kabar would queue fits
 //! Chat's limits, and every input finishes: .ci/fuzz runs this target with a per-input
@@ -12,8 +12,8 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use kabar::config::Config;
-use kabar::ingest::prepare;
 use kabar::payload::Notification;
+use kabar::pipeline::preview;
 use kabar::render::{MAX_BODY_BYTES, MAX_TEXT_CHARS};
 use kabar::runtime::Runtime;
 use kabar::state::MemoryEpisodes;
@@ -144,16 +144,16 @@ fuzz_target!(|data: &[u8]| {
     let now = "2026-11-28T01:00:00Z".parse().expect("time");
     for space in runtime.config.spaces.values() {
         let mut episodes = MemoryEpisodes::default();
-        let outcome = prepare(&mut episodes, runtime, space, &notification, now, |message| {
+        let preview = preview(&mut episodes, runtime, space, &notification, now);
+        for message in &preview.messages {
             for body in std::iter::once(&message.body).chain(&message.fallback_body) {
                 check_body(body);
             }
             if let Some(key) = &message.thread_key {
                 assert!(key.len() <= 4000, "a thread key of {} bytes", key.len());
             }
-            Ok(())
-        });
-        let Ok(outcome) = outcome;
+        }
+        let outcome = preview.outcome;
         assert!(
             outcome.template_failures.is_empty(),
             "the built-in templates failed in {}: {:?}",

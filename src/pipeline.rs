@@ -1,0 +1,363 @@
+//! The pipeline: a parsed notification in, per-space outcomes out — routing, planning,
+//! rendering and queueing in one store transaction, or the same steps as a preview in memory.
+//! It must not know HTTP (credentials, bodies, status codes) nor send anything to Chat.
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+
+use crate::app::AppState;
+use crate::config::Space;
+use crate::metrics::AcceptedNotification;
+use crate::outbox::{self, NewMessage, SqlEpisodes, Store, StoreError};
+use crate::payload::{Notification, elide_middle};
+use crate::render::RenderInput;
+use crate::routing::{RoutingError, route};
+use crate::runtime::Runtime;
+use crate::state::{EpisodeStore, MemoryEpisodes, MessageKind, Subject, SuppressReason, plan};
+
+/// Payload values named in the "notification accepted" log line are cut to this.
+const MAX_LOGGED_VALUE_CHARS: usize = 200;
+
+/// Why a notification could not be taken in.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The notification names no configured space.
+    #[error(transparent)]
+    Routing(#[from] RoutingError),
+    /// The store could not take the transaction: nothing was queued.
+    #[error("cannot store the notification right now")]
+    Store(#[source] StoreError),
+}
+
+/// What a notification did across its spaces: the counts its sender is answered with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Accepted {
+    pub queued: usize,
+    pub suppressed: usize,
+}
+
+/// A message ready to queue (or, for `kabar render`, to print).
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub space: String,
+    pub kind: MessageKind,
+    /// The alerts the message is about.
+    pub subject: Subject,
+    pub thread_key: Option<String>,
+    pub body: String,
+    /// For a card: the text body sent instead if Chat refuses the card.
+    pub fallback_body: Option<String>,
+}
+
+/// What one notification did in one space.
+#[derive(Debug, Default)]
+pub struct SpaceOutcome {
+    pub space: String,
+    pub queued: Vec<MessageKind>,
+    pub suppressed: Vec<SuppressReason>,
+    pub truncated: u64,
+    pub template_failures: Vec<String>,
+}
+
+/// What a notification would send in one space, worked out in memory: the messages, in
+/// order, and the outcome. `kabar render`, the golden tests, the benches and the fuzz
+/// target all preview through this, so what they show is what [`accept`] queues.
+#[derive(Debug)]
+pub struct Preview {
+    pub messages: Vec<Outgoing>,
+    pub outcome: SpaceOutcome,
+}
+
+/// Plans and renders `notification` for `space` against `episodes` (what earlier previews
+/// on the same memory left behind), queueing nothing.
+pub fn preview(
+    episodes: &mut MemoryEpisodes,
+    runtime: &Runtime,
+    space: &Space,
+    notification: &Notification,
+    now: Timestamp,
+) -> Preview {
+    let mut messages = Vec::new();
+    let prepared = prepare(episodes, runtime, space, notification, now, |message| {
+        messages.push(message);
+        Ok(())
+    });
+    let Ok(outcome) = prepared;
+    Preview { messages, outcome }
+}
+
+/// Takes a notification in: routes it (by `space`, or by its receiver), plans, renders and
+/// queues its messages in one store transaction, then records what happened and wakes the
+/// senders of the spaces that got messages.
+pub(crate) async fn accept(
+    app: &AppState,
+    runtime: Arc<Runtime>,
+    space: Option<&str>,
+    notification: Notification,
+) -> Result<Accepted, PipelineError> {
+    let spaces = route(&runtime.config, &notification.receiver, space)?;
+    let received = Timestamp::now();
+    let notification = Arc::new(notification);
+    let outcomes = queue(
+        &app.shared.store,
+        runtime,
+        spaces.clone(),
+        Arc::clone(&notification),
+        received,
+    )
+    .await
+    .map_err(PipelineError::Store)?;
+
+    let metrics = &app.shared.metrics;
+    let mut accepted = Accepted {
+        queued: 0,
+        suppressed: 0,
+    };
+    let alert_statuses: Vec<&str> = notification
+        .alerts
+        .iter()
+        .map(|alert| alert.status.as_str())
+        .collect();
+    for outcome in &outcomes {
+        let space = outcome.space.as_str();
+        metrics.space_notified(
+            space,
+            &alert_statuses,
+            &outcome.suppressed,
+            &outcome.queued,
+            outcome.truncated,
+        );
+        for failure in &outcome.template_failures {
+            metrics.template_fallback(space, failure);
+        }
+        accepted.queued += outcome.queued.len();
+        accepted.suppressed += outcome.suppressed.len();
+        if !outcome.queued.is_empty() {
+            app.delivery.wake(space);
+        }
+    }
+    // Both come from the payload and may be megabytes long: the log line quotes them cut.
+    metrics.notification_accepted(&AcceptedNotification {
+        receiver: &elide_middle(&notification.receiver, MAX_LOGGED_VALUE_CHARS),
+        group_key: &elide_middle(&notification.group_key, MAX_LOGGED_VALUE_CHARS),
+        spaces: &spaces.join(","),
+        alerts: notification.alerts.len(),
+        queued: accepted.queued,
+        suppressed: accepted.suppressed,
+    });
+    Ok(accepted)
+}
+
+/// Plans, renders and enqueues the notification's messages for each of `spaces` in one
+/// write transaction: all of them are queued, with their episode updates, or none.
+async fn queue(
+    store: &Store,
+    runtime: Arc<Runtime>,
+    spaces: Vec<String>,
+    notification: Arc<Notification>,
+    received: Timestamp,
+) -> Result<Vec<SpaceOutcome>, StoreError> {
+    store
+        .write(move |conn| {
+            let mut episodes = SqlEpisodes(conn);
+            let mut outcomes = Vec::with_capacity(spaces.len());
+            for name in &spaces {
+                let Some(space) = runtime.config.spaces.get(name) else {
+                    continue;
+                };
+                let outcome = prepare(
+                    &mut episodes,
+                    &runtime,
+                    space,
+                    &notification,
+                    received,
+                    |message| {
+                        outbox::enqueue(
+                            conn,
+                            &NewMessage {
+                                space: &message.space,
+                                kind: message.kind.as_str(),
+                                thread_key: message.thread_key.as_deref(),
+                                body: &message.body,
+                                fallback_body: message.fallback_body.as_deref(),
+                                received_ms: received.as_millisecond(),
+                            },
+                        )
+                        .map(|_| ())
+                    },
+                )?;
+                outcomes.push(outcome);
+            }
+            Ok(outcomes)
+        })
+        .await
+}
+
+/// Plans the messages a notification needs in a space, renders them and hands each to
+/// `emit`, all against `episodes` (the open transaction, or memory for a preview).
+fn prepare<S: EpisodeStore>(
+    episodes: &mut S,
+    runtime: &Runtime,
+    space: &Space,
+    notification: &Notification,
+    now: Timestamp,
+    mut emit: impl FnMut(Outgoing) -> Result<(), S::Error>,
+) -> Result<SpaceOutcome, S::Error> {
+    let planned = plan(
+        episodes,
+        &space.name,
+        &space.options,
+        notification,
+        now.as_millisecond(),
+    )?;
+    let mut outcome = SpaceOutcome {
+        space: space.name.clone(),
+        suppressed: planned.suppressed,
+        ..SpaceOutcome::default()
+    };
+    for message in planned.messages {
+        let (rendered, failures) = runtime.renderer.render(&RenderInput {
+            space,
+            kind: message.kind,
+            subject: &message.subject,
+            notification,
+            thread_key: message.thread_key,
+            now,
+        });
+        if rendered.fell_back {
+            outcome.template_failures.push(
+                failures
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            );
+        }
+        if rendered.truncated {
+            outcome.truncated += 1;
+        }
+        emit(Outgoing {
+            space: space.name.clone(),
+            kind: message.kind,
+            subject: message.subject,
+            thread_key: rendered.thread_key,
+            body: rendered.body,
+            fallback_body: rendered.fallback_body,
+        })?;
+        outcome.queued.push(message.kind);
+    }
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::outbox::QueuedMessage;
+
+    fn runtime() -> Arc<Runtime> {
+        let yaml = "spaces:\n  cards:\n    dry_run: true\n    format: card\n  texts:\n    dry_run: true\n    format: text\n    threading: per_group\n";
+        let config = Config::parse(yaml, Path::new("."), &|_| None).expect("config");
+        Arc::new(Runtime::new(config).expect("templates"))
+    }
+
+    fn grouped_firing() -> Notification {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/alertmanager/grouped-firing.json");
+        Notification::parse(&std::fs::read(fixture).expect("read fixture")).expect("parses")
+    }
+
+    /// The one property the shared `prepare` exists for: the messages `kabar render`
+    /// previews are byte for byte the rows the webhook path queues, in the same order.
+    #[tokio::test]
+    async fn what_a_preview_shows_is_what_the_queue_gets() {
+        let runtime = runtime();
+        let notification = grouped_firing();
+        let now: Timestamp = "2026-11-28T01:00:00Z".parse().expect("now");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let spaces = vec!["cards".to_owned(), "texts".to_owned()];
+
+        let outcomes = queue(
+            &store,
+            Arc::clone(&runtime),
+            spaces.clone(),
+            Arc::new(notification.clone()),
+            now,
+        )
+        .await
+        .expect("queued");
+
+        for (name, outcome) in spaces.iter().zip(&outcomes) {
+            let space = &runtime.config.spaces[name];
+            let preview = preview(
+                &mut MemoryEpisodes::default(),
+                &runtime,
+                space,
+                &notification,
+                now,
+            );
+            let space_name = name.clone();
+            let rows: Vec<QueuedMessage> = store
+                .read(move |conn| outbox::next_messages(conn, &space_name, 0, 1_000))
+                .await
+                .expect("read");
+            assert!(!rows.is_empty(), "{name}: something was queued");
+            assert_eq!(rows.len(), preview.messages.len(), "{name}");
+            for (row, message) in rows.iter().zip(&preview.messages) {
+                assert_eq!(row.space, message.space);
+                assert_eq!(row.kind, message.kind.as_str());
+                assert_eq!(row.thread_key, message.thread_key);
+                assert_eq!(row.body, message.body);
+                assert_eq!(row.fallback_body, message.fallback_body);
+                assert_eq!(row.received_ms, now.as_millisecond());
+            }
+            assert_eq!(outcome.space, *name);
+            assert_eq!(outcome.queued, preview.outcome.queued, "{name}");
+            assert_eq!(outcome.suppressed, preview.outcome.suppressed, "{name}");
+        }
+    }
+
+    /// A second, identical notification is planned against the episodes the first one's
+    /// transaction stored: the preview's memory and the store's tables agree on it too.
+    #[tokio::test]
+    async fn a_repeat_is_planned_against_the_stored_episodes_like_the_preview() {
+        let runtime = runtime();
+        let notification = Arc::new(grouped_firing());
+        let now: Timestamp = "2026-11-28T01:00:00Z".parse().expect("now");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let spaces = vec!["texts".to_owned()];
+        let mut memory = MemoryEpisodes::default();
+        let space = &runtime.config.spaces["texts"];
+
+        for round in 0..2 {
+            let stored = queue(
+                &store,
+                Arc::clone(&runtime),
+                spaces.clone(),
+                Arc::clone(&notification),
+                now,
+            )
+            .await
+            .expect("queued");
+            let previewed = preview(&mut memory, &runtime, space, &notification, now);
+            assert_eq!(stored.len(), 1);
+            assert_eq!(stored[0].queued, previewed.outcome.queued, "round {round}");
+            assert_eq!(
+                stored[0].suppressed, previewed.outcome.suppressed,
+                "round {round}"
+            );
+            if round == 1 {
+                assert!(
+                    stored[0].queued.is_empty() && !stored[0].suppressed.is_empty(),
+                    "the repeat is suppressed: {:?}",
+                    stored[0]
+                );
+            }
+        }
+    }
+}
