@@ -11,7 +11,9 @@ use common::alertmanager::{
     Alertmanager, AlertmanagerBinaries, AlertmanagerOptions, TestAlert, require_binaries,
 };
 use common::fake_chat::FakeChat;
-use common::kabar::{InProcess, TEST_TOKEN, TestConfig, metric_value, metrics_text};
+use common::kabar::{
+    InProcess, TEST_TOKEN, TestConfig, age_recorded_resolves, metric_value, metrics_text,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -259,22 +261,6 @@ async fn a_storm_posts_one_digest_and_its_alerts_reply_there() {
     kabar.stop().await;
 }
 
-/// Moves the resolve times kabar recorded `ms` into the past, as if that long had passed
-/// (the re-fire window is 60 s of kabar's clock; the test does not wait a minute).
-fn age_recorded_resolves(kabar: &InProcess, ms: i64) {
-    let path = kabar.config.state_dir().join("kabar.db");
-    let conn = rusqlite::Connection::open(path).expect("open kabar.db");
-    conn.busy_timeout(Duration::from_secs(10))
-        .expect("busy timeout");
-    let aged = conn
-        .execute(
-            "UPDATE episodes SET resolved_ms = resolved_ms - ?1 WHERE resolved_ms IS NOT NULL",
-            [ms],
-        )
-        .expect("age the recorded resolve");
-    assert_eq!(aged, 1, "one episode has a recorded resolve");
-}
-
 #[tokio::test]
 async fn an_alert_firing_again_with_its_old_start_replies_firing_again() {
     let Some(binaries) = require_binaries() else {
@@ -295,7 +281,7 @@ async fn an_alert_firing_again_with_its_old_start_replies_firing_again() {
     am.resolve(std::slice::from_ref(&alert)).await;
     chat.wait_for_messages("ops", 2, WAIT).await;
 
-    age_recorded_resolves(&kabar, 61_000);
+    age_recorded_resolves(&kabar.config.state_dir(), 61_000);
     am.fire(std::slice::from_ref(&alert)).await;
     let messages = chat.wait_for_messages("ops", 3, WAIT).await;
     let threads = chat.threads("ops");

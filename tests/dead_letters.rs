@@ -4,42 +4,16 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::fake_chat::{Failure, FakeChat, Mode};
 use common::kabar::{
-    InProcess, TEST_TOKEN, TestConfig, assert_no_secrets, metric_value, metrics_text, notification,
-    post_alerts, wait_for_metric,
+    InProcess, TEST_TOKEN, TestConfig, assert_no_secrets, dead_letters_cli as cli, metric_value,
+    metrics_text, notification, post_alerts, wait_for_metric,
 };
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-struct Output {
-    success: bool,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `kabar dead-letters ARGS --config CONFIG` off the async runtime.
-async fn cli(config: &std::path::Path, args: &[&str]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_kabar"));
-    command
-        .arg("dead-letters")
-        .args(args)
-        .arg("--config")
-        .arg(config);
-    let output = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .expect("join")
-        .expect("run kabar dead-letters");
-    Output {
-        success: output.status.success(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
 
 fn secrets(chat: &FakeChat) -> Vec<String> {
     let mut all = chat.secrets();

@@ -9,8 +9,10 @@ mod common;
 use std::time::Duration;
 
 use common::fake_chat::{Failure, FakeChat, Mode};
-use common::kabar::{KabarProcess, TestConfig, assert_no_secrets, client, notification};
-use common::logscan::{assert_logs_clean, config_secrets};
+use common::kabar::{
+    CliOutput, KabarProcess, TestConfig, assert_no_secrets, client, dead_letters_cli, notification,
+};
+use common::logscan::{assert_logs_clean, config_secrets, percent_encode_every_byte};
 
 const WAIT: Duration = Duration::from_secs(30);
 const USERNAME: &str = "alertmanager";
@@ -198,16 +200,7 @@ const ECHO_TOKEN_DECODED: &str = "EchoTOKEN-Zq8vT3xWm1LkP0aBcD9e=";
 /// use; half Google-style JSON errors, half plain text, each with a forged log line.
 fn echoing_bodies(url: &str) -> Vec<String> {
     let (_, target) = url.split_at(url.find("/v1/").expect("path"));
-    let full_encoded: String = url
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
+    let full_encoded = percent_encode_every_byte(url);
     let echoes = [
         format!("No webhook at {url}"),
         format!("No webhook at {target}"),
@@ -234,24 +227,6 @@ fn echoing_bodies(url: &str) -> Vec<String> {
         });
     }
     bodies
-}
-
-async fn dead_letters_cli(config: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_kabar"));
-    command
-        .arg("dead-letters")
-        .args(args)
-        .arg("--config")
-        .arg(config);
-    let output = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .expect("join")
-        .expect("run kabar dead-letters");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,7 +367,11 @@ async fn chat_errors_echoing_the_token_in_any_encoding_reach_no_log_row_or_cli_o
     assert_no_secrets(&details.join("\n"), &secrets);
 
     for args in [&["list"][..], &["list", "--json"][..]] {
-        let (ok, stdout, stderr) = dead_letters_cli(&config.path, args).await;
+        let CliOutput {
+            success: ok,
+            stdout,
+            stderr,
+        } = dead_letters_cli(&config.path, args).await;
         assert!(ok, "{stderr}");
         assert!(stdout.contains("planted"), "{stdout}");
         let rows = if args.len() == 1 {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use common::fake_chat::{Failure, FakeChat, Mode};
 use common::kabar::{
-    InProcess, TEST_TOKEN, TestConfig, client, metric_value, metrics_text, notification,
-    post_alerts, wait_for_metric,
+    InProcess, TEST_TOKEN, TestConfig, age_recorded_resolves, client, metric_value, metrics_text,
+    notification, post_alerts, wait_for_metric,
 };
 use serde_json::{Value, json};
 
@@ -752,21 +752,6 @@ async fn metrics_pass_promtool_check() {
         String::from_utf8_lossy(&output.stderr)
     );
     kabar.stop().await;
-}
-
-/// Moves the resolve times kabar recorded `ms` into the past, as if that long had passed
-/// since (the re-fire window is 60 s of kabar's clock; the test does not wait a minute).
-fn age_recorded_resolves(state_dir: &std::path::Path, ms: i64) {
-    let conn = rusqlite::Connection::open(state_dir.join("kabar.db")).expect("open kabar.db");
-    conn.busy_timeout(Duration::from_secs(10))
-        .expect("busy timeout");
-    let aged = conn
-        .execute(
-            "UPDATE episodes SET resolved_ms = resolved_ms - ?1 WHERE resolved_ms IS NOT NULL",
-            [ms],
-        )
-        .expect("age the recorded resolve");
-    assert_eq!(aged, 1, "one episode has a recorded resolve");
 }
 
 #[tokio::test]

@@ -350,3 +350,44 @@ pub fn assert_no_secrets(text: &str, secrets: &[String]) {
         );
     }
 }
+
+/// What a kabar command printed, and whether it succeeded.
+pub struct CliOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `kabar dead-letters ARGS --config CONFIG` off the async runtime.
+pub async fn dead_letters_cli(config: &Path, args: &[&str]) -> CliOutput {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kabar"));
+    command
+        .arg("dead-letters")
+        .args(args)
+        .arg("--config")
+        .arg(config);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("run kabar dead-letters");
+    CliOutput {
+        success: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Moves the resolve times kabar recorded in `state_dir` `ms` into the past, as if that
+/// long had passed (the re-fire window is 60 s of kabar's clock; tests do not wait a minute).
+pub fn age_recorded_resolves(state_dir: &Path, ms: i64) {
+    let conn = rusqlite::Connection::open(state_dir.join("kabar.db")).expect("open kabar.db");
+    conn.busy_timeout(Duration::from_secs(10))
+        .expect("busy timeout");
+    let aged = conn
+        .execute(
+            "UPDATE episodes SET resolved_ms = resolved_ms - ?1 WHERE resolved_ms IS NOT NULL",
+            [ms],
+        )
+        .expect("age the recorded resolve");
+    assert_eq!(aged, 1, "one episode has a recorded resolve");
+}

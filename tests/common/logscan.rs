@@ -68,16 +68,7 @@ pub fn encoded_forms(secret: &str) -> Vec<String> {
     let decoded = percent_decode(secret);
     let mut forms = vec![secret.to_owned(), decoded.clone()];
     for base in [secret, decoded.as_str()] {
-        let upper: String = base
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() {
-                    char::from(b).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
+        let upper = percent_encode_every_byte(base);
         forms.push(lower_hex(&upper));
         forms.push(upper);
         forms.push(
@@ -100,6 +91,19 @@ pub fn encoded_forms(secret: &str) -> Vec<String> {
         }
     }
     unique
+}
+
+/// `text` with every byte but ASCII letters and digits percent-encoded, upper-case hex.
+pub fn percent_encode_every_byte(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 fn percent_decode(text: &str) -> String {
