@@ -663,7 +663,8 @@ pub fn switch_to_fallback(conn: &Connection, id: i64, error: &str) -> Result<(),
     Ok(())
 }
 
-/// Moves a message from the outbox to the dead letters, with why.
+/// Moves a message from the outbox to the dead letters, with why; the new dead letter's id
+/// (None when the message had already left the outbox).
 pub fn dead_letter(
     conn: &Connection,
     id: i64,
@@ -671,15 +672,19 @@ pub fn dead_letter(
     status: Option<u16>,
     detail: &str,
     now_ms: i64,
-) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "INSERT INTO dead_letters
-         (space, kind, thread_key, body, fallback_body, received_ms, dead_ms, attempts, reason, status, detail)
-         SELECT space, kind, thread_key, body, fallback_body, received_ms, ?2, attempts, ?3, ?4, ?5
-         FROM outbox WHERE id = ?1",
-    )?
-    .execute(params![id, now_ms, reason, status, detail])?;
-    remove(conn, id)
+) -> Result<Option<i64>, StoreError> {
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO dead_letters
+             (space, kind, thread_key, body, fallback_body, received_ms, dead_ms, attempts, reason, status, detail)
+             SELECT space, kind, thread_key, body, fallback_body, received_ms, ?2, attempts, ?3, ?4, ?5
+             FROM outbox WHERE id = ?1",
+        )?
+        .execute(params![id, now_ms, reason, status, detail])?;
+    // Read before the DELETE: the rowid of the dead letter this call inserted.
+    let dead_letter_id = (inserted == 1).then(|| conn.last_insert_rowid());
+    remove(conn, id)?;
+    Ok(dead_letter_id)
 }
 
 pub fn dead_letters(conn: &Connection, space: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {

@@ -297,10 +297,8 @@ impl Sender {
             .shared
             .store
             .write(move |conn| {
-                outbox::dead_letter(conn, id, reason.as_str(), status, &detail_text, now)?;
-                // The dead letter's own id, the one `kabar dead-letters --id` takes: the
-                // row just inserted, when the outbox row existed (the DELETE changed one).
-                Ok((conn.changes() == 1).then(|| conn.last_insert_rowid()))
+                // The dead letter's own id, the one `kabar dead-letters --id` takes.
+                outbox::dead_letter(conn, id, reason.as_str(), status, &detail_text, now)
             })
             .await
         {
