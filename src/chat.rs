@@ -1,5 +1,5 @@
-//! The Google Chat incoming-webhook client: one POST per message, and a classification of
-//! every way it can fail into "retry" or "give up". No error it returns carries the URL.
+//! The Google Chat incoming-webhook client: one POST per message, and every way it can fail
+//! sorted into "retry" or "give up". It must not decide what to do next, nor carry the URL.
 
 use std::time::Duration;
 

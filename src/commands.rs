@@ -1,4 +1,5 @@
-//! `kabar check` and `kabar render`: the config and templates, tried without serving.
+//! `kabar check` and `kabar render`: the config and templates tried without serving.
+//! It must not open the store, bind a socket or send anything to Chat.
 
 use std::fmt::Write as _;
 use std::path::Path;

@@ -1,6 +1,5 @@
-//! The HTTP listener's defences: every connection must deliver its request in time (a
-//! slowloris client cannot hold a connection), and only so many webhook requests are
-//! processed at once (beyond that: 503 with Retry-After, which Alertmanager retries).
+//! The HTTP listener's defences: read timeouts (no slowloris) and a cap on requests in
+//! flight (503 with Retry-After beyond it). It must not route or look at bodies.
 //!
 //! axum's own `serve` has no read timeouts, so connections are served here with hyper,
 //! whose header-read timeout also closes idle keep-alive connections. With `server.tls`

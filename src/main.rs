@@ -1,4 +1,5 @@
 //! The `kabar` command: parses the command line and calls into the library.
+//! It must not hold logic of its own: every command is a library function.
 
 #![forbid(unsafe_code)]
 // Output goes through kabar::print_out / print_err: println! panics when the reader has gone.

@@ -1,5 +1,5 @@
-//! Alertmanager's webhook payload (version 4), read leniently: unknown keys are ignored,
-//! `null` maps and strings read as empty, timestamps take any RFC 3339 precision.
+//! Alertmanager's webhook payload (version 4), read leniently: unknown keys ignored, `null`
+//! maps and strings read as empty, any RFC 3339 precision. Only the shape: no decisions.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

@@ -1,5 +1,5 @@
 //! Which spaces a notification goes to: by its `receiver` field, or by the space named in
-//! the URL.
+//! the URL. It must not look at alerts, episodes or templates.
 
 use crate::config::Config;
 

@@ -1,5 +1,5 @@
-//! The loaded configuration: config plus its compiled templates, replaced as one on
-//! reload so no request ever sees a config with another config's templates.
+//! The loaded configuration: config plus its compiled templates, replaced as one on reload
+//! so no request ever sees a config with another config's templates. Holds no state.
 
 use std::path::Path;
 

@@ -1,4 +1,5 @@
-//! Values that must never reach a log line, metric, error body or panic message.
+//! Values that must never reach a log line, metric, error body or panic message, and the
+//! scrubbing of text from elsewhere. It must not offer any way to print a value but `expose`.
 //!
 //! `Secret` wraps them so `Debug` and `Display` print a placeholder; the only way to the
 //! value is the explicit `expose()`. `scrub` removes credentials from text that came from

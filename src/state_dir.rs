@@ -1,4 +1,5 @@
-//! The state_dir as a place: a folder kabar can write, used by one kabar at a time.
+//! The state_dir as a place: a folder kabar can write, used by one kabar at a time (flock).
+//! It must not read or write the store inside it: the SQLite adapter does.
 //!
 //! Two kabars on one SQLite store would both run senders over the same outbox and post
 //! every message twice, so `kabar serve` holds an OS lock (flock) on

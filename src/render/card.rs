@@ -1,4 +1,5 @@
 //! Card bodies: what a card template produced, made into a `cardsV2` message Chat accepts.
+//! It must not see raw alert data unescaped, nor leave a body over Chat's limits.
 //!
 //! A card template's output is parsed, normalised (trailing commas allowed, empty widgets
 //! and sections dropped, long strings cut, template-written mentions defused), checked

@@ -1,5 +1,5 @@
-//! The data a template sees. README.md, "Template context", documents every field; keep
-//! the two in step.
+//! The data a template sees, capped before any template runs (README.md, "Template context",
+//! documents every field; keep the two in step). It must not escape or render.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

@@ -1,4 +1,5 @@
 //! Escaping alert data for its destination, and fitting text into Chat's limits.
+//! Pure text functions: no templates, no config, nothing that can fail on input.
 //!
 //! Two destinations: Chat text markup, where `<users/all>` pings a room and `<url|label>`
 //! can disguise a link, and card JSON, where a value sits inside a JSON string that Chat

@@ -1,5 +1,5 @@
-//! Template helpers: the functions templates call, the same set for text and cards.
-//! README.md, "Template helpers", documents each with an example.
+//! Template helpers: the functions templates call, the same set for text and cards
+//! (README.md, "Template helpers", has an example of each). No I/O, no clock but the alert's.
 
 use std::sync::{Arc, Mutex};
 

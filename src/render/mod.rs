@@ -1,4 +1,5 @@
 //! Rendering: handlebars templates into Chat request bodies that Chat will accept.
+//! It must not decide what is posted (planning does) nor queue or send anything.
 //!
 //! Alert data is escaped on its way into a message, so a label can neither mention anyone
 //! nor forge a link; mentions are added by kabar from config, after the template ran, and
