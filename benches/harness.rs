@@ -32,11 +32,11 @@ use jiff::Timestamp;
 use serde_json::{Value, json};
 
 use kabar::config::Config;
-use kabar::outbox::{self, NewMessage, Store};
 use kabar::payload::Notification;
 use kabar::pipeline::preview;
 use kabar::runtime::Runtime;
-use kabar::state::MemoryEpisodes;
+use kabar::store::MemoryEpisodes;
+use kabar::store::{NewMessage, SqliteStore, transact};
 
 use fake_chat::{Failure, FakeChat, Mode};
 
@@ -316,7 +316,7 @@ fn notification_json(receiver: &str, id: &str, alerts: usize) -> Value {
 /// rendered by kabar's own code, inserted with kabar's outbox functions.
 async fn prequeue(config_path: &Path, spaces: usize, per_space: usize) -> Result<(), Error> {
     let runtime = Arc::new(Runtime::load(config_path)?);
-    let store = Store::open(&runtime.config.state_dir)?;
+    let store = SqliteStore::open(&runtime.config.state_dir)?;
     let now = Timestamp::now();
     let config: &Config = &runtime.config;
     let mut rows = Vec::with_capacity(spaces * per_space);
@@ -348,24 +348,20 @@ async fn prequeue(config_path: &Path, spaces: usize, per_space: usize) -> Result
     let received_ms = now.as_millisecond();
     for chunk in rows.chunks(5_000) {
         let chunk = chunk.to_vec();
-        store
-            .write(move |conn| {
-                for (space, kind, thread_key, body, fallback) in &chunk {
-                    outbox::enqueue(
-                        conn,
-                        &NewMessage {
-                            space,
-                            kind,
-                            thread_key: thread_key.as_deref(),
-                            body,
-                            fallback_body: fallback.as_deref(),
-                            received_ms,
-                        },
-                    )?;
-                }
-                Ok(())
-            })
-            .await?;
+        transact(&store, move |transaction| {
+            for (space, kind, thread_key, body, fallback) in &chunk {
+                transaction.enqueue(&NewMessage {
+                    space,
+                    kind,
+                    thread_key: thread_key.as_deref(),
+                    body,
+                    fallback_body: fallback.as_deref(),
+                    received_ms,
+                })?;
+            }
+            Ok(())
+        })
+        .await?;
     }
     store.close();
     Ok(())

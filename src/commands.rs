@@ -14,7 +14,8 @@ use crate::pipeline::preview;
 use crate::render::{RenderFailure, RenderInput};
 use crate::routing::{RoutingError, route};
 use crate::runtime::{LoadError, Runtime};
-use crate::state::{AlertSet, MemoryEpisodes, MessageKind, Subject};
+use crate::state::{AlertSet, MessageKind, Subject};
+use crate::store::MemoryEpisodes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {

@@ -11,12 +11,11 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, params};
 use serde_json::{Value, json};
 
 use crate::config::{Config, ConfigError, parse_duration};
-use crate::outbox::{DATABASE_FILE, DeadLetter, Store, StoreError, now_ms};
 use crate::secret::scrub;
+use crate::store::{self, DeadLetter, StoreError, now_ms};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {
@@ -95,57 +94,14 @@ impl Selection {
     }
 }
 
-/// The dead letters that match `selection`, oldest first.
-pub fn select(
-    conn: &Connection,
+/// The dead letters among `letters` that match `selection`, in their order.
+pub(crate) fn select(
+    mut letters: Vec<DeadLetter>,
     selection: &Selection,
     now_ms: i64,
-) -> Result<Vec<DeadLetter>, StoreError> {
-    let mut all = crate::outbox::dead_letters(conn, None)?;
-    all.retain(|letter| selection.matches(letter, now_ms));
-    Ok(all)
-}
-
-/// Moves the selected dead letters back to the end of their spaces' outbox queues, oldest
-/// first, as fresh messages: attempts start at zero and `give_up_after` counts from now
-/// (an expired message would otherwise expire again at once). Returns what was moved.
-pub fn retry(
-    conn: &Connection,
-    selection: &Selection,
-    now_ms: i64,
-) -> Result<Vec<DeadLetter>, StoreError> {
-    let chosen = select(conn, selection, now_ms)?;
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO outbox (space, kind, thread_key, body, fallback_body, received_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
-    let mut delete = conn.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?;
-    for letter in &chosen {
-        insert.execute(params![
-            letter.space,
-            letter.kind,
-            letter.thread_key,
-            letter.body,
-            letter.fallback_body,
-            now_ms
-        ])?;
-        delete.execute(params![letter.id])?;
-    }
-    Ok(chosen)
-}
-
-/// Deletes the selected dead letters. Returns what was deleted.
-pub fn drop_letters(
-    conn: &Connection,
-    selection: &Selection,
-    now_ms: i64,
-) -> Result<Vec<DeadLetter>, StoreError> {
-    let chosen = select(conn, selection, now_ms)?;
-    let mut delete = conn.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?;
-    for letter in &chosen {
-        delete.execute(params![letter.id])?;
-    }
-    Ok(chosen)
+) -> Vec<DeadLetter> {
+    letters.retain(|letter| selection.matches(letter, now_ms));
+    letters
 }
 
 // ---------------------------------------------------------------------------------------
@@ -179,13 +135,11 @@ pub fn run(
         return Err(DeadLetterError::NoFilter(name));
     }
     let config = Config::load(config_path)?;
-    let database = config.state_dir.join(DATABASE_FILE);
-    if !database.is_file() {
-        return Err(DeadLetterError::NoStore(database));
-    }
-    // The same store as the service: same pragmas (WAL, busy timeout), same migrations,
-    // and writes go through its writer, so the CLI and a running kabar take turns.
-    let store = Store::open(&config.state_dir)?;
+    // The same store as the service: same adapter, same migrations, and writes go through
+    // its writer, so the CLI and a running kabar take turns.
+    let Some(store) = store::open_existing(&config)? else {
+        return Err(DeadLetterError::NoStore(store::location(&config)));
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -200,7 +154,7 @@ pub fn run(
         .cloned()
         .collect();
     if !unconfigured.is_empty() {
-        let with_letters = runtime.block_on(store.read(crate::outbox::dead_letter_counts));
+        let with_letters = runtime.block_on(store.dead_letter_counts());
         let with_letters = match with_letters {
             Ok(counts) => counts,
             Err(e) => {
@@ -219,24 +173,13 @@ pub fn run(
             });
         }
     }
-    let selection_for_job = selection.clone();
     let result = runtime.block_on(async {
+        let chosen = select(store.dead_letters(None).await?, selection, now);
+        let ids = chosen.iter().map(|letter| letter.id).collect();
         match action {
-            Action::List { .. } => {
-                store
-                    .read(move |conn| select(conn, &selection_for_job, now))
-                    .await
-            }
-            Action::Retry => {
-                store
-                    .write(move |conn| retry(conn, &selection_for_job, now))
-                    .await
-            }
-            Action::Drop => {
-                store
-                    .write(move |conn| drop_letters(conn, &selection_for_job, now))
-                    .await
-            }
+            Action::List { .. } => Ok(chosen),
+            Action::Retry => store.retry_dead_letters(ids, now).await,
+            Action::Drop => store.drop_dead_letters(ids).await,
         }
     });
     store.close();
@@ -432,130 +375,129 @@ fn list_json(letters: &[DeadLetter], secrets: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::{NewMessage, dead_letter, enqueue, next_messages};
+    use crate::store::{DeadLetterRecord, NewMessage, SqliteStore, Store, transact};
 
     const HOUR_MS: i64 = 3_600_000;
 
-    /// Queues one message in `space` and dead-letters it at `dead_ms`.
-    fn bury(conn: &Connection, space: &str, body: &str, dead_ms: i64) -> i64 {
-        let id = enqueue(
-            conn,
-            &NewMessage {
-                space,
-                kind: "firing",
-                thread_key: Some("kabar:t"),
-                body,
-                fallback_body: Some("{\"text\":\"fallback\"}"),
-                received_ms: dead_ms - 1000,
-            },
-        )
-        .expect("enqueue");
-        dead_letter(
-            conn,
-            id,
-            "authError",
-            Some(403),
-            "HTTP 403 PERMISSION_DENIED",
-            dead_ms,
-        )
-        .expect("dead letter");
-        conn.last_insert_rowid()
+    fn new_message<'a>(space: &'a str, body: &'a str, received_ms: i64) -> NewMessage<'a> {
+        NewMessage {
+            space,
+            kind: "firing",
+            thread_key: Some("kabar:t"),
+            body,
+            fallback_body: Some("{\"text\":\"fallback\"}"),
+            received_ms,
+        }
     }
 
-    fn temp_store() -> (tempfile::TempDir, Store) {
+    /// Queues one message in `space` and dead-letters it at `dead_ms`; the dead letter's id.
+    async fn bury(store: &SqliteStore, space: &str, body: &str, dead_ms: i64) -> i64 {
+        let (space_name, text) = (space.to_owned(), body.to_owned());
+        let id = transact(store, move |tx| {
+            tx.enqueue(&new_message(&space_name, &text, dead_ms - 1000))
+        })
+        .await
+        .expect("enqueue");
+        let record = DeadLetterRecord {
+            reason: "authError",
+            status: Some(403),
+            detail: "HTTP 403 PERMISSION_DENIED".into(),
+            dead_ms,
+        };
+        store
+            .dead_letter(id, record)
+            .await
+            .expect("dead letter")
+            .expect("it was queued")
+    }
+
+    fn temp_store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).expect("open");
+        let store = SqliteStore::open(dir.path()).expect("open");
         (dir, store)
     }
 
-    fn blocking<T: Send + 'static>(
-        store: &Store,
-        work: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    ) -> T {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(store.write(work)).expect("store job")
+    async fn pick(store: &SqliteStore, selection: Selection, now: i64) -> Vec<String> {
+        let letters = store.dead_letters(None).await.expect("list");
+        select(letters, &selection, now)
+            .into_iter()
+            .map(|l| l.body)
+            .collect()
     }
 
-    #[test]
-    fn filters_by_space_id_and_age() {
+    #[tokio::test]
+    async fn filters_by_space_id_and_age() {
         let (_dir, store) = temp_store();
         let now = 100 * HOUR_MS;
-        let ids = blocking(&store, move |c| {
-            Ok([
-                bury(c, "ops", "a", now - 30 * HOUR_MS),
-                bury(c, "ops", "b", now - HOUR_MS),
-                bury(c, "dev", "c", now - 2 * HOUR_MS),
-            ])
-        });
-        let pick = |selection: Selection| -> Vec<String> {
-            store
-                .read_blocking(move |c| select(c, &selection, now))
-                .expect("select")
-                .into_iter()
-                .map(|l| l.body)
-                .collect()
-        };
-        assert_eq!(pick(Selection::default()), ["a", "b", "c"]);
+        let ids = [
+            bury(&store, "ops", "a", now - 30 * HOUR_MS).await,
+            bury(&store, "ops", "b", now - HOUR_MS).await,
+            bury(&store, "dev", "c", now - 2 * HOUR_MS).await,
+        ];
+        assert_eq!(
+            pick(&store, Selection::default(), now).await,
+            ["a", "b", "c"]
+        );
         let ops = Selection {
             spaces: vec!["ops".into()],
             ..Selection::default()
         };
-        assert_eq!(pick(ops), ["a", "b"]);
+        assert_eq!(pick(&store, ops, now).await, ["a", "b"]);
         let old = Selection::parse(vec![], vec![], Some("1d"), None).expect("parse");
-        assert_eq!(pick(old), ["a"]);
+        assert_eq!(pick(&store, old, now).await, ["a"]);
         let recent = Selection::parse(vec![], vec![], None, Some("90m")).expect("parse");
-        assert_eq!(pick(recent), ["b"]);
+        assert_eq!(pick(&store, recent, now).await, ["b"]);
         let window = Selection::parse(vec![], vec![], Some("90m"), Some("1d")).expect("parse");
-        assert_eq!(pick(window), ["c"]);
+        assert_eq!(pick(&store, window, now).await, ["c"]);
         let by_id = Selection {
             ids: vec![ids[2], ids[0]],
             ..Selection::default()
         };
-        assert_eq!(pick(by_id), ["a", "c"]);
+        assert_eq!(pick(&store, by_id, now).await, ["a", "c"]);
         let nothing = Selection {
             spaces: vec!["dev".into()],
             ids: vec![ids[0]],
             ..Selection::default()
         };
-        assert!(pick(nothing).is_empty());
+        assert!(pick(&store, nothing, now).await.is_empty());
         assert!(matches!(
             Selection::parse(vec![], vec![], Some("soon"), None),
             Err(DeadLetterError::BadDuration("--older-than", _))
         ));
     }
 
-    #[test]
-    fn retry_appends_to_the_queue_in_dead_letter_order_as_fresh_messages() {
+    #[tokio::test]
+    async fn retry_appends_to_the_queue_in_dead_letter_order_as_fresh_messages() {
         let (_dir, store) = temp_store();
         let now = 100 * HOUR_MS;
-        blocking(&store, move |c| {
-            bury(c, "ops", "first", now - 3 * HOUR_MS);
-            bury(c, "ops", "second", now - 2 * HOUR_MS);
-            bury(c, "dev", "other", now - HOUR_MS);
-            enqueue(
-                c,
-                &NewMessage {
-                    space: "ops",
-                    kind: "firing",
-                    thread_key: None,
-                    body: "already queued",
-                    fallback_body: None,
-                    received_ms: now,
-                },
-            )
-        });
+        bury(&store, "ops", "first", now - 3 * HOUR_MS).await;
+        bury(&store, "ops", "second", now - 2 * HOUR_MS).await;
+        bury(&store, "dev", "other", now - HOUR_MS).await;
+        transact(&store, move |tx| {
+            tx.enqueue(&NewMessage {
+                space: "ops",
+                kind: "firing",
+                thread_key: None,
+                body: "already queued",
+                fallback_body: None,
+                received_ms: now,
+            })
+        })
+        .await
+        .expect("enqueue");
         let selection = Selection {
             spaces: vec!["ops".into()],
             ..Selection::default()
         };
-        let moved = blocking(&store, move |c| retry(c, &selection, now));
+        let chosen = select(
+            store.dead_letters(None).await.expect("list"),
+            &selection,
+            now,
+        );
+        let ids = chosen.iter().map(|l| l.id).collect();
+        let moved = store.retry_dead_letters(ids, now).await.expect("retry");
         assert_eq!(moved.len(), 2);
-        let queue = store
-            .read_blocking(|c| next_messages(c, "ops", 0, 10))
-            .expect("read");
+        let queue = store.next_messages("ops", 0, 10).await.expect("read");
         let bodies: Vec<&str> = queue.iter().map(|m| m.body.as_str()).collect();
         assert_eq!(bodies, ["already queued", "first", "second"]);
         assert!(
@@ -566,37 +508,28 @@ mod tests {
                 && m.fallback_body.as_deref() == Some("{\"text\":\"fallback\"}")),
             "a card keeps its text version: {queue:?}"
         );
-        let left = store
-            .read_blocking(crate::outbox::dead_letter_counts)
-            .expect("counts");
+        let left = store.dead_letter_counts().await.expect("counts");
         assert_eq!(left, vec![("dev".to_owned(), 1)]);
     }
 
-    #[test]
-    fn drop_deletes_only_the_selection() {
+    #[tokio::test]
+    async fn drop_deletes_only_the_selection() {
         let (_dir, store) = temp_store();
         let now = 100 * HOUR_MS;
-        let ids = blocking(&store, move |c| {
-            Ok([
-                bury(c, "ops", "a", now - HOUR_MS),
-                bury(c, "ops", "b", now - HOUR_MS),
-            ])
-        });
-        let selection = Selection {
-            ids: vec![ids[1]],
-            ..Selection::default()
-        };
-        let dropped = blocking(&store, move |c| drop_letters(c, &selection, now));
+        let ids = [
+            bury(&store, "ops", "a", now - HOUR_MS).await,
+            bury(&store, "ops", "b", now - HOUR_MS).await,
+        ];
+        let dropped = store.drop_dead_letters(vec![ids[1]]).await.expect("drop");
         assert_eq!(dropped.len(), 1);
         assert_eq!(dropped[0].body, "b");
-        let left = store
-            .read_blocking(|c| select(c, &Selection::default(), now))
-            .expect("select");
+        let left = store.dead_letters(None).await.expect("list");
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].body, "a");
         assert!(
             store
-                .read_blocking(|c| next_messages(c, "ops", 0, 10))
+                .next_messages("ops", 0, 10)
+                .await
                 .expect("read")
                 .is_empty(),
             "drop never queues anything"

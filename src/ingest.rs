@@ -16,10 +16,10 @@ use subtle::ConstantTimeEq;
 use crate::app::AppState;
 use crate::config::Auth;
 use crate::metrics::RejectReason;
-use crate::outbox::StoreError;
 use crate::payload::{Notification, PayloadError, elide_middle};
 use crate::pipeline::{self, Accepted, PipelineError};
 use crate::routing::RoutingError;
+use crate::store::StoreError;
 
 /// Every way an HTTP request can fail, and its answer.
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,8 @@
 //!
 //! The flow, one module per stage: [`ingest`] (HTTP edge, auth, parsing) → [`pipeline`]
 //! (one transaction of: [`routing`] (receiver → spaces) → [`state`] (what changed) →
-//! [`render`] (templates, Chat limits) → [`outbox`] (SQLite, committed before the 200)) →
+//! [`render`] (templates, Chat limits) → [`store`] (the port; SQLite adapter, committed
+//! before the 200)) →
 //! [`delivery`] (per-space senders) → [`chat`] (the webhook client); [`metrics`] and
 //! [`config`] serve them all, [`server`] wires them into a running service around the
 //! shared app state.
@@ -20,7 +21,6 @@ pub mod delivery;
 pub mod ingest;
 pub mod listener;
 pub mod metrics;
-pub mod outbox;
 pub mod payload;
 pub mod pipeline;
 pub mod render;
@@ -31,6 +31,7 @@ pub mod send_test;
 pub mod server;
 pub mod state;
 pub mod state_dir;
+pub mod store;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const REVISION: &str = env!("KABAR_GIT_REVISION");

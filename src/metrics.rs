@@ -539,7 +539,7 @@ impl Metrics {
     pub fn config_loaded(&self) {
         self.config_last_reload_successful.set(1);
         self.config_last_reload_success_timestamp
-            .set(crate::outbox::now_ms() as f64 / 1000.0);
+            .set(crate::store::now_ms() as f64 / 1000.0);
     }
 
     /// A reload failed; the previous configuration stays.

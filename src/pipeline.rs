@@ -9,12 +9,12 @@ use jiff::Timestamp;
 use crate::app::AppState;
 use crate::config::Space;
 use crate::metrics::AcceptedNotification;
-use crate::outbox::{self, NewMessage, SqlEpisodes, Store, StoreError};
 use crate::payload::{Notification, elide_middle};
 use crate::render::RenderInput;
 use crate::routing::{RoutingError, route};
 use crate::runtime::Runtime;
-use crate::state::{EpisodeStore, MemoryEpisodes, MessageKind, Subject, SuppressReason, plan};
+use crate::state::{MessageKind, Subject, SuppressReason, plan};
+use crate::store::{EpisodeStore, MemoryEpisodes, NewMessage, Store, StoreError, transact};
 
 /// Payload values named in the "notification accepted" log line are cut to this.
 const MAX_LOGGED_VALUE_CHARS: usize = 200;
@@ -78,12 +78,7 @@ pub fn preview(
     notification: &Notification,
     now: Timestamp,
 ) -> Preview {
-    let mut messages = Vec::new();
-    let prepared = prepare(episodes, runtime, space, notification, now, |message| {
-        messages.push(message);
-        Ok(())
-    });
-    let Ok(outcome) = prepared;
+    let Ok((outcome, messages)) = prepare(episodes, runtime, space, notification, now);
     Preview { messages, outcome }
 }
 
@@ -100,7 +95,7 @@ pub(crate) async fn accept(
     let received = Timestamp::now();
     let notification = Arc::new(notification);
     let outcomes = queue(
-        &app.shared.store,
+        app.shared.store.as_ref(),
         runtime,
         spaces.clone(),
         Arc::clone(&notification),
@@ -152,58 +147,46 @@ pub(crate) async fn accept(
 /// Plans, renders and enqueues the notification's messages for each of `spaces` in one
 /// write transaction: all of them are queued, with their episode updates, or none.
 async fn queue(
-    store: &Store,
+    store: &dyn Store,
     runtime: Arc<Runtime>,
     spaces: Vec<String>,
     notification: Arc<Notification>,
     received: Timestamp,
 ) -> Result<Vec<SpaceOutcome>, StoreError> {
-    store
-        .write(move |conn| {
-            let mut episodes = SqlEpisodes(conn);
-            let mut outcomes = Vec::with_capacity(spaces.len());
-            for name in &spaces {
-                let Some(space) = runtime.config.spaces.get(name) else {
-                    continue;
-                };
-                let outcome = prepare(
-                    &mut episodes,
-                    &runtime,
-                    space,
-                    &notification,
-                    received,
-                    |message| {
-                        outbox::enqueue(
-                            conn,
-                            &NewMessage {
-                                space: &message.space,
-                                kind: message.kind.as_str(),
-                                thread_key: message.thread_key.as_deref(),
-                                body: &message.body,
-                                fallback_body: message.fallback_body.as_deref(),
-                                received_ms: received.as_millisecond(),
-                            },
-                        )
-                        .map(|_| ())
-                    },
-                )?;
-                outcomes.push(outcome);
+    transact(store, move |transaction| {
+        let mut outcomes = Vec::with_capacity(spaces.len());
+        for name in &spaces {
+            let Some(space) = runtime.config.spaces.get(name) else {
+                continue;
+            };
+            let (outcome, messages) =
+                prepare(transaction, &runtime, space, &notification, received)?;
+            for message in &messages {
+                transaction.enqueue(&NewMessage {
+                    space: &message.space,
+                    kind: message.kind.as_str(),
+                    thread_key: message.thread_key.as_deref(),
+                    body: &message.body,
+                    fallback_body: message.fallback_body.as_deref(),
+                    received_ms: received.as_millisecond(),
+                })?;
             }
-            Ok(outcomes)
-        })
-        .await
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    })
+    .await
 }
 
-/// Plans the messages a notification needs in a space, renders them and hands each to
-/// `emit`, all against `episodes` (the open transaction, or memory for a preview).
-fn prepare<S: EpisodeStore>(
+/// Plans the messages a notification needs in a space against `episodes` (the open
+/// transaction, or memory for a preview) and renders them, in order.
+fn prepare<S: EpisodeStore + ?Sized>(
     episodes: &mut S,
     runtime: &Runtime,
     space: &Space,
     notification: &Notification,
     now: Timestamp,
-    mut emit: impl FnMut(Outgoing) -> Result<(), S::Error>,
-) -> Result<SpaceOutcome, S::Error> {
+) -> Result<(SpaceOutcome, Vec<Outgoing>), S::Error> {
     let planned = plan(
         episodes,
         &space.name,
@@ -216,6 +199,7 @@ fn prepare<S: EpisodeStore>(
         suppressed: planned.suppressed,
         ..SpaceOutcome::default()
     };
+    let mut messages = Vec::with_capacity(planned.messages.len());
     for message in planned.messages {
         let (rendered, failures) = runtime.renderer.render(&RenderInput {
             space,
@@ -237,17 +221,17 @@ fn prepare<S: EpisodeStore>(
         if rendered.truncated {
             outcome.truncated += 1;
         }
-        emit(Outgoing {
+        messages.push(Outgoing {
             space: space.name.clone(),
             kind: message.kind,
             subject: message.subject,
             thread_key: rendered.thread_key,
             body: rendered.body,
             fallback_body: rendered.fallback_body,
-        })?;
+        });
         outcome.queued.push(message.kind);
     }
-    Ok(outcome)
+    Ok((outcome, messages))
 }
 
 #[cfg(test)]
@@ -256,7 +240,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::outbox::QueuedMessage;
+    use crate::store::{QueuedMessage, SqliteStore};
 
     fn runtime() -> Arc<Runtime> {
         let yaml = "spaces:\n  cards:\n    dry_run: true\n    format: card\n  texts:\n    dry_run: true\n    format: text\n    threading: per_group\n";
@@ -278,7 +262,7 @@ mod tests {
         let notification = grouped_firing();
         let now: Timestamp = "2026-11-28T01:00:00Z".parse().expect("now");
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).expect("open");
+        let store = SqliteStore::open(dir.path()).expect("open");
         let spaces = vec!["cards".to_owned(), "texts".to_owned()];
 
         let outcomes = queue(
@@ -300,9 +284,7 @@ mod tests {
                 &notification,
                 now,
             );
-            let space_name = name.clone();
-            let rows: Vec<QueuedMessage> = store
-                .read(move |conn| outbox::next_messages(conn, &space_name, 0, 1_000))
+            let rows: Vec<QueuedMessage> = Store::next_messages(&store, name, 0, 1_000)
                 .await
                 .expect("read");
             assert!(!rows.is_empty(), "{name}: something was queued");
@@ -329,7 +311,7 @@ mod tests {
         let notification = Arc::new(grouped_firing());
         let now: Timestamp = "2026-11-28T01:00:00Z".parse().expect("now");
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).expect("open");
+        let store = SqliteStore::open(dir.path()).expect("open");
         let spaces = vec!["texts".to_owned()];
         let mut memory = MemoryEpisodes::default();
         let space = &runtime.config.spaces["texts"];

@@ -22,8 +22,8 @@ use crate::delivery::{Delivery, Shared};
 use crate::ingest::{self, ApiError};
 use crate::listener::{self, WebhookGuard};
 use crate::metrics::Metrics;
-use crate::outbox::{self, Store, StoreError, now_ms};
 use crate::runtime::{LoadError, Runtime};
+use crate::store::{self, Store, StoreError, now_ms};
 
 /// How often old episode state and duplicate digests are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -80,8 +80,8 @@ impl Service {
             .as_ref()
             .map(listener::tls_acceptor)
             .transpose()?;
-        let state_dir = config.state_dir.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&state_dir))
+        let store_config = config.clone();
+        let store = tokio::task::spawn_blocking(move || store::open(&store_config))
             .await
             .map_err(|e| ServeError::Store(StoreError::Internal(e.to_string())))??;
         let metrics = Arc::new(Metrics::new(crate::VERSION, crate::REVISION));
@@ -133,7 +133,7 @@ impl Service {
         let queued = app
             .shared
             .store
-            .read(outbox::queue_stats)
+            .queue_stats()
             .await
             .map(|stats| stats.iter().map(|s| s.messages).sum::<i64>())
             .unwrap_or(0);
@@ -183,14 +183,14 @@ impl Service {
     }
 }
 
-async fn prune_periodically(store: Store, mut stopped: watch::Receiver<bool>) {
+async fn prune_periodically(store: Arc<dyn Store>, mut stopped: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(PRUNE_EVERY) => {}
             _ = stopped.wait_for(|stop| *stop) => return,
         }
         let now = now_ms();
-        match store.write(move |conn| outbox::prune(conn, now)).await {
+        match store.prune(now).await {
             Ok((episodes, _)) if episodes > 0 => info!(episodes, "forgot old alert episodes"),
             Ok(_) => {}
             Err(e) => warn!(error = %e, "cannot prune old state"),
@@ -218,7 +218,7 @@ async fn until_stopped(
 ) -> Result<(), ServeError> {
     tokio::select! {
         waited = stop => waited,
-        _ = service.app.shared.store.writer_death() => Err(ServeError::WriterDied),
+        _ = service.app.shared.store.until_broken() => Err(ServeError::WriterDied),
     }
 }
 
@@ -264,13 +264,13 @@ fn router(app: Arc<AppState>, guard: WebhookGuard) -> Router {
 }
 
 async fn healthz(State(app): State<Arc<AppState>>) -> Response {
-    health(&app.shared.store)
+    health(app.shared.store.as_ref())
 }
 
 /// Alive: the process answers and its store's writer thread runs (without it nothing
 /// can be queued, and only a restart helps).
-fn health(store: &Store) -> Response {
-    if store.writer_died() {
+fn health(store: &dyn Store) -> Response {
+    if store.broken() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "unhealthy: the store's writer thread died; restart kabar\n",
@@ -349,16 +349,11 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
 /// Outbox depth, oldest age and dead letters come from the store at scrape time, so they
 /// are right even after a restart.
 async fn refresh_queue_gauges(app: &AppState) {
-    let stats = app
-        .shared
-        .store
-        .read(|conn| {
-            Ok((
-                outbox::queue_stats(conn)?,
-                outbox::dead_letter_counts(conn)?,
-            ))
-        })
-        .await;
+    let store = &app.shared.store;
+    let stats = match store.queue_stats().await {
+        Ok(queues) => store.dead_letter_counts().await.map(|dead| (queues, dead)),
+        Err(e) => Err(e),
+    };
     let (queues, dead) = match stats {
         Ok(stats) => stats,
         Err(e) => {
@@ -434,7 +429,7 @@ mod tests {
     #[tokio::test]
     async fn healthz_fails_once_the_store_writer_died() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).expect("open");
+        let store = crate::store::SqliteStore::open(dir.path()).expect("open");
         assert_eq!(health(&store).status(), StatusCode::OK);
         store.kill_writer_for_test();
         tokio::time::timeout(Duration::from_secs(10), store.writer_death())
@@ -462,7 +457,7 @@ mod tests {
         let config = crate::config::Config::parse(&yaml, dir.path(), &|_| None).expect("config");
         let runtime = Runtime::new(config).expect("runtime");
         let service = Service::start(runtime, None).await.expect("start");
-        service.app.shared.store.kill_writer_for_test();
+        service.app.shared.store.break_for_test();
         let outcome = tokio::time::timeout(
             Duration::from_secs(10),
             until_stopped(&service, std::future::pending()),

@@ -11,6 +11,7 @@ use jiff::Timestamp;
 
 use crate::config::{SpaceOptions, Threading};
 use crate::payload::{Alert, AlertStatus, Fnv64, Notification};
+use crate::store::EpisodeStore;
 
 /// What a message is about; also the `kind` a template sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,45 +180,6 @@ pub struct Episode {
 pub struct GroupEpisode {
     pub thread_key: String,
     pub open: bool,
-}
-
-/// Reads and writes episode state; SQLite in the service, a map for `kabar render`.
-pub trait EpisodeStore {
-    type Error;
-    fn episode(&mut self, key: &EpisodeKey) -> Result<Option<Episode>, Self::Error>;
-    fn save_episode(
-        &mut self,
-        key: &EpisodeKey,
-        episode: &Episode,
-        now_ms: i64,
-    ) -> Result<(), Self::Error>;
-    /// The latest notification recorded for `group` (a hash of its group key) in
-    /// `space`: its digest and when it was recorded (Unix ms).
-    fn latest_notification(
-        &mut self,
-        space: &str,
-        group: u64,
-    ) -> Result<Option<(u64, i64)>, Self::Error>;
-    /// Records `digest` as the latest notification of `group` in `space`.
-    fn record_notification(
-        &mut self,
-        space: &str,
-        group: u64,
-        digest: u64,
-        now_ms: i64,
-    ) -> Result<(), Self::Error>;
-    fn group_episode(
-        &mut self,
-        space: &str,
-        group_key: &str,
-    ) -> Result<Option<GroupEpisode>, Self::Error>;
-    fn save_group_episode(
-        &mut self,
-        space: &str,
-        group_key: &str,
-        group: &GroupEpisode,
-        now_ms: i64,
-    ) -> Result<(), Self::Error>;
 }
 
 /// How long an identical notification counts as a duplicate rather than a re-send. HA
@@ -423,7 +385,7 @@ struct Posting {
 
 /// Plans the messages one notification needs in one space and updates the episode state.
 /// Call it inside the transaction that also queues the messages.
-pub fn plan<S: EpisodeStore>(
+pub fn plan<S: EpisodeStore + ?Sized>(
     store: &mut S,
     space: &str,
     options: &SpaceOptions,
@@ -486,7 +448,7 @@ pub fn plan<S: EpisodeStore>(
 /// again, resolved, reminders), so a storm does not put minutes of backlog in front of
 /// what comes next. Every alert's episode state moves on either way; alerts that open
 /// with the digest reply in its thread later.
-fn plan_alerts<S: EpisodeStore>(
+fn plan_alerts<S: EpisodeStore + ?Sized>(
     store: &mut S,
     space: &str,
     options: &SpaceOptions,
@@ -546,7 +508,7 @@ fn plan_alerts<S: EpisodeStore>(
 }
 
 /// One message listing what changed in the group, in the group episode's thread.
-fn plan_group<S: EpisodeStore>(
+fn plan_group<S: EpisodeStore + ?Sized>(
     store: &mut S,
     space: &str,
     notification: &Notification,
@@ -638,79 +600,10 @@ fn digest_thread_key<'a>(space: &str, keys: impl Iterator<Item = &'a EpisodeKey>
     format!("kabar:{space}:digest:{:016x}", hash.finish())
 }
 
-/// Episode state in memory: `kabar render` and tests.
-#[derive(Debug, Default)]
-pub struct MemoryEpisodes {
-    episodes: std::collections::HashMap<EpisodeKey, Episode>,
-    /// The latest notification (digest, when) per space and group.
-    seen: std::collections::HashMap<(String, u64), (u64, i64)>,
-    groups: std::collections::HashMap<(String, String), GroupEpisode>,
-}
-
-impl EpisodeStore for MemoryEpisodes {
-    type Error = std::convert::Infallible;
-
-    fn episode(&mut self, key: &EpisodeKey) -> Result<Option<Episode>, Self::Error> {
-        Ok(self.episodes.get(key).cloned())
-    }
-
-    fn save_episode(
-        &mut self,
-        key: &EpisodeKey,
-        episode: &Episode,
-        _now_ms: i64,
-    ) -> Result<(), Self::Error> {
-        self.episodes.insert(key.clone(), episode.clone());
-        Ok(())
-    }
-
-    fn latest_notification(
-        &mut self,
-        space: &str,
-        group: u64,
-    ) -> Result<Option<(u64, i64)>, Self::Error> {
-        Ok(self.seen.get(&(space.to_owned(), group)).copied())
-    }
-
-    fn record_notification(
-        &mut self,
-        space: &str,
-        group: u64,
-        digest: u64,
-        now_ms: i64,
-    ) -> Result<(), Self::Error> {
-        self.seen
-            .insert((space.to_owned(), group), (digest, now_ms));
-        Ok(())
-    }
-
-    fn group_episode(
-        &mut self,
-        space: &str,
-        group_key: &str,
-    ) -> Result<Option<GroupEpisode>, Self::Error> {
-        Ok(self
-            .groups
-            .get(&(space.to_owned(), group_key.to_owned()))
-            .cloned())
-    }
-
-    fn save_group_episode(
-        &mut self,
-        space: &str,
-        group_key: &str,
-        group: &GroupEpisode,
-        _now_ms: i64,
-    ) -> Result<(), Self::Error> {
-        self.groups
-            .insert((space.to_owned(), group_key.to_owned()), group.clone());
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::MemoryEpisodes;
 
     const HOUR_MS: i64 = 3_600_000;
 

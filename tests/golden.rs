@@ -16,7 +16,7 @@ use kabar::config::Config;
 use kabar::payload::{AlertStatus, Notification};
 use kabar::pipeline::preview;
 use kabar::runtime::Runtime;
-use kabar::state::MemoryEpisodes;
+use kabar::store::MemoryEpisodes;
 
 /// A fixed "now", so durations in the bodies do not change from run to run.
 const NOW: &str = "2026-11-28T01:00:00Z";

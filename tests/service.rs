@@ -316,9 +316,8 @@ async fn permanent_rejections_are_dead_lettered_and_the_space_moves_on() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let store = kabar::outbox::Store::open(&kabar.config.state_dir()).expect("open store");
-    let dead = store
-        .read(|c| kabar::outbox::dead_letters(c, Some("ops")))
+    let store = kabar::store::SqliteStore::open(&kabar.config.state_dir()).expect("open store");
+    let dead = kabar::store::Store::dead_letters(&store, Some("ops"))
         .await
         .expect("read");
     let reasons: Vec<(&str, Option<u16>)> =

@@ -16,7 +16,7 @@ use kabar::payload::Notification;
 use kabar::pipeline::preview;
 use kabar::render::{MAX_BODY_BYTES, MAX_TEXT_CHARS};
 use kabar::runtime::Runtime;
-use kabar::state::MemoryEpisodes;
+use kabar::store::MemoryEpisodes;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value, json};
 

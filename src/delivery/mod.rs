@@ -22,8 +22,8 @@ use tracing::{Instrument as _, debug, info, warn};
 use crate::chat::ChatClient;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::outbox::Store;
 use crate::runtime::Runtime;
+use crate::store::Store;
 
 pub use decide::DeadLetterReason;
 pub use sender::IDLE_POLL;
@@ -33,7 +33,7 @@ use sender::Sender;
 /// the store, the metrics and the HTTP client.
 pub struct Shared {
     pub runtime: RwLock<Arc<Runtime>>,
-    pub store: Store,
+    pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     pub chat: ChatClient,
 }

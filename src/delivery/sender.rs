@@ -14,7 +14,7 @@ use super::decide::{self, DeadLetterReason, Outcome};
 use super::pacing::Pacing;
 use crate::chat::{Accepted, FailureClass};
 use crate::config::Target;
-use crate::outbox::{self, QueuedMessage, now_ms};
+use crate::store::{DeadLetterRecord, QueuedMessage, now_ms};
 
 /// How many queued messages a sender reads at once. Small: a space sends about one a
 /// second, so a read lasts seconds anyway, while what is read stays in memory per space
@@ -90,11 +90,10 @@ impl Sender {
         let mut pacing = Pacing::new();
         while !self.stopping() {
             if queue.is_empty() {
-                let space = self.space.clone();
                 match self
                     .shared
                     .store
-                    .read(move |conn| outbox::next_messages(conn, &space, last_done, READ_AHEAD))
+                    .next_messages(&self.space, last_done, READ_AHEAD)
                     .await
                 {
                     Ok(batch) => queue.extend(batch),
@@ -230,12 +229,7 @@ impl Sender {
         // Chat has it. Until the store records that, the space sends nothing else:
         // moving on would post every later message a second time after a restart,
         // where waiting bounds that to this one.
-        while let Err(e) = self
-            .shared
-            .store
-            .write(move |conn| outbox::remove(conn, id))
-            .await
-        {
+        while let Err(e) = self.shared.store.mark_delivered(id).await {
             warn!(space = %self.space, error = %e, "sent, but cannot remove it from the outbox; retrying");
             if self.stopping() {
                 break;
@@ -258,12 +252,7 @@ impl Sender {
     /// goes to the dead letters like any other rejected message.
     async fn use_fallback(&self, message: &QueuedMessage, detail: String) -> Step {
         let id = message.id;
-        match self
-            .shared
-            .store
-            .write(move |conn| outbox::switch_to_fallback(conn, id, &detail))
-            .await
-        {
+        match self.shared.store.switch_to_fallback(id, &detail).await {
             Ok(()) => Step::UseFallback,
             Err(e) => {
                 warn!(space = %self.space, error = %e, "cannot record the switch to text");
@@ -274,12 +263,7 @@ impl Sender {
 
     async fn record_failure(&self, message: &QueuedMessage, detail: String) {
         let id = message.id;
-        if let Err(e) = self
-            .shared
-            .store
-            .write(move |conn| outbox::record_failure(conn, id, &detail))
-            .await
-        {
+        if let Err(e) = self.shared.store.record_failure(id, &detail).await {
             warn!(space = %self.space, error = %e, "cannot record the failed attempt");
         }
     }
@@ -291,17 +275,14 @@ impl Sender {
         status: Option<u16>,
         detail: String,
     ) -> Step {
-        let (id, detail_text) = (message.id, detail.clone());
-        let now = now_ms();
-        match self
-            .shared
-            .store
-            .write(move |conn| {
-                // The dead letter's own id, the one `kabar dead-letters --id` takes.
-                outbox::dead_letter(conn, id, reason.as_str(), status, &detail_text, now)
-            })
-            .await
-        {
+        let record = DeadLetterRecord {
+            reason: reason.as_str(),
+            status,
+            detail: detail.clone(),
+            dead_ms: now_ms(),
+        };
+        // Answers the dead letter's own id, the one `kabar dead-letters --id` takes.
+        match self.shared.store.dead_letter(message.id, record).await {
             Ok(dead_letter_id) => {
                 self.shared
                     .metrics
@@ -347,12 +328,7 @@ impl Sender {
         }
         debug!(space = %self.space, body = ?message.body, "dry run request body");
         let id = message.id;
-        match self
-            .shared
-            .store
-            .write(move |conn| outbox::remove(conn, id))
-            .await
-        {
+        match self.shared.store.mark_delivered(id).await {
             Ok(()) => {
                 self.shared.metrics.dry_run_delivered(&self.space);
                 Step::Next

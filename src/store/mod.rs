@@ -1,0 +1,274 @@
+//! The store port: what kabar needs from durable state (episodes, the outbox, dead letters),
+//! as traits the adapters implement. It must not hold SQL or know which adapter runs.
+//!
+//! A notification's episode updates and the messages they queue are one unit of work
+//! ([`Transaction`]): they commit together before Alertmanager gets its 200, or not at all.
+//! Senders read a space's queue in order and record what became of each message; the CLI
+//! lists, retries and drops dead letters. SQLite under `state_dir` is the adapter kabar
+//! serves with ([`sqlite`]); [`memory`] keeps episodes in a map for `kabar render`.
+
+pub(crate) mod memory;
+pub(crate) mod sqlite;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use crate::state::{Episode, EpisodeKey, GroupEpisode};
+
+pub use memory::MemoryEpisodes;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create state directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database error: {0}")]
+    Sqlite(#[source] sqlite::SqliteError),
+    #[error("the store is shut down")]
+    Closed,
+    /// A write job panicked (a bug in kabar): its savepoint was rolled back, the other
+    /// jobs of its transaction committed, and the writer carries on.
+    #[error("the write panicked and was rolled back (a bug in kabar; please report it)")]
+    JobPanicked,
+    /// The writer thread itself died: nothing can be written until kabar restarts.
+    #[error("the store's writer thread died; kabar must be restarted")]
+    WriterDied,
+    #[error("{0}")]
+    Internal(String),
+    #[error("database schema version {found} is newer than this kabar understands ({supported})")]
+    SchemaTooNew { found: i64, supported: i64 },
+}
+
+impl StoreError {
+    /// The disk is full or read-only: the caller should retry later, not give up.
+    pub fn is_disk_problem(&self) -> bool {
+        match self {
+            StoreError::Sqlite(e) => e.is_disk_problem(),
+            StoreError::CreateDir { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// A message waiting in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedMessage {
+    pub id: i64,
+    pub space: String,
+    pub kind: String,
+    pub thread_key: Option<String>,
+    pub body: String,
+    /// A text body to send instead if Chat rejects a card body as invalid (400).
+    pub fallback_body: Option<String>,
+    /// When kabar received the notification that produced it (Unix ms).
+    pub received_ms: i64,
+    pub attempts: i64,
+}
+
+/// A message to put in the outbox.
+#[derive(Debug, Clone)]
+pub struct NewMessage<'a> {
+    pub space: &'a str,
+    pub kind: &'a str,
+    pub thread_key: Option<&'a str>,
+    pub body: &'a str,
+    pub fallback_body: Option<&'a str>,
+    pub received_ms: i64,
+}
+
+/// A message that will not be delivered, kept for the operator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub space: String,
+    pub kind: String,
+    pub thread_key: Option<String>,
+    pub body: String,
+    /// A card's text version, kept so a retried card can still fall back to it.
+    pub fallback_body: Option<String>,
+    pub received_ms: i64,
+    pub dead_ms: i64,
+    pub attempts: i64,
+    pub reason: String,
+    pub status: Option<u16>,
+    pub detail: String,
+}
+
+/// Depth of one space's queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueStats {
+    pub space: String,
+    pub messages: i64,
+    pub oldest_received_ms: Option<i64>,
+}
+
+/// How long episode state is kept after an alert was last seen. Alertmanager re-sends a
+/// firing alert every repeat_interval, which refreshes it; a week covers any sane setting.
+pub(crate) const EPISODE_RETENTION_MS: i64 = 7 * 24 * 3_600_000;
+
+/// Reads and writes episode state: the SQLite transaction in the service, a map for
+/// `kabar render`. Planning calls it; it only reads and writes the keys it is given.
+pub trait EpisodeStore {
+    type Error;
+    fn episode(&mut self, key: &EpisodeKey) -> Result<Option<Episode>, Self::Error>;
+    fn save_episode(
+        &mut self,
+        key: &EpisodeKey,
+        episode: &Episode,
+        now_ms: i64,
+    ) -> Result<(), Self::Error>;
+    /// The latest notification recorded for `group` (a hash of its group key) in
+    /// `space`: its digest and when it was recorded (Unix ms).
+    fn latest_notification(
+        &mut self,
+        space: &str,
+        group: u64,
+    ) -> Result<Option<(u64, i64)>, Self::Error>;
+    /// Records `digest` as the latest notification of `group` in `space`.
+    fn record_notification(
+        &mut self,
+        space: &str,
+        group: u64,
+        digest: u64,
+        now_ms: i64,
+    ) -> Result<(), Self::Error>;
+    fn group_episode(
+        &mut self,
+        space: &str,
+        group_key: &str,
+    ) -> Result<Option<GroupEpisode>, Self::Error>;
+    fn save_group_episode(
+        &mut self,
+        space: &str,
+        group_key: &str,
+        group: &GroupEpisode,
+        now_ms: i64,
+    ) -> Result<(), Self::Error>;
+}
+
+/// One unit of work of the pipeline: episode reads and writes, and the messages they
+/// queue. Everything done through it commits as one, or nothing does.
+pub trait Transaction: EpisodeStore<Error = StoreError> {
+    /// Appends a message to the end of its space's queue; returns its queue id.
+    fn enqueue(&mut self, message: &NewMessage<'_>) -> Result<i64, StoreError>;
+}
+
+/// The synchronous work a [`Store::transact`] runs. Synchronous on purpose: an adapter runs
+/// it where its transaction lives (SQLite: on its writer thread, inside a savepoint).
+pub type Work = Box<dyn FnOnce(&mut dyn Transaction) -> Result<(), StoreError> + Send>;
+
+/// A future an adapter returns; boxed so `dyn Store` works.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Durable state, as the pipeline, the senders, the server and the CLI use it.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Runs `work` in a transaction and resolves once it committed (durably).
+    fn transact(&self, work: Work) -> StoreFuture<'_, ()>;
+    /// The oldest messages of `space` after queue id `after_id`, in queue order.
+    fn next_messages(
+        &self,
+        space: &str,
+        after_id: i64,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<QueuedMessage>>;
+    /// Chat accepted the message: it leaves the queue.
+    fn mark_delivered(&self, id: i64) -> StoreFuture<'_, ()>;
+    /// A failed attempt: counted, with its error, for the next try.
+    fn record_failure(&self, id: i64, error: &str) -> StoreFuture<'_, ()>;
+    /// Chat refused the card: from now on the message is its text fallback.
+    fn switch_to_fallback(&self, id: i64, error: &str) -> StoreFuture<'_, ()>;
+    /// Moves the message from the queue to the dead letters, with why; the new dead
+    /// letter's id (None when the message had already left the queue).
+    fn dead_letter(&self, id: i64, reason: DeadLetterRecord) -> StoreFuture<'_, Option<i64>>;
+    /// Dead letters, oldest first, of one space or all.
+    fn dead_letters(&self, space: Option<&str>) -> StoreFuture<'_, Vec<DeadLetter>>;
+    /// Dead letters per space.
+    fn dead_letter_counts(&self) -> StoreFuture<'_, Vec<(String, i64)>>;
+    /// Moves the dead letters `ids` back to the end of their spaces' queues, oldest first,
+    /// as fresh messages received at `now_ms`. Returns the ones moved.
+    fn retry_dead_letters(&self, ids: Vec<i64>, now_ms: i64) -> StoreFuture<'_, Vec<DeadLetter>>;
+    /// Deletes the dead letters `ids`. Returns the ones deleted.
+    fn drop_dead_letters(&self, ids: Vec<i64>) -> StoreFuture<'_, Vec<DeadLetter>>;
+    /// Depth and oldest message of each space's queue.
+    fn queue_stats(&self) -> StoreFuture<'_, Vec<QueueStats>>;
+    /// Forgets episodes past the retention and notification digests past the duplicate
+    /// window: (episodes, digests) removed.
+    fn prune(&self, now_ms: i64) -> StoreFuture<'_, (usize, usize)>;
+    /// A real, committed write: proves the store takes writes right now.
+    fn probe(&self) -> StoreFuture<'_, ()>;
+    /// Whether the last write committed (kabar_store_writable).
+    fn writable(&self) -> bool;
+    /// A probe got no answer in time: count the store as not writable until a write commits.
+    fn mark_unresponsive(&self);
+    /// The store failed for good (SQLite: its writer thread died); kabar must restart.
+    fn broken(&self) -> bool;
+    /// Resolves when the store fails for good (never, normally).
+    fn until_broken(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    /// (write jobs submitted, transactions committed) since the store was opened.
+    fn write_stats(&self) -> (u64, u64);
+    /// Stops taking writes, finishes what it has and releases the store. Blocking.
+    fn close(&self);
+    /// Makes the store fail for good the way a bug would: for the tests of what notices.
+    #[cfg(test)]
+    fn break_for_test(&self);
+}
+
+/// Why a message became a dead letter, as the store records it.
+#[derive(Debug, Clone)]
+pub struct DeadLetterRecord {
+    pub reason: &'static str,
+    pub status: Option<u16>,
+    pub detail: String,
+    pub dead_ms: i64,
+}
+
+/// Runs `work` as one unit of work and returns its result once committed.
+pub async fn transact<T, F>(store: &dyn Store, work: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut dyn Transaction) -> Result<T, StoreError> + Send + 'static,
+{
+    let slot = Arc::new(Mutex::new(None));
+    let filled = Arc::clone(&slot);
+    store
+        .transact(Box::new(move |transaction| {
+            let value = work(transaction)?;
+            if let Ok(mut slot) = filled.lock() {
+                *slot = Some(value);
+            }
+            Ok(())
+        }))
+        .await?;
+    let value = slot.lock().ok().and_then(|mut slot| slot.take());
+    value.ok_or_else(|| StoreError::Internal("the transaction committed without a result".into()))
+}
+
+/// Opens the store the configuration names if it exists, without creating one: the CLI's
+/// way in, so a mistyped config does not leave an empty store behind. None: never created.
+pub fn open_existing(config: &crate::config::Config) -> Result<Option<Arc<dyn Store>>, StoreError> {
+    if !config.state_dir.join(sqlite::DATABASE_FILE).is_file() {
+        return Ok(None);
+    }
+    open(config).map(Some)
+}
+
+/// Where the configuration's store lives, for messages: the SQLite file.
+pub fn location(config: &crate::config::Config) -> PathBuf {
+    config.state_dir.join(sqlite::DATABASE_FILE)
+}
+
+/// Opens the store the configuration names (migrating it), ready to serve. The one place
+/// an adapter is chosen.
+pub fn open(config: &crate::config::Config) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(SqliteStore::open(&config.state_dir)?))
+}
+
+/// Now, as the store records times (Unix ms).
+pub fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}

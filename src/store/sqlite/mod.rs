@@ -1,0 +1,154 @@
+//! The SQLite adapter of the store port: one file under `state_dir`, the default store and
+//! the two-command start. All of kabar's SQL lives in this folder; nothing outside names it.
+//!
+//! `engine` (writer thread, group commit, reader pool), `schema` (pragmas, migrations),
+//! `outbox` (the queue), `dead_letters` and `episodes` (the port's `Transaction`).
+
+mod dead_letters;
+mod engine;
+mod episodes;
+mod outbox;
+mod schema;
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub use engine::SqliteStore;
+
+use crate::store::{
+    DeadLetter, DeadLetterRecord, QueueStats, QueuedMessage, Store, StoreError, StoreFuture, Work,
+};
+
+/// The database file under `state_dir`.
+pub const DATABASE_FILE: &str = "kabar.db";
+
+/// An error of SQLite itself, kept whole for the log; the port sees it as
+/// `StoreError::Sqlite`, so nothing outside this folder names the driver.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct SqliteError(rusqlite::Error);
+
+impl SqliteError {
+    /// The disk is full, read-only or failing: the caller should retry later, not give up.
+    pub(crate) fn is_disk_problem(&self) -> bool {
+        match &self.0 {
+            rusqlite::Error::SqliteFailure(e, _) => matches!(
+                e.code,
+                rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::ReadOnly
+                    | rusqlite::ErrorCode::SystemIoFailure
+                    | rusqlite::ErrorCode::CannotOpen
+            ),
+            _ => false,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite(SqliteError(error))
+    }
+}
+
+impl Store for SqliteStore {
+    fn transact(&self, work: Work) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |conn| work(&mut episodes::SqlEpisodes(conn))))
+    }
+
+    fn next_messages(
+        &self,
+        space: &str,
+        after_id: i64,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<QueuedMessage>> {
+        let space = space.to_owned();
+        Box::pin(self.read(move |conn| outbox::next_messages(conn, &space, after_id, limit)))
+    }
+
+    fn mark_delivered(&self, id: i64) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |conn| outbox::remove(conn, id)))
+    }
+
+    fn record_failure(&self, id: i64, error: &str) -> StoreFuture<'_, ()> {
+        let error = error.to_owned();
+        Box::pin(self.write(move |conn| outbox::record_failure(conn, id, &error)))
+    }
+
+    fn switch_to_fallback(&self, id: i64, error: &str) -> StoreFuture<'_, ()> {
+        let error = error.to_owned();
+        Box::pin(self.write(move |conn| outbox::switch_to_fallback(conn, id, &error)))
+    }
+
+    fn dead_letter(&self, id: i64, record: DeadLetterRecord) -> StoreFuture<'_, Option<i64>> {
+        Box::pin(self.write(move |conn| {
+            dead_letters::dead_letter(
+                conn,
+                id,
+                record.reason,
+                record.status,
+                &record.detail,
+                record.dead_ms,
+            )
+        }))
+    }
+
+    fn dead_letters(&self, space: Option<&str>) -> StoreFuture<'_, Vec<DeadLetter>> {
+        let space = space.map(str::to_owned);
+        Box::pin(self.read(move |conn| dead_letters::dead_letters(conn, space.as_deref())))
+    }
+
+    fn dead_letter_counts(&self) -> StoreFuture<'_, Vec<(String, i64)>> {
+        Box::pin(self.read(dead_letters::dead_letter_counts))
+    }
+
+    fn retry_dead_letters(&self, ids: Vec<i64>, now_ms: i64) -> StoreFuture<'_, Vec<DeadLetter>> {
+        Box::pin(self.write(move |conn| dead_letters::retry(conn, &ids, now_ms)))
+    }
+
+    fn drop_dead_letters(&self, ids: Vec<i64>) -> StoreFuture<'_, Vec<DeadLetter>> {
+        Box::pin(self.write(move |conn| dead_letters::drop_letters(conn, &ids)))
+    }
+
+    fn queue_stats(&self) -> StoreFuture<'_, Vec<QueueStats>> {
+        Box::pin(self.read(outbox::queue_stats))
+    }
+
+    fn prune(&self, now_ms: i64) -> StoreFuture<'_, (usize, usize)> {
+        Box::pin(self.write(move |conn| episodes::prune(conn, now_ms)))
+    }
+
+    fn probe(&self) -> StoreFuture<'_, ()> {
+        Box::pin(SqliteStore::probe(self))
+    }
+
+    fn writable(&self) -> bool {
+        SqliteStore::writable(self)
+    }
+
+    fn mark_unresponsive(&self) {
+        SqliteStore::mark_unresponsive(self);
+    }
+
+    fn broken(&self) -> bool {
+        self.writer_died()
+    }
+
+    fn until_broken(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(self.writer_death())
+    }
+
+    fn write_stats(&self) -> (u64, u64) {
+        SqliteStore::write_stats(self)
+    }
+
+    fn close(&self) {
+        SqliteStore::close(self);
+    }
+
+    #[cfg(test)]
+    fn break_for_test(&self) {
+        self.kill_writer_for_test();
+    }
+}

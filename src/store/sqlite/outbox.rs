@@ -1,0 +1,91 @@
+//! The queue's SQL: enqueue, read a space's next messages in order, record attempts, and
+//! queue depth. It must not decide what an answer means (delivery does) nor touch episodes.
+
+use rusqlite::{Connection, params};
+
+use crate::store::{NewMessage, QueueStats, QueuedMessage, StoreError};
+
+pub(super) fn enqueue(conn: &Connection, message: &NewMessage<'_>) -> Result<i64, StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO outbox (space, kind, thread_key, body, fallback_body, received_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        message.space,
+        message.kind,
+        message.thread_key,
+        message.body,
+        message.fallback_body,
+        message.received_ms
+    ])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// The oldest messages of a space after `after_id`, in queue order.
+pub(super) fn next_messages(
+    conn: &Connection,
+    space: &str,
+    after_id: i64,
+    limit: usize,
+) -> Result<Vec<QueuedMessage>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, space, kind, thread_key, body, fallback_body, received_ms, attempts FROM outbox
+         WHERE space = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![space, after_id, limit as i64], |row| {
+        Ok(QueuedMessage {
+            id: row.get(0)?,
+            space: row.get(1)?,
+            kind: row.get(2)?,
+            thread_key: row.get(3)?,
+            body: row.get(4)?,
+            fallback_body: row.get(5)?,
+            received_ms: row.get(6)?,
+            attempts: row.get(7)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Chat accepted it: it leaves the outbox.
+pub(super) fn remove(conn: &Connection, id: i64) -> Result<(), StoreError> {
+    conn.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
+        .execute(params![id])?;
+    Ok(())
+}
+
+pub(super) fn record_failure(conn: &Connection, id: i64, error: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
+    )?
+    .execute(params![id, error])?;
+    Ok(())
+}
+
+/// Chat refused the message's card: from now on it is its text fallback, which the
+/// sender tries once. Recorded in the store so a restart does not try the card again.
+pub(super) fn switch_to_fallback(
+    conn: &Connection,
+    id: i64,
+    error: &str,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE outbox SET body = fallback_body, fallback_body = NULL, attempts = attempts + 1,
+         last_error = ?2 WHERE id = ?1 AND fallback_body IS NOT NULL",
+    )?
+    .execute(params![id, error])?;
+    Ok(())
+}
+
+pub(super) fn queue_stats(conn: &Connection) -> Result<Vec<QueueStats>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT space, COUNT(*), MIN(received_ms) FROM outbox GROUP BY space")?;
+    let rows = stmt.query_map([], |row| {
+        Ok(QueueStats {
+            space: row.get(0)?,
+            messages: row.get(1)?,
+            oldest_received_ms: row.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
