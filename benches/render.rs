@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 
 use kabar::config::Config;
 use kabar::payload::Notification;
+use kabar::plan::{AlertSet, MessageKind, Subject};
 use kabar::render::{RenderInput, Renderer};
-use kabar::state::{AlertSet, MessageKind, Subject};
 
 /// A notification shaped like Alertmanager's, with `count` firing alerts of one group.
 fn notification(count: usize) -> Notification {

@@ -11,10 +11,10 @@ use crate::chat::REPLY_OPTION;
 use crate::config::Target;
 use crate::payload::{AlertStatus, Notification, PayloadError};
 use crate::pipeline::preview;
+use crate::plan::{AlertSet, MessageKind, Subject};
 use crate::render::{RenderFailure, RenderInput};
 use crate::routing::{RoutingError, route};
 use crate::runtime::{LoadError, Runtime};
-use crate::state::{AlertSet, MessageKind, Subject};
 use crate::store::MemoryEpisodes;
 
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,7 @@
 //! kabar: a Prometheus Alertmanager receiver for Google Chat.
 //!
 //! The flow, one module per stage: [`ingest`] (HTTP edge, auth, parsing) → [`pipeline`]
-//! (one transaction of: [`routing`] (receiver → spaces) → [`state`] (what changed) →
+//! (one transaction of: [`routing`] (receiver → spaces) → [`plan`] (what changed) →
 //! [`render`] (templates, Chat limits) → [`store`] (the port; SQLite adapter, committed
 //! before the 200)) →
 //! [`delivery`] (per-space senders) → [`chat`] (the webhook client); [`metrics`] and
@@ -23,13 +23,13 @@ pub mod listener;
 pub mod metrics;
 pub mod payload;
 pub mod pipeline;
+pub mod plan;
 pub mod render;
 pub mod routing;
 pub mod runtime;
 pub mod secret;
 pub mod send_test;
 pub mod server;
-pub mod state;
 pub mod state_dir;
 pub mod store;
 

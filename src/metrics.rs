@@ -16,7 +16,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::chat::FailureClass;
 use crate::delivery::DeadLetterReason;
-use crate::state::{MessageKind, SuppressReason};
+use crate::plan::{MessageKind, SuppressReason};
 
 /// Why an HTTP request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -492,13 +492,13 @@ mod tests {
         alert.fingerprint.push('!');
         assert_ne!(alert.fingerprint(), hashed, "distinct");
         // A key built from a long fingerprint by hand is bounded the same way.
-        let key = crate::state::EpisodeKey {
+        let key = crate::plan::EpisodeKey {
             space: "ops".into(),
             fingerprint: "f".repeat(100_000),
             starts_at_ns: 0,
         };
         assert!(key.thread_key().len() < 120, "{}", key.thread_key());
-        let ordinary = crate::state::EpisodeKey::new("ops", &n.alerts[0]);
+        let ordinary = crate::plan::EpisodeKey::new("ops", &n.alerts[0]);
         assert_eq!(
             ordinary.thread_key(),
             "kabar:ops:efb0c6c488e007da:2026-11-28T00:52:38Z",

@@ -10,10 +10,10 @@ use crate::app::AppState;
 use crate::config::Space;
 use crate::metrics::AcceptedNotification;
 use crate::payload::{Notification, elide_middle};
+use crate::plan::{MessageKind, Subject, SuppressReason, plan};
 use crate::render::RenderInput;
 use crate::routing::{RoutingError, route};
 use crate::runtime::Runtime;
-use crate::state::{MessageKind, Subject, SuppressReason, plan};
 use crate::store::{EpisodeStore, MemoryEpisodes, NewMessage, Store, StoreError, transact};
 
 /// Payload values named in the "notification accepted" log line are cut to this.

@@ -12,10 +12,10 @@ use serde_json::json;
 use crate::chat::{Accepted, ChatClient, ChatClientError, FailureClass, SendFailure};
 use crate::config::{Space, Target, format_duration};
 use crate::payload::{Notification, PayloadError};
+use crate::plan::{MessageKind, Subject};
 use crate::render::RenderInput;
 use crate::runtime::{LoadError, Runtime};
 use crate::secret::{Secret, scrub};
-use crate::state::{MessageKind, Subject};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendTestError {

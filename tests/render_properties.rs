@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 use common::fake_chat::json_strings;
 use kabar::config::Config;
 use kabar::payload::Notification;
+use kabar::plan::{AlertSet, MessageKind, Subject};
 use kabar::render::{RenderInput, Renderer};
-use kabar::state::{AlertSet, MessageKind, Subject};
 
 /// Pieces that have broken Chat integrations: mentions, links, markup, JSON and HTML
 /// syntax, escapes, bidi controls, emoji and combining characters.
@@ -259,7 +259,7 @@ proptest! {
         let mut n = notification(&[("Extreme".into(), labels, annotations)]);
         n.alerts[0].fingerprint = fingerprint[..length.min(fingerprint.len())].to_owned();
         let key = |alert: &kabar::payload::Alert| {
-            let key = kabar::state::EpisodeKey::new("ops", alert).thread_key();
+            let key = kabar::plan::EpisodeKey::new("ops", alert).thread_key();
             let bound = kabar::payload::MAX_FINGERPRINT_BYTES + 50;
             assert!(key.len() < bound, "a thread key of {} bytes", key.len());
             key

@@ -11,7 +11,7 @@ use super::RenderInput;
 use super::escape::{alerts_link, safe_link, silence_link};
 use crate::config::Mention;
 use crate::payload::{Alert, AlertStatus, LabelSet, Notification};
-use crate::state::{AlertSet, MessageKind, Subject};
+use crate::plan::{AlertSet, MessageKind, Subject};
 
 /// Group and digest messages list at most this many alerts of each kind; the rest are
 /// counted in `omitted` and shown as "+N more".

@@ -33,7 +33,7 @@ pub use helpers::{humanize_seconds, severity_color, severity_icon, title_case};
 
 use crate::config::{Config, Format, Space};
 use crate::payload::{Notification, elide_middle};
-use crate::state::{MessageKind, Subject};
+use crate::plan::{MessageKind, Subject};
 
 /// Chat rejects `text` longer than this (counted here in UTF-16 units, which is never
 /// fewer than Chat's count).
@@ -833,11 +833,11 @@ mod tests {
     #[test]
     fn hostile_values_are_inert_in_both_formats_for_every_kind() {
         let n = hostile_notification();
-        let group = Subject::Alerts(crate::state::AlertSet {
+        let group = Subject::Alerts(crate::plan::AlertSet {
             firing: vec![0],
             ..Default::default()
         });
-        let every_list = Subject::Alerts(crate::state::AlertSet {
+        let every_list = Subject::Alerts(crate::plan::AlertSet {
             firing: vec![0],
             resolved: vec![0],
             still_firing: vec![0],
@@ -880,7 +880,7 @@ mod tests {
     #[test]
     fn group_messages_list_changes_bounded_with_more_lines() {
         let n = many_alerts(30);
-        let subject = Subject::Alerts(crate::state::AlertSet {
+        let subject = Subject::Alerts(crate::plan::AlertSet {
             firing: (0..25).collect(),
             resolved: vec![25, 26],
             still_firing: vec![],
@@ -928,7 +928,7 @@ mod tests {
     #[test]
     fn digest_names_the_new_alerts_and_mentions_once() {
         let n = many_alerts(12);
-        let subject = Subject::Alerts(crate::state::AlertSet {
+        let subject = Subject::Alerts(crate::plan::AlertSet {
             firing: (0..12).collect(),
             ..Default::default()
         });
@@ -1126,7 +1126,7 @@ mod tests {
     fn a_long_fingerprint_gets_a_short_thread_key_and_renders_promptly() {
         let mut n = fixture("firing.json");
         n.alerts[0].fingerprint = "f".repeat(50_000);
-        let key = crate::state::EpisodeKey::new("ops", &n.alerts[0]).thread_key();
+        let key = crate::plan::EpisodeKey::new("ops", &n.alerts[0]).thread_key();
         assert!(key.len() < 200, "thread key of {} bytes", key.len());
         let messages = render_both_guarded(
             "rendering an alert with a 50 kB fingerprint",
@@ -1259,7 +1259,7 @@ mod tests {
                 a
             })
             .collect();
-        let subject = Subject::Alerts(crate::state::AlertSet {
+        let subject = Subject::Alerts(crate::plan::AlertSet {
             firing: (0..40).collect(),
             ..Default::default()
         });

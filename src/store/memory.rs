@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::EpisodeStore;
-use crate::state::{Episode, EpisodeKey, GroupEpisode};
+use crate::plan::{Episode, EpisodeKey, GroupEpisode};
 
 /// Episode state in memory: `kabar render` and tests.
 #[derive(Debug, Default)]

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use crate::state::{Episode, EpisodeKey, GroupEpisode};
+use crate::plan::{Episode, EpisodeKey, GroupEpisode};
 
 pub use memory::MemoryEpisodes;
 pub use sqlite::SqliteStore;

@@ -3,7 +3,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::state::{Episode, EpisodeKey, GroupEpisode};
+use crate::plan::{Episode, EpisodeKey, GroupEpisode};
 use crate::store::{EPISODE_RETENTION_MS, EpisodeStore, Transaction};
 use crate::store::{NewMessage, StoreError, now_ms};
 
@@ -15,7 +15,7 @@ pub(super) fn prune(conn: &Connection, now_ms: i64) -> Result<(usize, usize), St
         .execute(params![now_ms - EPISODE_RETENTION_MS])?;
     conn.prepare_cached("DELETE FROM group_episodes WHERE seen_ms < ?1")?
         .execute(params![now_ms - EPISODE_RETENTION_MS])?;
-    let window = crate::state::DUPLICATE_WINDOW.as_millis() as i64;
+    let window = crate::plan::DUPLICATE_WINDOW.as_millis() as i64;
     let digests = conn
         .prepare_cached("DELETE FROM recent_notifications WHERE received_ms < ?1")?
         .execute(params![now_ms - window])?;

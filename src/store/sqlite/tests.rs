@@ -7,7 +7,7 @@ use super::engine::*;
 use super::episodes::*;
 use super::outbox::*;
 use super::schema::{MIGRATIONS, SCHEMA_VERSION};
-use crate::state::*;
+use crate::plan::*;
 use crate::store::*;
 use rusqlite::Connection;
 
