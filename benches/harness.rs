@@ -17,7 +17,9 @@
 //! target/release/kabar), --work DIR (state and configs; default bench/work, on the real
 //! disk, so commits pay for fsync). bench/run.sh calls these; see bench/README.md.
 
-#[path = "../tests/common/fake_chat.rs"]
+// The integration tests' fake Chat; the benchmarks use part of it.
+#[path = "../tests/integration/common/fake_chat.rs"]
+#[allow(dead_code)]
 mod fake_chat;
 
 use std::collections::HashMap;

@@ -1,12 +1,10 @@
 //! The real binary as a child process: kill -9 loses nothing acknowledged, SIGTERM stops
 //! cleanly, SIGHUP reloads, and no secret reaches the logs.
 
-mod common;
-
 use std::time::Duration;
 
-use common::fake_chat::{Failure, FakeChat, Mode};
-use common::kabar::{
+use crate::common::fake_chat::{Failure, FakeChat, Mode};
+use crate::common::kabar::{
     KabarProcess, TEST_TOKEN, TestConfig, assert_no_secrets, notification, post_alerts,
 };
 

@@ -1,8 +1,6 @@
 //! Starting kabar for tests: in-process (the library's `Service`, on a random port) or as
 //! a child process of the real binary (for kill -9, signals and log inspection).
 
-#![allow(dead_code)]
-
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -2,15 +2,13 @@
 //! renders is one Chat accepts (valid JSON, within its limits, the cardsV2 shape) and
 //! none of it can mention anyone or carry a link or markup that alert data put there.
 
-mod common;
-
 use std::path::Path;
 
 use jiff::Timestamp;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-use common::fake_chat::json_strings;
+use crate::common::fake_chat::json_strings;
 use kabar::config::Config;
 use kabar::payload::Notification;
 use kabar::render::{RenderInput, Renderer};
@@ -197,7 +195,7 @@ fn check_with_keys(
             "the built-in templates never fail: {failures:?}"
         );
         for body in std::iter::once(&message.body).chain(message.fallback_body.as_ref()) {
-            let ignored = common::fake_chat::check_body(body)
+            let ignored = crate::common::fake_chat::check_body(body)
                 .unwrap_or_else(|e| panic!("Chat would refuse it: {e}"));
             assert_eq!(ignored, 0, "widgets beyond Chat's 100");
             let value: Value = serde_json::from_str(body).expect("JSON");

@@ -2,18 +2,16 @@
 //! environment) without leaking their credentials, and the start-up warning for
 //! `delivery.allow_any_host`.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine;
-use common::fake_chat::FakeChat;
-use common::kabar::{
+use crate::common::fake_chat::FakeChat;
+use crate::common::kabar::{
     KabarProcess, TEST_TOKEN, TestConfig, assert_no_secrets, metric_value, metrics_text,
     notification, post_alerts,
 };
+use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -337,7 +335,7 @@ async fn allow_any_host_is_warned_about_at_start_up() {
 // ---------------------------------------------------------------------------------------
 // Listener limits: read timeouts and the bound on webhook requests in progress
 
-use common::kabar::{InProcess, client};
+use crate::common::kabar::{InProcess, client};
 
 fn limits_config(server: &str) -> TestConfig {
     TestConfig::new(&format!(

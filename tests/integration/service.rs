@@ -1,11 +1,9 @@
 //! Integration tests: kabar in-process against the in-process fake Chat.
 
-mod common;
-
 use std::time::Duration;
 
-use common::fake_chat::{Failure, FakeChat, Mode};
-use common::kabar::{
+use crate::common::fake_chat::{Failure, FakeChat, Mode};
+use crate::common::kabar::{
     InProcess, TEST_TOKEN, TestConfig, age_recorded_resolves, client, metric_value, metrics_text,
     notification, post_alerts, wait_for_metric,
 };
@@ -711,7 +709,7 @@ async fn health_metrics_landing_and_reload() {
 /// `prometheus` package; CI installs it and sets KABAR_REQUIRE_E2E so this cannot skip.
 #[tokio::test]
 async fn metrics_pass_promtool_check() {
-    let Some(promtool) = common::tools::require_tool(&["promtool"], "prometheus") else {
+    let Some(promtool) = crate::common::tools::require_tool(&["promtool"], "prometheus") else {
         return;
     };
     let chat = FakeChat::start().await;

@@ -2,12 +2,10 @@
 //! webhook dead-letters messages, the operator lists them, fixes Chat, retries them and the
 //! running senders deliver them; drop removes them; filters select; no secret is printed.
 
-mod common;
-
 use std::time::Duration;
 
-use common::fake_chat::{Failure, FakeChat, Mode};
-use common::kabar::{
+use crate::common::fake_chat::{Failure, FakeChat, Mode};
+use crate::common::kabar::{
     InProcess, TEST_TOKEN, TestConfig, assert_no_secrets, dead_letters_cli as cli, metric_value,
     metrics_text, notification, post_alerts, wait_for_metric,
 };

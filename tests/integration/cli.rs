@@ -5,14 +5,14 @@
 //! `KABAR_TEST_BIN` runs these against another kabar binary (to see them fail on an older
 //! build); by default they run the one cargo built.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::fake_chat::{Failure, FakeChat, Mode};
-use common::kabar::{KabarProcess, TEST_TOKEN, TestConfig, client, notification, post_alerts};
+use crate::common::fake_chat::{Failure, FakeChat, Mode};
+use crate::common::kabar::{
+    KabarProcess, TEST_TOKEN, TestConfig, client, notification, post_alerts,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 

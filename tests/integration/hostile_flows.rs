@@ -2,12 +2,10 @@
 //! and JSON, dry-run spaces included), the URLs kabar builds, Markdown in text messages,
 //! and the dates that key threads.
 
-mod common;
-
 use std::time::Duration;
 
-use common::fake_chat::{Failure, FakeChat};
-use common::kabar::{KabarProcess, TestConfig, notification, post_alerts};
+use crate::common::fake_chat::{Failure, FakeChat};
+use crate::common::kabar::{KabarProcess, TestConfig, notification, post_alerts};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -168,7 +166,7 @@ async fn hostile_labels_and_links_stay_inert_in_every_url_and_in_text() {
         chat.webhook_url("text"),
         chat.webhook_url("card"),
     ));
-    let kabar = common::kabar::InProcess::start(config).await;
+    let kabar = crate::common::kabar::InProcess::start(config).await;
     for space in ["text", "card"] {
         let mut body = notification(space, &[("Md", "firing")]);
         let alert = &mut body["alerts"][0];
@@ -258,7 +256,7 @@ async fn far_start_dates_are_episodes_of_their_own_end_to_end() {
          spaces:\n  ops:\n    webhook_url: \"{}\"\n    format: text\n",
         chat.webhook_url("ops"),
     ));
-    let kabar = common::kabar::InProcess::start(config).await;
+    let kabar = crate::common::kabar::InProcess::start(config).await;
     // The same alert (same fingerprint) starting at dates a 64-bit nanosecond count cannot
     // tell apart (2026 and 2^64 ns later), and at the ends of what RFC 3339 can say.
     let starts = [
