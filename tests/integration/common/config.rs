@@ -125,6 +125,12 @@ impl Space {
         self
     }
 
+    /// `format`: `text` or `card`.
+    pub fn format(mut self, format: &str) -> Space {
+        self.fields.insert("format".to_owned(), json!(format));
+        self
+    }
+
     /// `threading`: `per_alert`, `per_group` or `off`.
     pub fn threading(mut self, mode: &str) -> Space {
         self.fields.insert("threading".to_owned(), json!(mode));
