@@ -33,12 +33,12 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
-use kabar::config::Config;
+use kabar::Config;
+use kabar::MemoryEpisodes;
+use kabar::Notification;
+use kabar::Runtime;
 use kabar::outbox::{self, NewMessage, Store};
-use kabar::payload::Notification;
-use kabar::pipeline::preview;
-use kabar::runtime::Runtime;
-use kabar::state::MemoryEpisodes;
+use kabar::preview;
 
 use fake_chat::{Failure, FakeChat, Mode};
 

@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
-use kabar::config::Config;
-use kabar::payload::{AlertStatus, Notification};
-use kabar::pipeline::preview;
-use kabar::runtime::Runtime;
-use kabar::state::MemoryEpisodes;
+use kabar::Config;
+use kabar::MemoryEpisodes;
+use kabar::Runtime;
+use kabar::preview;
+use kabar::{AlertStatus, Notification};
 
 /// A fixed "now", so durations in the bodies do not change from run to run.
 const NOW: &str = "2026-11-28T01:00:00Z";

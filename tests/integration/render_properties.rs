@@ -9,10 +9,10 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use crate::common::fake_chat::json_strings;
-use kabar::config::Config;
-use kabar::payload::Notification;
-use kabar::render::{RenderInput, Renderer};
-use kabar::state::{AlertSet, MessageKind, Subject};
+use kabar::Config;
+use kabar::Notification;
+use kabar::{AlertSet, MessageKind, Subject};
+use kabar::{RenderInput, Renderer};
 
 /// Pieces that have broken Chat integrations: mentions, links, markup, JSON and HTML
 /// syntax, escapes, bidi controls, emoji and combining characters.

@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::config::ConfigBuilder;
-use kabar::runtime::Runtime;
-use kabar::server::Service;
+use kabar::Runtime;
+use kabar::Service;
 use serde_json::Value;
 
 /// The bearer token tests configure on kabar; tests grep logs for it.
