@@ -17,7 +17,9 @@
 //! target/release/kabar), --work DIR (state and configs; default bench/work, on the real
 //! disk, so commits pay for fsync). bench/run.sh calls these; see bench/README.md.
 
-#[path = "../tests/common/fake_chat.rs"]
+// The integration tests' fake Chat; the benchmarks use part of it.
+#[path = "../tests/integration/common/fake_chat.rs"]
+#[allow(dead_code)]
 mod fake_chat;
 
 use std::collections::HashMap;
@@ -31,12 +33,12 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
-use kabar::config::Config;
-use kabar::payload::Notification;
-use kabar::pipeline::preview;
-use kabar::runtime::Runtime;
-use kabar::store::MemoryEpisodes;
-use kabar::store::{NewMessage, SqliteStore, transact};
+use kabar::Config;
+use kabar::MemoryEpisodes;
+use kabar::Notification;
+use kabar::Runtime;
+use kabar::preview;
+use kabar::{NewMessage, SqliteStore, transact};
 
 use fake_chat::{Failure, FakeChat, Mode};
 

@@ -10,10 +10,10 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
-use kabar::config::Config;
-use kabar::payload::Notification;
-use kabar::plan::{AlertSet, MessageKind, Subject};
-use kabar::render::{RenderInput, Renderer};
+use kabar::Config;
+use kabar::Notification;
+use kabar::{AlertSet, MessageKind, Subject};
+use kabar::{RenderInput, Renderer};
 
 /// A notification shaped like Alertmanager's, with `count` firing alerts of one group.
 fn notification(count: usize) -> Notification {

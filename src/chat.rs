@@ -101,10 +101,6 @@ pub struct ChatClient {
 }
 
 impl ChatClient {
-    pub fn new(timeout: Duration) -> Result<ChatClient, ChatClientError> {
-        ChatClient::with_proxy(timeout, None)
-    }
-
     /// A client that sends through `proxy` when given; otherwise reqwest's default applies:
     /// HTTPS_PROXY / HTTP_PROXY / ALL_PROXY and NO_PROXY from the environment.
     pub fn with_proxy(
@@ -522,7 +518,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_endless_or_huge_error_body_is_read_only_up_to_the_cap() {
-        let client = ChatClient::new(Duration::from_secs(60)).expect("client");
+        let client = ChatClient::with_proxy(Duration::from_secs(60), None).expect("client");
         for total in [None, Some(100 * 1024 * 1024)] {
             let (base, server) = serve_once(move |_| {
                 let framing = match total {
@@ -565,7 +561,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_error_body_echoing_the_webhook_in_any_encoding_leaves_no_secret_in_the_detail() {
-        let client = ChatClient::new(Duration::from_secs(10)).expect("client");
+        let client = ChatClient::with_proxy(Duration::from_secs(10), None).expect("client");
         let key = "AIzaSyDdI0hCZtE6vySjMm-WEfRq3CPzqKqqsHI";
         let token_raw = "Zq8vT3xWm1LkP0aBcD9eFgHiJ2kLmNoPqRsTuVwXyZ%3D";
         let token = "Zq8vT3xWm1LkP0aBcD9eFgHiJ2kLmNoPqRsTuVwXyZ=";

@@ -13,25 +13,35 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub(crate) mod app;
-pub mod chat;
+pub(crate) mod chat;
 pub mod commands;
 pub mod config;
 pub mod dead_letters;
-pub mod delivery;
-pub mod ingest;
-pub mod listener;
-pub mod metrics;
+pub(crate) mod delivery;
+pub(crate) mod ingest;
+pub(crate) mod listener;
+pub(crate) mod metrics;
 pub mod payload;
-pub mod pipeline;
-pub mod plan;
+pub(crate) mod pipeline;
+pub(crate) mod plan;
 pub mod render;
-pub mod routing;
+pub(crate) mod routing;
 pub mod runtime;
-pub mod secret;
+pub(crate) mod secret;
 pub mod send_test;
 pub mod server;
-pub mod state_dir;
-pub mod store;
+pub(crate) mod state_dir;
+pub(crate) mod store;
+
+// The API the integration tests, benches and fuzz targets use, by its short name.
+pub use config::Config;
+pub use payload::{Alert, AlertStatus, Notification};
+pub use pipeline::preview;
+pub use plan::{AlertSet, EpisodeKey, MessageKind, Subject};
+pub use render::{RenderInput, Renderer};
+pub use runtime::Runtime;
+pub use server::Service;
+pub use store::{MemoryEpisodes, NewMessage, SqliteStore, Store, transact};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const REVISION: &str = env!("KABAR_GIT_REVISION");

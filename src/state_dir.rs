@@ -41,7 +41,6 @@ pub struct StateDirLock {
     // Held only for its lock: closing the file releases it. None where no lock could be
     // taken and kabar runs unguarded (a read-only disk without a lock file).
     _file: Option<File>,
-    path: PathBuf,
 }
 
 impl StateDirLock {
@@ -69,10 +68,7 @@ impl StateDirLock {
                         state_dir = %state_dir.display(),
                         "state_dir is on a read-only filesystem and has no lock file yet: nothing stops a second kabar on it"
                     );
-                    return Ok(StateDirLock {
-                        _file: None,
-                        path: state_dir.to_owned(),
-                    });
+                    return Ok(StateDirLock { _file: None });
                 }
             },
             Err(e) => return Err(classify(state_dir, e)),
@@ -108,15 +104,7 @@ impl StateDirLock {
                 .map_err(|e| classify(state_dir, e))?;
         }
         tracing::info!(state_dir = %state_dir.display(), "state_dir locked for this kabar");
-        Ok(StateDirLock {
-            _file: Some(file),
-            path: state_dir.to_owned(),
-        })
-    }
-
-    /// The state_dir this lock is on.
-    pub fn state_dir(&self) -> &Path {
-        &self.path
+        Ok(StateDirLock { _file: Some(file) })
     }
 }
 

@@ -11,12 +11,12 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use kabar::config::Config;
-use kabar::payload::Notification;
-use kabar::pipeline::preview;
+use kabar::Config;
+use kabar::Notification;
+use kabar::preview;
 use kabar::render::{MAX_BODY_BYTES, MAX_TEXT_CHARS};
-use kabar::runtime::Runtime;
-use kabar::store::MemoryEpisodes;
+use kabar::Runtime;
+use kabar::MemoryEpisodes;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value, json};
 

@@ -3,7 +3,7 @@
 
 #![no_main]
 
-use kabar::payload::Notification;
+use kabar::Notification;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

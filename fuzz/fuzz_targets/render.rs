@@ -7,12 +7,12 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use kabar::config::Config;
-use kabar::payload::Notification;
+use kabar::Config;
+use kabar::Notification;
 use kabar::render::{
     MAX_BODY_BYTES, MAX_TEXT_CHARS, RenderInput, Renderer, escape_text, fit_text, safe_link,
 };
-use kabar::plan::{AlertSet, MessageKind, Subject};
+use kabar::{AlertSet, MessageKind, Subject};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
 

@@ -2,19 +2,17 @@
 //! renders is one Chat accepts (valid JSON, within its limits, the cardsV2 shape) and
 //! none of it can mention anyone or carry a link or markup that alert data put there.
 
-mod common;
-
 use std::path::Path;
 
 use jiff::Timestamp;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-use common::fake_chat::json_strings;
-use kabar::config::Config;
-use kabar::payload::Notification;
-use kabar::plan::{AlertSet, MessageKind, Subject};
-use kabar::render::{RenderInput, Renderer};
+use crate::common::fake_chat::json_strings;
+use kabar::Config;
+use kabar::Notification;
+use kabar::{AlertSet, MessageKind, Subject};
+use kabar::{RenderInput, Renderer};
 
 /// Pieces that have broken Chat integrations: mentions, links, markup, JSON and HTML
 /// syntax, escapes, bidi controls, emoji and combining characters.
@@ -143,11 +141,7 @@ fn check(format: &str, n: &Notification) {
 }
 
 /// As [`check`], with each message's thread key made by `thread_key` from its first alert.
-fn check_with_keys(
-    format: &str,
-    n: &Notification,
-    thread_key: impl Fn(&kabar::payload::Alert) -> String,
-) {
+fn check_with_keys(format: &str, n: &Notification, thread_key: impl Fn(&kabar::Alert) -> String) {
     let yaml = format!("spaces:\n  ops:\n    dry_run: true\n    format: {format}\n");
     let config = Config::parse(&yaml, Path::new("."), &|_| None).expect("config");
     let renderer = Renderer::new(&config).expect("templates");
@@ -197,7 +191,7 @@ fn check_with_keys(
             "the built-in templates never fail: {failures:?}"
         );
         for body in std::iter::once(&message.body).chain(message.fallback_body.as_ref()) {
-            let ignored = common::fake_chat::check_body(body)
+            let ignored = crate::common::fake_chat::check_body(body)
                 .unwrap_or_else(|e| panic!("Chat would refuse it: {e}"));
             assert_eq!(ignored, 0, "widgets beyond Chat's 100");
             let value: Value = serde_json::from_str(body).expect("JSON");
@@ -258,8 +252,8 @@ proptest! {
         let annotations: Pairs = vec![("description".into(), value.clone())];
         let mut n = notification(&[("Extreme".into(), labels, annotations)]);
         n.alerts[0].fingerprint = fingerprint[..length.min(fingerprint.len())].to_owned();
-        let key = |alert: &kabar::payload::Alert| {
-            let key = kabar::plan::EpisodeKey::new("ops", alert).thread_key();
+        let key = |alert: &kabar::Alert| {
+            let key = kabar::EpisodeKey::new("ops", alert).thread_key();
             let bound = kabar::payload::MAX_FINGERPRINT_BYTES + 50;
             assert!(key.len() < bound, "a thread key of {} bytes", key.len());
             key

@@ -3,12 +3,10 @@
 //! running kabar's /metrics exposes, every panel must have a query, the dashboard must
 //! show every kabar_ family, and the rules must pass promtool's own unit tests.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use common::kabar::{InProcess, TestConfig, metrics_text};
+use crate::common::kabar::{InProcess, TestConfig, metrics_text};
 use serde_json::Value;
 
 fn repo_file(relative: &str) -> PathBuf {
@@ -425,7 +423,7 @@ fn run_promtool(promtool: &Path, args: &[&str]) {
 /// sets KABAR_REQUIRE_E2E, so this cannot skip there.
 #[test]
 fn alert_rules_pass_promtool_checks_and_unit_tests() {
-    let Some(promtool) = common::tools::require_tool(&["promtool"], "prometheus") else {
+    let Some(promtool) = crate::common::tools::require_tool(&["promtool"], "prometheus") else {
         return;
     };
     run_promtool(&promtool, &["check", "rules", "kabar.rules.yml"]);

@@ -4,14 +4,12 @@
 //! room or disguise a link. Every refusal is a 4xx with a JSON `error` and `hint`; nothing
 //! gets a 5xx or takes kabar down.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::fake_chat::FakeChat;
-use common::kabar::{KabarProcess, TEST_TOKEN, TestConfig, client, notification};
-use common::logscan::assert_logs_clean;
+use crate::common::fake_chat::FakeChat;
+use crate::common::kabar::{KabarProcess, TEST_TOKEN, TestConfig, client, notification};
+use crate::common::logscan::assert_logs_clean;
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);

@@ -2,12 +2,11 @@
 //! webhook dead-letters messages, the operator lists them, fixes Chat, retries them and the
 //! running senders deliver them; drop removes them; filters select; no secret is printed.
 
-mod common;
-
 use std::time::Duration;
 
-use common::fake_chat::{Failure, FakeChat, Mode};
-use common::kabar::{
+use crate::common::config::{ConfigBuilder, Space};
+use crate::common::fake_chat::{Failure, FakeChat, Mode};
+use crate::common::kabar::{
     InProcess, TEST_TOKEN, TestConfig, assert_no_secrets, dead_letters_cli as cli, metric_value,
     metrics_text, notification, post_alerts, wait_for_metric,
 };
@@ -36,11 +35,14 @@ async fn revoked_webhook_messages_are_listed_retried_and_delivered_by_the_runnin
     let chat = FakeChat::start().await;
     chat.set_rate_limit(None);
     chat.set_mode(Some("ops"), Mode::Fail(Failure::status(403)));
-    let config = TestConfig::new(&format!(
-        "delivery:\n  allow_any_host: true\n  rate_limit_per_second: 50\ndefaults:\n  format: text\nspaces:\n  ops:\n    webhook_url: \"{}\"\n  dev:\n    webhook_url: \"{}\"\n",
-        chat.webhook_url("ops"),
-        chat.webhook_url("dev"),
-    ));
+    let config = TestConfig::build(
+        ConfigBuilder::new()
+            .allow_any_host()
+            .rate_limit_per_second(50.0)
+            .default_format("text")
+            .space("ops", Space::webhook(&chat.webhook_url("ops")))
+            .space("dev", Space::webhook(&chat.webhook_url("dev"))),
+    );
     let kabar = InProcess::start(config).await;
     let path = kabar.config.path.clone();
     let base = kabar.url("");

@@ -2,8 +2,6 @@
 //! missing tool fails the test when KABAR_REQUIRE_E2E=1 or CI=true, so a green CI never
 //! means "skipped"; elsewhere the test says SKIPPED loudly and returns.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 
 /// Whether tests that need real tools must run (CI sets this).

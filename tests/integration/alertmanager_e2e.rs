@@ -3,15 +3,13 @@
 //! Needs Debian's prometheus-alertmanager. Without it these tests say SKIPPED loudly;
 //! with KABAR_REQUIRE_E2E=1 (CI) a missing binary fails them.
 
-mod common;
-
 use std::time::Duration;
 
-use common::alertmanager::{
+use crate::common::alertmanager::{
     Alertmanager, AlertmanagerBinaries, AlertmanagerOptions, TestAlert, require_binaries,
 };
-use common::fake_chat::FakeChat;
-use common::kabar::{
+use crate::common::fake_chat::FakeChat;
+use crate::common::kabar::{
     InProcess, TEST_TOKEN, TestConfig, age_recorded_resolves, metric_value, metrics_text,
 };
 

@@ -2,18 +2,16 @@
 //! environment) without leaking their credentials, and the start-up warning for
 //! `delivery.allow_any_host`.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine;
-use common::fake_chat::FakeChat;
-use common::kabar::{
+use crate::common::fake_chat::FakeChat;
+use crate::common::kabar::{
     KabarProcess, TEST_TOKEN, TestConfig, assert_no_secrets, metric_value, metrics_text,
     notification, post_alerts,
 };
+use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -337,7 +335,7 @@ async fn allow_any_host_is_warned_about_at_start_up() {
 // ---------------------------------------------------------------------------------------
 // Listener limits: read timeouts and the bound on webhook requests in progress
 
-use common::kabar::{InProcess, client};
+use crate::common::kabar::{InProcess, client};
 
 fn limits_config(server: &str) -> TestConfig {
     TestConfig::new(&format!(
@@ -594,8 +592,8 @@ async fn the_listener_serves_https_with_the_configured_certificate() {
 
     // A key file without a key stops start-up with a message naming the file.
     std::fs::write(tls_dir.join("key.pem"), &cert_pem).expect("overwrite key");
-    let runtime = kabar::runtime::Runtime::load(&config.path).expect("config still valid");
-    let error = match kabar::server::Service::start(runtime, None).await {
+    let runtime = kabar::Runtime::load(&config.path).expect("config still valid");
+    let error = match kabar::Service::start(runtime, None).await {
         Ok(_) => panic!("kabar started with no private key"),
         Err(e) => e.to_string(),
     };

@@ -5,14 +5,14 @@
 //! `KABAR_TEST_BIN` runs these against another kabar binary (to see them fail on an older
 //! build); by default they run the one cargo built.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::fake_chat::{Failure, FakeChat, Mode};
-use common::kabar::{KabarProcess, TEST_TOKEN, TestConfig, client, notification, post_alerts};
+use crate::common::fake_chat::{Failure, FakeChat, Mode};
+use crate::common::kabar::{
+    KabarProcess, TEST_TOKEN, TestConfig, client, notification, post_alerts,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -95,7 +95,7 @@ fn with_closed_stdout(args: &[&str]) -> Output {
 fn a_closed_stdout_ends_each_command_quietly_instead_of_a_panic() {
     let (dir, config) = dry_run_config("");
     let config = path_str(&config).to_owned();
-    kabar::store::SqliteStore::open(&dir.path().join("state"))
+    kabar::SqliteStore::open(&dir.path().join("state"))
         .expect("create an empty store")
         .close();
     let payload = fixture("grouped-firing.json");
@@ -798,7 +798,7 @@ async fn the_dead_letter_id_in_the_log_is_the_one_the_cli_takes() {
 #[test]
 fn dead_letters_with_an_unknown_space_says_so_and_lists_the_configured_ones() {
     let (dir, config) = dry_run_config("");
-    kabar::store::SqliteStore::open(&dir.path().join("state"))
+    kabar::SqliteStore::open(&dir.path().join("state"))
         .expect("create an empty store")
         .close();
     let output = run(&[

@@ -2,8 +2,7 @@
 //! tests of kabar built on it test kabar and not the fake. Everything is loopback and bounded
 //! in time; the whole file runs in a few seconds.
 
-mod common;
-use common::fake_chat::*;
+use crate::common::fake_chat::*;
 
 use std::time::{Duration, Instant};
 

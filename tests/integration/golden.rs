@@ -2,21 +2,19 @@
 //! Alertmanager payloads in tests/fixtures, in card and text format, per alert, per group
 //! and as a digest. A change to a built-in template shows up here as a reviewable diff.
 //!
-//! After an intended change: `KABAR_UPDATE_GOLDEN=1 cargo test --test golden`, then
+//! After an intended change: `KABAR_UPDATE_GOLDEN=1 cargo test --test integration golden::`, then
 //! review `git diff tests/golden`.
-
-mod common;
 
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
-use kabar::config::Config;
-use kabar::payload::{AlertStatus, Notification};
-use kabar::pipeline::preview;
-use kabar::runtime::Runtime;
-use kabar::store::MemoryEpisodes;
+use kabar::Config;
+use kabar::MemoryEpisodes;
+use kabar::Runtime;
+use kabar::preview;
+use kabar::{AlertStatus, Notification};
 
 /// A fixed "now", so durations in the bodies do not change from run to run.
 const NOW: &str = "2026-11-28T01:00:00Z";
@@ -218,7 +216,7 @@ fn builtin_templates_match_the_golden_files() {
     }
     assert!(
         mismatches.is_empty(),
-        "{}\n\nIf the change is intended: KABAR_UPDATE_GOLDEN=1 cargo test --test golden",
+        "{}\n\nIf the change is intended: KABAR_UPDATE_GOLDEN=1 cargo test --test integration golden::",
         mismatches.join("\n")
     );
 }
@@ -231,7 +229,7 @@ fn every_golden_body_is_one_chat_accepts() {
                 if body.is_null() {
                     continue;
                 }
-                let ignored = common::fake_chat::check_body(&body.to_string())
+                let ignored = crate::common::fake_chat::check_body(&body.to_string())
                     .unwrap_or_else(|e| panic!("{name}: Chat would refuse it: {e}\n{body}"));
                 assert_eq!(ignored, 0, "{name}: no widget beyond Chat's 100");
             }

@@ -1,4 +1,5 @@
 pub mod alertmanager;
+pub mod config;
 pub mod fake_chat;
 pub mod kabar;
 pub mod logscan;

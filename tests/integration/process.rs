@@ -1,22 +1,25 @@
 //! The real binary as a child process: kill -9 loses nothing acknowledged, SIGTERM stops
 //! cleanly, SIGHUP reloads, and no secret reaches the logs.
 
-mod common;
-
 use std::time::Duration;
 
-use common::fake_chat::{Failure, FakeChat, Mode};
-use common::kabar::{
+use crate::common::config::{ConfigBuilder, Space};
+use crate::common::fake_chat::{Failure, FakeChat, Mode};
+use crate::common::kabar::{
     KabarProcess, TEST_TOKEN, TestConfig, assert_no_secrets, notification, post_alerts,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn config_for(chat: &FakeChat, extra_delivery: &str) -> TestConfig {
-    TestConfig::new(&format!(
-        "delivery:\n  allow_any_host: true\n  rate_limit_per_second: 50\n  backoff: {{initial: 100ms, max: 500ms}}\n{extra_delivery}defaults:\n  format: text\nspaces:\n  ops:\n    webhook_url: \"{}\"\n",
-        chat.webhook_url("ops")
-    ))
+fn config_for(chat: &FakeChat) -> TestConfig {
+    TestConfig::build(
+        ConfigBuilder::new()
+            .allow_any_host()
+            .rate_limit_per_second(50.0)
+            .backoff("100ms", "500ms")
+            .default_format("text")
+            .space("ops", Space::webhook(&chat.webhook_url("ops"))),
+    )
 }
 
 fn all_secrets(chat: &FakeChat) -> Vec<String> {
@@ -30,7 +33,7 @@ async fn kill_9_while_chat_fails_loses_nothing_acknowledged() {
     let chat = FakeChat::start().await;
     chat.set_rate_limit(None);
     chat.set_mode(Some("ops"), Mode::Fail(Failure::status(503)));
-    let config = config_for(&chat, "");
+    let config = config_for(&chat);
     let log = config.dir.path().join("kabar.log");
 
     let kabar = KabarProcess::spawn(&config.path, &log);
@@ -76,7 +79,7 @@ async fn kill_9_while_chat_fails_loses_nothing_acknowledged() {
 async fn kill_9_during_a_burst_then_restart_delivers_every_acknowledged_alert() {
     let chat = FakeChat::start().await;
     chat.set_rate_limit(None);
-    let config = config_for(&chat, "");
+    let config = config_for(&chat);
     let log = config.dir.path().join("kabar.log");
     let kabar = KabarProcess::spawn(&config.path, &log);
     let url = kabar.url("/alerts");
@@ -162,7 +165,7 @@ async fn sigterm_finishes_the_request_in_flight_and_exits_cleanly() {
             accept: false,
         },
     );
-    let config = config_for(&chat, "");
+    let config = config_for(&chat);
     let log = config.dir.path().join("kabar.log");
     let kabar = KabarProcess::spawn(&config.path, &log);
     let (status, _) = post_alerts(
@@ -193,7 +196,7 @@ async fn sigterm_finishes_the_request_in_flight_and_exits_cleanly() {
 #[tokio::test]
 async fn sighup_reloads_and_a_bad_file_keeps_the_old_config() {
     let chat = FakeChat::start().await;
-    let config = config_for(&chat, "");
+    let config = config_for(&chat);
     let log = config.dir.path().join("kabar.log");
     let kabar = KabarProcess::spawn(&config.path, &log);
 
@@ -209,10 +212,12 @@ async fn sighup_reloads_and_a_bad_file_keeps_the_old_config() {
     .await;
     assert_eq!(status, 200);
 
-    config.rewrite(&format!(
-        "delivery:\n  allow_any_host: true\nspaces:\n  ops:\n    webhook_url: \"{}\"\n  added:\n    dry_run: true\n",
-        chat.webhook_url("ops")
-    ));
+    config.rewrite_with(
+        ConfigBuilder::new()
+            .allow_any_host()
+            .space("ops", Space::webhook(&chat.webhook_url("ops")))
+            .space("added", Space::dry_run()),
+    );
     kabar.signal("HUP");
     kabar.wait_for_log("configuration reloaded", WAIT).await;
     let (status, _) = post_alerts(

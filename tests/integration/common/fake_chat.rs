@@ -22,8 +22,6 @@
 //!    allowance;
 //! 8. accepted: recorded and answered 200.
 
-#![allow(dead_code)]
-
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;

@@ -1,11 +1,10 @@
 //! Integration tests: kabar in-process against the in-process fake Chat.
 
-mod common;
-
 use std::time::Duration;
 
-use common::fake_chat::{Failure, FakeChat, Mode};
-use common::kabar::{
+use crate::common::config::{ConfigBuilder, Space};
+use crate::common::fake_chat::{Failure, FakeChat, Mode};
+use crate::common::kabar::{
     InProcess, TEST_TOKEN, TestConfig, age_recorded_resolves, client, metric_value, metrics_text,
     notification, post_alerts, wait_for_metric,
 };
@@ -13,25 +12,26 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn space_yaml(chat: &FakeChat, name: &str, extra: &str) -> String {
-    format!(
-        "  {name}:\n    webhook_url: \"{}\"\n    receivers: [{name}]\n{extra}",
-        chat.webhook_url(name)
-    )
+/// A space on the fake Chat named `name`, for the receiver of the same name.
+fn chat_space(chat: &FakeChat, name: &str) -> Space {
+    Space::webhook(&chat.webhook_url(name)).receivers(&[name])
 }
 
 /// These tests follow messages by their text, so their spaces post text; cards have their
-/// own suite (tests/cards.rs).
-fn config(delivery: &str, spaces: &str) -> TestConfig {
-    TestConfig::new(&format!(
-        "delivery:\n  allow_any_host: true\n{delivery}defaults:\n  format: text\nspaces:\n{spaces}"
-    ))
+/// own suite (tests/integration/cards.rs).
+fn config() -> ConfigBuilder {
+    ConfigBuilder::new().allow_any_host().default_format("text")
+}
+
+/// The config with space `ops` on the fake Chat.
+fn ops_config(chat: &FakeChat) -> ConfigBuilder {
+    config().space("ops", chat_space(chat, "ops"))
 }
 
 #[tokio::test]
 async fn alert_life_lives_in_one_thread_and_only_changes_are_posted() {
     let chat = FakeChat::start().await;
-    let kabar = InProcess::start(config("", &space_yaml(&chat, "ops", ""))).await;
+    let kabar = InProcess::start(TestConfig::build(ops_config(&chat))).await;
     let url = kabar.url("/alerts");
 
     let firing = notification("ops", &[("DiskFull", "firing"), ("HighLoad", "firing")]);
@@ -117,9 +117,8 @@ async fn alert_life_lives_in_one_thread_and_only_changes_are_posted() {
 async fn concurrent_copies_from_an_ha_pair_post_once() {
     let chat = FakeChat::start().await;
     chat.set_rate_limit(None);
-    let kabar = InProcess::start(config(
-        "  rate_limit_per_second: 50\n",
-        &space_yaml(&chat, "ops", ""),
+    let kabar = InProcess::start(TestConfig::build(
+        ops_config(&chat).rate_limit_per_second(50.0),
     ))
     .await;
     let url = kabar.url("/alerts");
@@ -156,12 +155,14 @@ async fn concurrent_copies_from_an_ha_pair_post_once() {
 async fn receiver_fans_out_and_explicit_space_routes() {
     let chat = FakeChat::start().await;
     chat.set_rate_limit(None);
-    let spaces = format!(
-        "{}{}",
-        space_yaml(&chat, "a", "").replace("receivers: [a]", "receivers: [team, 'ns/cfg/team']"),
-        space_yaml(&chat, "b", "").replace("receivers: [b]", "receivers: [team]")
-    );
-    let kabar = InProcess::start(config("  rate_limit_per_second: 50\n", &spaces)).await;
+    let spaces = config()
+        .rate_limit_per_second(50.0)
+        .space(
+            "a",
+            chat_space(&chat, "a").receivers(&["team", "ns/cfg/team"]),
+        )
+        .space("b", chat_space(&chat, "b").receivers(&["team"]));
+    let kabar = InProcess::start(TestConfig::build(spaces)).await;
     let (status, body) = post_alerts(
         &kabar.url("/alerts"),
         &notification("team", &[("X", "firing")]),
@@ -188,11 +189,7 @@ async fn receiver_fans_out_and_explicit_space_routes() {
 #[tokio::test]
 async fn retries_429_and_5xx_honouring_retry_after() {
     let chat = FakeChat::start().await;
-    let kabar = InProcess::start(config(
-        "  backoff: {initial: 100ms, max: 5s}\n",
-        &space_yaml(&chat, "ops", ""),
-    ))
-    .await;
+    let kabar = InProcess::start(TestConfig::build(ops_config(&chat).backoff("100ms", "5s"))).await;
     chat.fail_next(
         "ops",
         1,
@@ -230,9 +227,10 @@ async fn retries_429_and_5xx_honouring_retry_after() {
 async fn a_faster_config_than_chat_allows_still_delivers_everything_in_order() {
     let chat = FakeChat::start().await;
     chat.set_rate_limit(Some(4.0));
-    let kabar = InProcess::start(config(
-        "  rate_limit_per_second: 20\n  backoff: {initial: 100ms, max: 1s}\n",
-        &space_yaml(&chat, "ops", ""),
+    let kabar = InProcess::start(TestConfig::build(
+        ops_config(&chat)
+            .rate_limit_per_second(20.0)
+            .backoff("100ms", "1s"),
     ))
     .await;
     let names: Vec<String> = (0..8).map(|i| format!("Alert{i}")).collect();
@@ -270,9 +268,8 @@ async fn permanent_rejections_are_dead_lettered_and_the_space_moves_on() {
     chat.set_rate_limit(None);
     chat.reject_when_text_contains("*Broken*", 400);
     chat.reject_when_text_contains("*Revoked*", 403);
-    let kabar = InProcess::start(config(
-        "  rate_limit_per_second: 50\n",
-        &space_yaml(&chat, "ops", ""),
+    let kabar = InProcess::start(TestConfig::build(
+        ops_config(&chat).rate_limit_per_second(50.0),
     ))
     .await;
     for name in ["Broken", "Revoked", "Fine"] {
@@ -316,8 +313,8 @@ async fn permanent_rejections_are_dead_lettered_and_the_space_moves_on() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let store = kabar::store::SqliteStore::open(&kabar.config.state_dir()).expect("open store");
-    let dead = kabar::store::Store::dead_letters(&store, Some("ops"))
+    let store = kabar::SqliteStore::open(&kabar.config.state_dir()).expect("open store");
+    let dead = kabar::Store::dead_letters(&store, Some("ops"))
         .await
         .expect("read");
     let reasons: Vec<(&str, Option<u16>)> =
@@ -345,9 +342,11 @@ async fn permanent_rejections_are_dead_lettered_and_the_space_moves_on() {
 async fn slow_answers_time_out_and_are_retried() {
     let chat = FakeChat::start().await;
     chat.set_rate_limit(None);
-    let kabar = InProcess::start(config(
-        "  request_timeout: 300ms\n  backoff: {initial: 100ms, max: 200ms}\n  rate_limit_per_second: 50\n",
-        &space_yaml(&chat, "ops", ""),
+    let kabar = InProcess::start(TestConfig::build(
+        ops_config(&chat)
+            .request_timeout("300ms")
+            .backoff("100ms", "200ms")
+            .rate_limit_per_second(50.0),
     ))
     .await;
     chat.set_mode(
@@ -379,9 +378,11 @@ async fn slow_answers_time_out_and_are_retried() {
 async fn messages_past_give_up_after_are_dead_lettered_as_expired() {
     let chat = FakeChat::start().await;
     chat.set_mode(Some("ops"), Mode::Fail(Failure::status(503)));
-    let kabar = InProcess::start(config(
-        "  give_up_after: 1s\n  backoff: {initial: 100ms, max: 200ms}\n  rate_limit_per_second: 20\n",
-        &space_yaml(&chat, "ops", ""),
+    let kabar = InProcess::start(TestConfig::build(
+        ops_config(&chat)
+            .give_up_after("1s")
+            .backoff("100ms", "200ms")
+            .rate_limit_per_second(20.0),
     ))
     .await;
     let (status, _) = post_alerts(
@@ -418,9 +419,10 @@ async fn messages_past_give_up_after_are_dead_lettered_as_expired() {
 async fn threading_off_posts_top_level_messages() {
     let chat = FakeChat::start().await;
     chat.set_rate_limit(None);
-    let kabar = InProcess::start(config(
-        "  rate_limit_per_second: 50\n",
-        &space_yaml(&chat, "ops", "    threading: 'off'\n"),
+    let kabar = InProcess::start(TestConfig::build(
+        config()
+            .rate_limit_per_second(50.0)
+            .space("ops", chat_space(&chat, "ops").threading("off")),
     ))
     .await;
     post_alerts(
@@ -465,15 +467,15 @@ async fn raw_post(
 #[tokio::test]
 async fn bad_requests_get_clear_errors() {
     let chat = FakeChat::start().await;
-    let cfg = TestConfig::new(&format!(
-        "max_body_bytes: 2048\ndelivery: {{allow_any_host: true}}\nspaces:\n{}",
-        space_yaml(
-            &chat,
-            "ops",
-            "    receivers: [ops, 'monitoring/team/ops']\n"
-        )
-        .replace("    receivers: [ops]\n", "")
-    ));
+    let cfg = TestConfig::build(
+        ConfigBuilder::new()
+            .max_body_bytes(2048)
+            .allow_any_host()
+            .space(
+                "ops",
+                chat_space(&chat, "ops").receivers(&["ops", "monitoring/team/ops"]),
+            ),
+    );
     let kabar = InProcess::start(cfg).await;
     let url = kabar.url("/alerts");
     let bearer = format!("Bearer {TEST_TOKEN}");
@@ -604,7 +606,7 @@ async fn bad_requests_get_clear_errors() {
 #[tokio::test]
 async fn health_metrics_landing_and_reload() {
     let chat = FakeChat::start().await;
-    let kabar = InProcess::start(config("", &space_yaml(&chat, "ops", ""))).await;
+    let kabar = InProcess::start(TestConfig::build(ops_config(&chat))).await;
     let http = client();
     assert_eq!(
         http.get(kabar.url("/healthz"))
@@ -677,10 +679,12 @@ async fn health_metrics_landing_and_reload() {
     assert_eq!(status, 200, "still serving the old config");
 
     // A good file adds a space, live.
-    kabar.config.rewrite(&format!(
-        "delivery:\n  allow_any_host: true\nspaces:\n{}  extra:\n    dry_run: true\n",
-        space_yaml(&chat, "ops", "")
-    ));
+    kabar.config.rewrite_with(
+        ConfigBuilder::new()
+            .allow_any_host()
+            .space("ops", chat_space(&chat, "ops"))
+            .space("extra", Space::dry_run()),
+    );
     let response = http
         .post(kabar.url("/-/reload"))
         .bearer_auth(TEST_TOKEN)
@@ -710,16 +714,12 @@ async fn health_metrics_landing_and_reload() {
 /// `prometheus` package; CI installs it and sets KABAR_REQUIRE_E2E so this cannot skip.
 #[tokio::test]
 async fn metrics_pass_promtool_check() {
-    let Some(promtool) = common::tools::require_tool(&["promtool"], "prometheus") else {
+    let Some(promtool) = crate::common::tools::require_tool(&["promtool"], "prometheus") else {
         return;
     };
     let chat = FakeChat::start().await;
-    let kabar = InProcess::start(config(
-        "",
-        &format!(
-            "{}  demo:\n    dry_run: true\n",
-            space_yaml(&chat, "ops", "")
-        ),
+    let kabar = InProcess::start(TestConfig::build(
+        ops_config(&chat).space("demo", Space::dry_run()),
     ))
     .await;
     post_alerts(
@@ -757,9 +757,8 @@ async fn metrics_pass_promtool_check() {
 async fn an_alert_firing_again_after_its_resolve_gets_a_firing_again_reply() {
     let chat = FakeChat::start().await;
     chat.set_rate_limit(None);
-    let kabar = InProcess::start(config(
-        "  rate_limit_per_second: 50\n",
-        &space_yaml(&chat, "ops", ""),
+    let kabar = InProcess::start(TestConfig::build(
+        ops_config(&chat).rate_limit_per_second(50.0),
     ))
     .await;
     let url = kabar.url("/alerts");
@@ -825,13 +824,11 @@ async fn a_space_removed_and_re_added_mid_request_never_has_two_senders() {
             accept: true,
         },
     );
-    let delivery = "  rate_limit_per_second: 50\n";
-    let with_ops = format!(
-        "{}  other:\n    dry_run: true\n",
-        space_yaml(&chat, "ops", "")
-    );
-    let without_ops = "  other:\n    dry_run: true\n";
-    let kabar = InProcess::start(config(delivery, &with_ops)).await;
+    let without_ops = config()
+        .rate_limit_per_second(50.0)
+        .space("other", Space::dry_run());
+    let with_ops = without_ops.clone().space("ops", chat_space(&chat, "ops"));
+    let kabar = InProcess::start(TestConfig::build(with_ops.clone())).await;
     let firing = notification("ops", &[("A", "firing"), ("B", "firing"), ("C", "firing")]);
     let (status, body) = post_alerts(&kabar.url("/alerts"), &firing).await;
     assert_eq!((status, body["queued"].clone()), (200, json!(3)));
@@ -842,13 +839,9 @@ async fn a_space_removed_and_re_added_mid_request_never_has_two_senders() {
         assert!(tokio::time::Instant::now() < deadline, "nothing was sent");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    kabar.config.rewrite(&format!(
-        "delivery:\n  allow_any_host: true\n{delivery}defaults:\n  format: text\nspaces:\n{without_ops}"
-    ));
+    kabar.config.rewrite_with(without_ops);
     kabar.service.reload().await.expect("reload without ops");
-    kabar.config.rewrite(&format!(
-        "delivery:\n  allow_any_host: true\n{delivery}defaults:\n  format: text\nspaces:\n{with_ops}"
-    ));
+    kabar.config.rewrite_with(with_ops);
     kabar.service.reload().await.expect("reload with ops again");
 
     chat.wait_for_messages("ops", 3, WAIT).await;
@@ -878,9 +871,8 @@ async fn a_space_removed_and_re_added_mid_request_never_has_two_senders() {
 async fn a_storm_of_resolves_never_seen_firing_is_one_digest_message() {
     let chat = FakeChat::start().await;
     chat.set_rate_limit(None);
-    let kabar = InProcess::start(config(
-        "  rate_limit_per_second: 50\n",
-        &space_yaml(&chat, "ops", ""),
+    let kabar = InProcess::start(TestConfig::build(
+        ops_config(&chat).rate_limit_per_second(50.0),
     ))
     .await;
     let names: Vec<String> = (0..200).map(|i| format!("Gone{i}")).collect();

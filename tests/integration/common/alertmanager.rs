@@ -6,8 +6,6 @@
 //! first notification arrives about 1 s after `fire`, and a change (such as `resolve`) is sent
 //! at the group's next interval tick, so waits in tests should allow several seconds.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::fs::File;
 use std::net::TcpListener as StdTcpListener;
@@ -26,12 +24,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug, Clone)]
 pub struct AlertmanagerBinaries {
     pub alertmanager: PathBuf,
-    /// Not needed by this module (it talks to the HTTP API), offered for tests that want it.
-    pub amtool: Option<PathBuf>,
 }
 
-/// Finds `prometheus-alertmanager` (Debian's name; upstream's `alertmanager` also works) and
-/// `amtool` on PATH or in /usr/bin.
+/// Finds `prometheus-alertmanager` (Debian's name; upstream's `alertmanager` also works) on
+/// PATH or in /usr/bin.
 ///
 /// When Alertmanager is missing: panics if `KABAR_REQUIRE_E2E=1` or `CI=true` (so a green CI
 /// can never mean "skipped"), otherwise prints a loud warning and returns `None`; the test
@@ -41,10 +37,7 @@ pub fn require_binaries() -> Option<AlertmanagerBinaries> {
         &["prometheus-alertmanager", "alertmanager"],
         "prometheus-alertmanager",
     )?;
-    Some(AlertmanagerBinaries {
-        alertmanager,
-        amtool: super::tools::find_binary(&["amtool"]),
-    })
+    Some(AlertmanagerBinaries { alertmanager })
 }
 
 /// How the single route and webhook receiver are configured.
@@ -175,9 +168,9 @@ fn pairs_to_object(pairs: &[(String, String)]) -> Value {
 pub struct Alertmanager {
     child: Child,
     port: u16,
-    dir: TempDir,
+    /// Held for its Drop, which removes the config, storage and log.
+    _dir: TempDir,
     log_path: PathBuf,
-    config: String,
     client: reqwest::Client,
     /// The startsAt `fire` chose for alerts without their own, by label set, for `resolve`.
     fired: Mutex<HashMap<Vec<(String, String)>, SystemTime>>,
@@ -242,9 +235,8 @@ impl Alertmanager {
                     return Alertmanager {
                         child,
                         port,
-                        dir,
+                        _dir: dir,
                         log_path,
-                        config,
                         client,
                         fired: Mutex::new(HashMap::new()),
                     };
@@ -268,15 +260,6 @@ impl Alertmanager {
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// The config it runs with (JSON, which is valid YAML).
-    pub fn config(&self) -> &str {
-        &self.config
     }
 
     /// Everything Alertmanager printed so far (debug level), for failure messages.
@@ -347,21 +330,6 @@ impl Alertmanager {
                 .collect()
         };
         self.post_alerts(&body).await;
-    }
-
-    /// The alerts Alertmanager currently holds (`GET /api/v2/alerts`).
-    pub async fn alerts(&self) -> Value {
-        let url = format!("{}/api/v2/alerts", self.url());
-        let response = self
-            .client
-            .get(&url)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}\n{}", self.logs()));
-        response
-            .json()
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: bad JSON: {e}\n{}", self.logs()))
     }
 
     async fn post_alerts(&self, body: &[Value]) {

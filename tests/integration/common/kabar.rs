@@ -1,16 +1,15 @@
 //! Starting kabar for tests: in-process (the library's `Service`, on a random port) or as
 //! a child process of the real binary (for kill -9, signals and log inspection).
 
-#![allow(dead_code)]
-
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kabar::runtime::Runtime;
-use kabar::server::Service;
+use super::config::ConfigBuilder;
+use kabar::Runtime;
+use kabar::Service;
 use serde_json::Value;
 
 /// The bearer token tests configure on kabar; tests grep logs for it.
@@ -39,6 +38,31 @@ impl TestConfig {
         );
         std::fs::write(&path, text).expect("write kabar config");
         TestConfig { dir, path }
+    }
+
+    /// A config from the builder, listening on a random 127.0.0.1 port with its state_dir
+    /// in the temp dir, and the test bearer token unless the builder sets its own auth.
+    pub fn build(config: ConfigBuilder) -> TestConfig {
+        let dir = tempfile::tempdir().expect("create a temp dir for kabar");
+        let path = dir.path().join("kabar.yaml");
+        std::fs::write(&path, Self::complete(config, &dir.path().join("state")))
+            .expect("write kabar config");
+        TestConfig { dir, path }
+    }
+
+    /// Replaces the config file with the builder's config (same listen, state_dir, auth).
+    pub fn rewrite_with(&self, config: ConfigBuilder) {
+        std::fs::write(&self.path, Self::complete(config, &self.state_dir()))
+            .expect("rewrite kabar config");
+    }
+
+    fn complete(config: ConfigBuilder, state_dir: &Path) -> String {
+        let config = if config.has(&["auth"]) {
+            config
+        } else {
+            config.auth_bearer(TEST_TOKEN)
+        };
+        config.listen("127.0.0.1:0").state_dir(state_dir).to_yaml()
     }
 
     pub fn state_dir(&self) -> PathBuf {

@@ -2,8 +2,6 @@
 //! actually ran with (not from constants the test hopes it used), so the scan cannot
 //! silently check the wrong strings.
 
-#![allow(dead_code)]
-
 use std::path::Path;
 
 use super::fake_chat::FakeChat;

@@ -6,8 +6,6 @@
 //! `dead_letters` table with its reason; duplicates happen only where Chat accepted a request
 //! whose answer was lost, and are counted. Each scenario also scans its logs for secrets.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,12 +13,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::fake_chat::{Failure, FakeChat, Mode, RequestRecord};
-use common::kabar::{
+use crate::common::fake_chat::{Failure, FakeChat, Mode, RequestRecord};
+use crate::common::kabar::{
     KabarProcess, TEST_TOKEN, TestConfig, client, metric_value, metrics_text, notification,
 };
-use common::logscan::assert_logs_clean;
-use common::tools::tools_required;
+use crate::common::logscan::assert_logs_clean;
+use crate::common::tools::tools_required;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);

@@ -2,12 +2,11 @@
 //! and JSON, dry-run spaces included), the URLs kabar builds, Markdown in text messages,
 //! and the dates that key threads.
 
-mod common;
-
 use std::time::Duration;
 
-use common::fake_chat::{Failure, FakeChat};
-use common::kabar::{KabarProcess, TestConfig, notification, post_alerts};
+use crate::common::config::{ConfigBuilder, Space};
+use crate::common::fake_chat::{Failure, FakeChat};
+use crate::common::kabar::{KabarProcess, TestConfig, notification, post_alerts};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -71,13 +70,17 @@ async fn hostile_values_forge_no_log_line_in_text_or_json_logs() {
     for json_logs in [false, true] {
         let chat = FakeChat::start().await;
         chat.set_rate_limit(None);
-        let config = TestConfig::new(&format!(
-            "delivery:\n  allow_any_host: true\n  rate_limit_per_second: 50\n\
-             spaces:\n  drytext:\n    dry_run: true\n    format: text\n  \
-             drycard:\n    dry_run: true\n    format: card\n  \
-             ops:\n    webhook_url: \"{}\"\n    format: text\n",
-            chat.webhook_url("ops")
-        ));
+        let config = TestConfig::build(
+            ConfigBuilder::new()
+                .allow_any_host()
+                .rate_limit_per_second(50.0)
+                .space("drytext", Space::dry_run().format("text"))
+                .space("drycard", Space::dry_run().format("card"))
+                .space(
+                    "ops",
+                    Space::webhook(&chat.webhook_url("ops")).format("text"),
+                ),
+        );
         // Chat's answer is outside text too: an error message with the same forgery.
         let error = json!({"error": {"code": 403, "status": "PERMISSION_DENIED",
             "message": format!("denied{FORGERY}")}});
@@ -161,14 +164,20 @@ fn links_in_card(body: &Value) -> Vec<String> {
 async fn hostile_labels_and_links_stay_inert_in_every_url_and_in_text() {
     let chat = FakeChat::start().await;
     chat.set_rate_limit(None);
-    let config = TestConfig::new(&format!(
-        "delivery:\n  allow_any_host: true\n  rate_limit_per_second: 50\n\
-         spaces:\n  text:\n    webhook_url: \"{}\"\n    format: text\n  \
-         card:\n    webhook_url: \"{}\"\n    format: card\n",
-        chat.webhook_url("text"),
-        chat.webhook_url("card"),
-    ));
-    let kabar = common::kabar::InProcess::start(config).await;
+    let config = TestConfig::build(
+        ConfigBuilder::new()
+            .allow_any_host()
+            .rate_limit_per_second(50.0)
+            .space(
+                "text",
+                Space::webhook(&chat.webhook_url("text")).format("text"),
+            )
+            .space(
+                "card",
+                Space::webhook(&chat.webhook_url("card")).format("card"),
+            ),
+    );
+    let kabar = crate::common::kabar::InProcess::start(config).await;
     for space in ["text", "card"] {
         let mut body = notification(space, &[("Md", "firing")]);
         let alert = &mut body["alerts"][0];
@@ -253,12 +262,16 @@ async fn hostile_labels_and_links_stay_inert_in_every_url_and_in_text() {
 async fn far_start_dates_are_episodes_of_their_own_end_to_end() {
     let chat = FakeChat::start().await;
     chat.set_rate_limit(None);
-    let config = TestConfig::new(&format!(
-        "delivery:\n  allow_any_host: true\n  rate_limit_per_second: 50\n\
-         spaces:\n  ops:\n    webhook_url: \"{}\"\n    format: text\n",
-        chat.webhook_url("ops"),
-    ));
-    let kabar = common::kabar::InProcess::start(config).await;
+    let config = TestConfig::build(
+        ConfigBuilder::new()
+            .allow_any_host()
+            .rate_limit_per_second(50.0)
+            .space(
+                "ops",
+                Space::webhook(&chat.webhook_url("ops")).format("text"),
+            ),
+    );
+    let kabar = crate::common::kabar::InProcess::start(config).await;
     // The same alert (same fingerprint) starting at dates a 64-bit nanosecond count cannot
     // tell apart (2026 and 2^64 ns later), and at the ends of what RFC 3339 can say.
     let starts = [

@@ -4,15 +4,13 @@
 //! wrong credentials, every Chat failure class, dead letters, a reload that fails on a
 //! broken webhook URL, SIGHUP and SIGTERM.
 
-mod common;
-
 use std::time::Duration;
 
-use common::fake_chat::{Failure, FakeChat, Mode};
-use common::kabar::{
+use crate::common::fake_chat::{Failure, FakeChat, Mode};
+use crate::common::kabar::{
     CliOutput, KabarProcess, TestConfig, assert_no_secrets, client, dead_letters_cli, notification,
 };
-use common::logscan::{assert_logs_clean, config_secrets, percent_encode_every_byte};
+use crate::common::logscan::{assert_logs_clean, config_secrets, percent_encode_every_byte};
 
 const WAIT: Duration = Duration::from_secs(30);
 const USERNAME: &str = "alertmanager";
@@ -291,7 +289,7 @@ async fn chat_errors_echoing_the_token_in_any_encoding_reach_no_log_row_or_cli_o
     assert_eq!(status, 200, "{answer}");
     let expected = bodies.len() + 1;
     for (space, n) in [("ops", bodies.len()), ("cards", 1)] {
-        common::kabar::wait_for_metric(
+        crate::common::kabar::wait_for_metric(
             &base,
             &format!("kabar_dead_letters{{space=\"{space}\"}}"),
             n as f64,

@@ -2,14 +2,12 @@
 //! skeleton the way Chat does: the default card is accepted, a refused card is re-sent
 //! once as text, and templates reload with the config.
 
-mod common;
-
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use common::fake_chat::FakeChat;
-use common::kabar::{
+use crate::common::fake_chat::FakeChat;
+use crate::common::kabar::{
     InProcess, TEST_TOKEN, TestConfig, client, metric_value, metrics_text, notification,
     post_alerts, wait_for_metric,
 };

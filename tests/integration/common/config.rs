@@ -1,0 +1,172 @@
+//! kabar configs for tests, built from typed fields and serialised as JSON (which is valid
+//! YAML): no string pasting, so a URL, token or receiver name with YAML's special
+//! characters in it cannot change the config's shape.
+
+use serde_json::{Map, Value, json};
+
+/// A kabar config. `TestConfig::build` adds `listen` and `state_dir` (and the test bearer
+/// token unless `auth_bearer` set one).
+#[derive(Debug, Clone, Default)]
+pub struct ConfigBuilder {
+    root: Map<String, Value>,
+}
+
+impl ConfigBuilder {
+    pub fn new() -> ConfigBuilder {
+        ConfigBuilder::default()
+    }
+
+    pub fn listen(self, addr: &str) -> ConfigBuilder {
+        self.set(&["listen"], json!(addr))
+    }
+
+    pub fn state_dir(self, dir: &std::path::Path) -> ConfigBuilder {
+        self.set(&["state_dir"], json!(dir.display().to_string()))
+    }
+
+    pub fn auth_bearer(self, token: &str) -> ConfigBuilder {
+        self.set(&["auth", "bearer_token"], json!(token))
+    }
+
+    pub fn max_body_bytes(self, bytes: u64) -> ConfigBuilder {
+        self.set(&["max_body_bytes"], json!(bytes))
+    }
+
+    /// `delivery.allow_any_host`: webhooks on hosts other than chat.googleapis.com (the fake
+    /// Chat on 127.0.0.1).
+    pub fn allow_any_host(self) -> ConfigBuilder {
+        self.set(&["delivery", "allow_any_host"], json!(true))
+    }
+
+    pub fn rate_limit_per_second(self, rate: f64) -> ConfigBuilder {
+        self.set(&["delivery", "rate_limit_per_second"], json!(rate))
+    }
+
+    /// `delivery.backoff`, durations in kabar's notation (`100ms`, `5s`).
+    pub fn backoff(self, initial: &str, max: &str) -> ConfigBuilder {
+        self.set(
+            &["delivery", "backoff"],
+            json!({"initial": initial, "max": max}),
+        )
+    }
+
+    pub fn request_timeout(self, duration: &str) -> ConfigBuilder {
+        self.set(&["delivery", "request_timeout"], json!(duration))
+    }
+
+    pub fn give_up_after(self, duration: &str) -> ConfigBuilder {
+        self.set(&["delivery", "give_up_after"], json!(duration))
+    }
+
+    /// `defaults.format`: `text` or `card`.
+    pub fn default_format(self, format: &str) -> ConfigBuilder {
+        self.set(&["defaults", "format"], json!(format))
+    }
+
+    pub fn space(self, name: &str, space: Space) -> ConfigBuilder {
+        self.set(&["spaces", name], Value::Object(space.fields))
+    }
+
+    /// Whether a value is set at `path` (e.g. `["auth"]`).
+    pub fn has(&self, path: &[&str]) -> bool {
+        let mut node = &self.root;
+        for (depth, key) in path.iter().enumerate() {
+            match node.get(*key) {
+                Some(Value::Object(inner)) if depth + 1 < path.len() => node = inner,
+                Some(_) => return depth + 1 == path.len(),
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// The config text kabar reads.
+    pub fn to_yaml(&self) -> String {
+        serde_json::to_string_pretty(&self.root).expect("a JSON object serialises")
+    }
+
+    fn set(mut self, path: &[&str], value: Value) -> ConfigBuilder {
+        let (last, parents) = path.split_last().expect("a config path has a key");
+        let mut node = &mut self.root;
+        for key in parents {
+            let entry = node
+                .entry((*key).to_owned())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if !entry.is_object() {
+                *entry = Value::Object(Map::new());
+            }
+            node = entry.as_object_mut().expect("made an object above");
+        }
+        node.insert((*last).to_owned(), value);
+        self
+    }
+}
+
+/// One entry of `spaces:`.
+#[derive(Debug, Clone)]
+pub struct Space {
+    fields: Map<String, Value>,
+}
+
+impl Space {
+    /// A space posting to `url`.
+    pub fn webhook(url: &str) -> Space {
+        Space::with("webhook_url", json!(url))
+    }
+
+    /// A space that renders and logs but never posts.
+    pub fn dry_run() -> Space {
+        Space::with("dry_run", json!(true))
+    }
+
+    /// The Alertmanager receiver names routed here.
+    pub fn receivers(mut self, names: &[&str]) -> Space {
+        self.fields.insert("receivers".to_owned(), json!(names));
+        self
+    }
+
+    /// `format`: `text` or `card`.
+    pub fn format(mut self, format: &str) -> Space {
+        self.fields.insert("format".to_owned(), json!(format));
+        self
+    }
+
+    /// `threading`: `per_alert`, `per_group` or `off`.
+    pub fn threading(mut self, mode: &str) -> Space {
+        self.fields.insert("threading".to_owned(), json!(mode));
+        self
+    }
+
+    fn with(key: &str, value: Value) -> Space {
+        let mut fields = Map::new();
+        fields.insert(key.to_owned(), value);
+        Space { fields }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values that a string template would have turned into other YAML (a comment, a new
+    /// key, a flow mapping) reach kabar's config as the same strings.
+    #[test]
+    fn yaml_special_characters_in_values_stay_values() {
+        let url = "http://127.0.0.1:9/v1/spaces/S/messages?key=k#x: {y: 1}\n  evil: true";
+        let token = "tok'en\" #not-a-comment: [1]";
+        let receiver = "ns/cfg: team # {x}";
+        let text = ConfigBuilder::new()
+            .auth_bearer(token)
+            .allow_any_host()
+            .space("ops", Space::webhook(url).receivers(&[receiver]))
+            .to_yaml();
+        let config = kabar::Config::parse(&text, std::path::Path::new("/"), &|_| None)
+            .expect("the built config is valid");
+        let space = config.spaces.get("ops").expect("space ops");
+        assert_eq!(space.receivers, vec![receiver.to_owned()]);
+        match &space.target {
+            kabar::config::Target::Webhook(secret) => assert_eq!(secret.expose(), url),
+            other => panic!("expected a webhook target, got {other:?}"),
+        }
+    }
+}

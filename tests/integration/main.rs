@@ -1,0 +1,21 @@
+//! kabar's integration tests: one test crate (one build and one link instead of one per
+//! file), a module per area. A test's path names its area: `cargo test --test integration
+//! service::` runs the service tests.
+
+mod common;
+
+mod alertmanager_e2e;
+mod cards;
+mod cli;
+mod dead_letters;
+mod fake_chat_selftest;
+mod faults;
+mod golden;
+mod hardening;
+mod hostile;
+mod hostile_flows;
+mod log_secrets;
+mod monitoring;
+mod process;
+mod render_properties;
+mod service;
