@@ -10,7 +10,7 @@ use crate::delivery::{Delivery, Shared};
 use crate::runtime::Runtime;
 
 /// State behind every HTTP handler.
-pub struct AppState {
+pub(crate) struct AppState {
     pub shared: Arc<Shared>,
     pub delivery: Delivery,
     pub(crate) config_path: Option<PathBuf>,
@@ -18,12 +18,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn runtime(&self) -> Arc<Runtime> {
+    pub(crate) fn runtime(&self) -> Arc<Runtime> {
         self.shared.runtime()
     }
 
     /// Loads the config file again; on any error the running config stays.
-    pub async fn reload(&self) -> Result<(), String> {
+    pub(crate) async fn reload(&self) -> Result<(), String> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let metrics = &self.shared.metrics;
         let Some(path) = self.config_path.clone() else {

@@ -11,11 +11,11 @@ use crate::secret::{Secret, scrub};
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// Sent with a thread key so Chat replies in that thread, or starts it.
-pub const REPLY_OPTION: &str = "REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD";
+pub(crate) const REPLY_OPTION: &str = "REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD";
 
 /// The failure reasons of `kabar_messages_failed_total`, after Alertmanager's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureClass {
+pub(crate) enum FailureClass {
     /// 429: Chat's per-space write quota.
     RateLimited,
     /// 5xx.
@@ -30,7 +30,7 @@ pub enum FailureClass {
 }
 
 impl FailureClass {
-    pub const ALL: [FailureClass; 6] = [
+    pub(crate) const ALL: [FailureClass; 6] = [
         FailureClass::RateLimited,
         FailureClass::ServerError,
         FailureClass::ClientError,
@@ -39,7 +39,7 @@ impl FailureClass {
         FailureClass::Network,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             FailureClass::RateLimited => "rateLimited",
             FailureClass::ServerError => "serverError",
@@ -51,11 +51,11 @@ impl FailureClass {
     }
 
     /// Sending the same request again cannot succeed.
-    pub fn is_permanent(self) -> bool {
+    pub(crate) fn is_permanent(self) -> bool {
         matches!(self, FailureClass::ClientError | FailureClass::AuthError)
     }
 
-    pub fn of_status(status: u16) -> FailureClass {
+    pub(crate) fn of_status(status: u16) -> FailureClass {
         match status {
             429 => FailureClass::RateLimited,
             408 => FailureClass::Timeout,
@@ -69,7 +69,7 @@ impl FailureClass {
 /// Why a send failed, safe to log and store.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{detail}")]
-pub struct SendFailure {
+pub(crate) struct SendFailure {
     pub class: FailureClass,
     pub status: Option<u16>,
     /// The server's `Retry-After`, if it sent one.
@@ -86,7 +86,7 @@ pub enum ChatClientError {
 
 /// What Chat answered for an accepted message.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Accepted {
+pub(crate) struct Accepted {
     /// `spaces/S/threads/T`, when Chat said.
     pub thread_name: Option<String>,
     /// `spaces/S/messages/M`, when Chat said (`kabar send-test` reports it).
@@ -94,7 +94,7 @@ pub struct Accepted {
 }
 
 #[derive(Clone, Debug)]
-pub struct ChatClient {
+pub(crate) struct ChatClient {
     http: reqwest::Client,
     /// Kept only to scrub it (it may hold a password) from transport errors.
     proxy: Option<Secret>,
@@ -103,7 +103,7 @@ pub struct ChatClient {
 impl ChatClient {
     /// A client that sends through `proxy` when given; otherwise reqwest's default applies:
     /// HTTPS_PROXY / HTTP_PROXY / ALL_PROXY and NO_PROXY from the environment.
-    pub fn with_proxy(
+    pub(crate) fn with_proxy(
         timeout: Duration,
         proxy: Option<&Secret>,
     ) -> Result<ChatClient, ChatClientError> {
@@ -134,7 +134,7 @@ impl ChatClient {
 
     /// Posts one message body. `threaded` adds the reply option that makes Chat honour the
     /// body's `thread.threadKey`.
-    pub async fn post(
+    pub(crate) async fn post(
         &self,
         webhook: &Secret,
         body: &str,
@@ -308,7 +308,7 @@ fn describe_error_body(status: u16, body: &str) -> String {
 }
 
 /// `Retry-After` as seconds or an HTTP date.
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
@@ -321,7 +321,7 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 /// The wait before retry `attempt` (1 for the first retry): exponential from `initial`,
 /// capped at `max`, with full jitter above the floor; a server's `Retry-After` wins, kept
 /// within [initial, max]. `jitter` is a uniform random number in [0, 1).
-pub fn backoff_delay(
+pub(crate) fn backoff_delay(
     attempt: u32,
     initial: Duration,
     max: Duration,

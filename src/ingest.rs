@@ -23,7 +23,7 @@ use crate::store::StoreError;
 
 /// Every way an HTTP request can fail, and its answer.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error("missing or wrong credentials")]
     Unauthorized { challenge: &'static str },
     #[error("unsupported content type {0:?}: the body must be JSON")]
@@ -151,7 +151,7 @@ impl IntoResponse for ApiError {
 }
 
 /// Checks the request's credentials in constant time.
-pub fn authorize(auth: Option<&Auth>, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn authorize(auth: Option<&Auth>, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(auth) = auth else { return Ok(()) };
     let presented = headers
         .get(header::AUTHORIZATION)

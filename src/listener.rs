@@ -42,7 +42,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// Bounds webhook requests in progress and gives their bodies a deadline.
 #[derive(Clone)]
-pub struct WebhookGuard {
+pub(crate) struct WebhookGuard {
     permits: Arc<Semaphore>,
     limit: usize,
     read_timeout: Duration,
@@ -50,7 +50,7 @@ pub struct WebhookGuard {
 }
 
 impl WebhookGuard {
-    pub fn new(settings: &config::Server, metrics: Arc<Metrics>) -> WebhookGuard {
+    pub(crate) fn new(settings: &config::Server, metrics: Arc<Metrics>) -> WebhookGuard {
         WebhookGuard {
             permits: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
             limit: settings.max_concurrent_requests,
@@ -62,7 +62,7 @@ impl WebhookGuard {
 
 /// Middleware for the webhook routes: refuses at once when `max_concurrent_requests` are
 /// already in progress, and cuts off a body that is not complete within `read_timeout`.
-pub async fn guard_webhook(
+pub(crate) async fn guard_webhook(
     State(guard): State<WebhookGuard>,
     request: Request,
     next: Next,
@@ -93,7 +93,7 @@ fn overloaded(limit: usize) -> Response {
 /// The body did not arrive within `server.read_timeout`.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body did not arrive within server.read_timeout ({0})")]
-pub struct BodyTimeout(String);
+pub(crate) struct BodyTimeout(String);
 
 /// A request body that fails once its deadline has passed.
 struct DeadlineBody {
@@ -153,7 +153,7 @@ pub enum TlsError {
 
 /// Reads the PEM certificate chain and private key named by `server.tls`. They are read
 /// once, at start-up; a renewed certificate takes effect at the next restart.
-pub fn tls_acceptor(files: &config::TlsFiles) -> Result<TlsAcceptor, TlsError> {
+pub(crate) fn tls_acceptor(files: &config::TlsFiles) -> Result<TlsAcceptor, TlsError> {
     let cert_path = files.cert_file.display().to_string();
     let key_path = files.key_file.display().to_string();
     let certs = CertificateDer::pem_file_iter(&files.cert_file)
@@ -186,7 +186,7 @@ pub fn tls_acceptor(files: &config::TlsFiles) -> Result<TlsAcceptor, TlsError> {
 
 /// Serves HTTP/1.1 (over TLS when `tls` is given) on `listener` until `stopped` turns true,
 /// then lets requests in progress finish (idle connections close at once) and returns.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     read_timeout: Duration,

@@ -20,7 +20,7 @@ use crate::plan::{MessageKind, SuppressReason};
 
 /// Why an HTTP request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejectReason {
+pub(crate) enum RejectReason {
     Unauthorized,
     BadRequest,
     UnknownRoute,
@@ -33,7 +33,7 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 8] = [
+    pub(crate) const ALL: [RejectReason; 8] = [
         RejectReason::Unauthorized,
         RejectReason::BadRequest,
         RejectReason::UnknownRoute,
@@ -44,7 +44,7 @@ impl RejectReason {
         RejectReason::Overloaded,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RejectReason::Unauthorized => "unauthorized",
             RejectReason::BadRequest => "badRequest",
@@ -58,7 +58,7 @@ impl RejectReason {
     }
 }
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     notifications_received: IntCounterVec,
     requests_rejected: IntCounterVec,
@@ -108,7 +108,7 @@ fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> 
 
 impl Metrics {
     /// Registers every series; `version` and `revision` go into kabar_build_info.
-    pub fn new(version: &str, revision: &str) -> Metrics {
+    pub(crate) fn new(version: &str, revision: &str) -> Metrics {
         let registry = Registry::new();
         let build_info = IntGaugeVec::new(
             Opts::new(
@@ -298,20 +298,20 @@ impl Metrics {
     }
 
     /// Creates every series of a space at zero, so dashboards and rate() see it at once.
-    pub fn init_space(&self, space: &str) {
+    pub(crate) fn init_space(&self, space: &str) {
         for (vec, labels) in self.space_series(space) {
             vec.create(&labels);
         }
     }
 
     /// Drops the series of a space that left the config.
-    pub fn remove_space(&self, space: &str) {
+    pub(crate) fn remove_space(&self, space: &str) {
         for (vec, labels) in self.space_series(space) {
             vec.remove(&labels);
         }
     }
 
-    pub fn init_reject_reasons(&self) {
+    pub(crate) fn init_reject_reasons(&self) {
         for reason in RejectReason::ALL {
             self.requests_rejected.with_label_values(&[reason.as_str()]);
         }
@@ -324,7 +324,7 @@ impl Metrics {
     }
 
     /// The text exposition format.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut buffer = Vec::new();
         let encoder = TextEncoder::new();
         if let Err(e) = encoder.encode(&self.registry.gather(), &mut buffer) {
@@ -343,7 +343,7 @@ impl Metrics {
 impl Metrics {
     /// A webhook request was refused; `reason` is None for requests that are not webhook
     /// deliveries (an unknown path, say), which no counter tracks.
-    pub fn request_rejected(&self, reason: Option<RejectReason>, status: u16, error: &str) {
+    pub(crate) fn request_rejected(&self, reason: Option<RejectReason>, status: u16, error: &str) {
         if let Some(reason) = reason {
             self.reject(reason);
         }
@@ -353,13 +353,13 @@ impl Metrics {
     }
 
     /// A notification was refused because the store could not commit it.
-    pub fn store_refused_notification(&self, error: &dyn Display) {
+    pub(crate) fn store_refused_notification(&self, error: &dyn Display) {
         self.reject(RejectReason::StoreUnavailable);
         warn!(target: "kabar::ingest", error = %error, "notification refused: the store cannot take the write");
     }
 
     /// A webhook request found `server.max_concurrent_requests` already in progress.
-    pub fn overloaded(&self, limit: usize) {
+    pub(crate) fn overloaded(&self, limit: usize) {
         self.reject(RejectReason::Overloaded);
         warn!(
             target: "kabar::listener",
@@ -370,7 +370,7 @@ impl Metrics {
 
     /// What an accepted notification did in one of its spaces: the alerts it carried, the
     /// ones that needed no message, the messages queued and how many were cut to fit.
-    pub fn space_notified(
+    pub(crate) fn space_notified(
         &self,
         space: &str,
         alert_statuses: &[&str],
@@ -404,14 +404,14 @@ impl Metrics {
     }
 
     /// A space's template failed and the built-in template rendered the message.
-    pub fn template_fallback(&self, space: &str, error: &str) {
+    pub(crate) fn template_fallback(&self, space: &str, error: &str) {
         self.template_fallbacks.with_label_values(&[space]).inc();
         // Debug-quoted: a template error may quote alert data.
         warn!(target: "kabar::ingest", space, error = ?error, "template failed; the built-in template was used");
     }
 
     /// A notification was committed; its per-space counts went to `space_notified`.
-    pub fn notification_accepted(&self, accepted: &AcceptedNotification<'_>) {
+    pub(crate) fn notification_accepted(&self, accepted: &AcceptedNotification<'_>) {
         info!(
             target: "kabar::ingest",
             // Debug-quoted: both come from the payload and may hold line breaks.
@@ -428,7 +428,7 @@ impl Metrics {
 
 /// What the log line of an accepted notification says.
 #[derive(Debug)]
-pub struct AcceptedNotification<'a> {
+pub(crate) struct AcceptedNotification<'a> {
     pub receiver: &'a str,
     pub group_key: &'a str,
     /// The spaces it was routed to, comma-separated.
@@ -441,14 +441,14 @@ pub struct AcceptedNotification<'a> {
 /// The senders: what Chat made of each message.
 impl Metrics {
     /// Chat answered a request (whatever it said) after `elapsed`.
-    pub fn chat_answered(&self, space: &str, elapsed: Duration) {
+    pub(crate) fn chat_answered(&self, space: &str, elapsed: Duration) {
         self.chat_request_duration
             .with_label_values(&[space])
             .observe(elapsed.as_secs_f64());
     }
 
     /// Chat accepted message `id`, `latency` after its notification arrived.
-    pub fn delivered(
+    pub(crate) fn delivered(
         &self,
         space: &str,
         id: i64,
@@ -471,12 +471,12 @@ impl Metrics {
     }
 
     /// A dry-run space printed a message (it counts as sent).
-    pub fn dry_run_delivered(&self, space: &str) {
+    pub(crate) fn dry_run_delivered(&self, space: &str) {
         self.messages_sent.with_label_values(&[space]).inc();
     }
 
     /// Chat refused a card as invalid; its text version goes next.
-    pub fn card_refused(&self, space: &str, id: i64, class: FailureClass, detail: &str) {
+    pub(crate) fn card_refused(&self, space: &str, id: i64, class: FailureClass, detail: &str) {
         self.messages_failed
             .with_label_values(&[space, class.as_str()])
             .inc();
@@ -490,7 +490,7 @@ impl Metrics {
     }
 
     /// An attempt failed in a way a later one may not: the message waits and goes again.
-    pub fn retry_scheduled(&self, space: &str, id: i64, class: FailureClass, detail: &str) {
+    pub(crate) fn retry_scheduled(&self, space: &str, id: i64, class: FailureClass, detail: &str) {
         self.messages_failed
             .with_label_values(&[space, class.as_str()])
             .inc();
@@ -505,14 +505,14 @@ impl Metrics {
     }
 
     /// Chat refused a message for good; `dead_lettered` follows once the store moved it.
-    pub fn refused_for_good(&self, space: &str, class: FailureClass) {
+    pub(crate) fn refused_for_good(&self, space: &str, class: FailureClass) {
         self.messages_failed
             .with_label_values(&[space, class.as_str()])
             .inc();
     }
 
     /// A message moved to the dead letters, as row `dead_letter_id` there.
-    pub fn dead_lettered(
+    pub(crate) fn dead_lettered(
         &self,
         space: &str,
         dead_letter_id: Option<i64>,
@@ -536,32 +536,32 @@ impl Metrics {
 /// The service: configuration loads and what the store holds.
 impl Metrics {
     /// The configuration kabar started with loaded.
-    pub fn config_loaded(&self) {
+    pub(crate) fn config_loaded(&self) {
         self.config_last_reload_successful.set(1);
         self.config_last_reload_success_timestamp
             .set(crate::store::now_ms() as f64 / 1000.0);
     }
 
     /// A reload failed; the previous configuration stays.
-    pub fn reload_failed(&self, error: &dyn Display) {
+    pub(crate) fn reload_failed(&self, error: &dyn Display) {
         self.config_last_reload_successful.set(0);
         error!(target: "kabar::server", error = %error, "configuration reload failed; the previous configuration stays in effect");
     }
 
     /// A reload put a new configuration in effect, with these (comma-separated) spaces.
-    pub fn reloaded(&self, spaces: &str) {
+    pub(crate) fn reloaded(&self, spaces: &str) {
         self.config_loaded();
         info!(target: "kabar::server", spaces = %spaces, "configuration reloaded");
     }
 
     /// Whether the store's last write (a commit or the /readyz probe) succeeded.
-    pub fn store_writability(&self, writable: bool) {
+    pub(crate) fn store_writability(&self, writable: bool) {
         self.store_writable.set(i64::from(writable));
     }
 
     /// A space's queue as the store reports it at scrape time: messages waiting, the age
     /// of the oldest (0 when none) and dead letters held.
-    pub fn queue_depth(&self, space: &str, messages: i64, oldest_age: Duration, dead: i64) {
+    pub(crate) fn queue_depth(&self, space: &str, messages: i64, oldest_age: Duration, dead: i64) {
         self.outbox_messages
             .with_label_values(&[space])
             .set(messages);

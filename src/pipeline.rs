@@ -21,7 +21,7 @@ const MAX_LOGGED_VALUE_CHARS: usize = 200;
 
 /// Why a notification could not be taken in.
 #[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
+pub(crate) enum PipelineError {
     /// The notification names no configured space.
     #[error(transparent)]
     Routing(#[from] RoutingError),
@@ -32,7 +32,7 @@ pub enum PipelineError {
 
 /// What a notification did across its spaces: the counts its sender is answered with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Accepted {
+pub(crate) struct Accepted {
     pub queued: usize,
     pub suppressed: usize,
 }

@@ -13,7 +13,7 @@ pub enum RoutingError {
 
 impl RoutingError {
     /// What the operator should do about it.
-    pub fn hint(&self) -> String {
+    pub(crate) fn hint(&self) -> String {
         match self {
             RoutingError::UnknownSpace { .. } => {
                 "POST /alerts/{space} takes a space name from kabar's config; POST /alerts routes by the payload's receiver".to_owned()
@@ -29,7 +29,7 @@ impl RoutingError {
 }
 
 /// The names of the spaces to deliver to, in config order.
-pub fn route(
+pub(crate) fn route(
     config: &Config,
     receiver: &str,
     explicit_space: Option<&str>,

@@ -12,7 +12,7 @@ use std::fmt;
 pub struct Secret(String);
 
 impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
+    pub(crate) fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
     }
 
@@ -48,7 +48,7 @@ const REDACTED: &str = "[redacted]";
 /// for it. A server echoing a webhook URL back may percent-encode it (upper or lower hex,
 /// even twice), HTML-escape it, JSON-escape it, or decode the `%3D` real tokens carry, so
 /// each character of a secret is matched in any of those forms, mixed freely.
-pub fn scrub(text: &str, known: &[&str]) -> String {
+pub(crate) fn scrub(text: &str, known: &[&str]) -> String {
     let patterns = secret_patterns(known);
     let out = if patterns.is_empty() {
         text.to_owned()
@@ -322,7 +322,7 @@ fn scrub_query_values(text: &str) -> String {
 /// Every part of a URL that is or holds a credential, to pass to `scrub` as known: the
 /// whole URL, its path (a webhook's path names its space), its query, each query value as
 /// written and decoded, and a userinfo password.
-pub fn url_secret_parts(url: &str) -> Vec<String> {
+pub(crate) fn url_secret_parts(url: &str) -> Vec<String> {
     let mut parts = vec![url.to_owned()];
     if let Some((_, query)) = url.split_once('?') {
         let query = query.split('#').next().unwrap_or(query);
@@ -345,7 +345,7 @@ pub fn url_secret_parts(url: &str) -> Vec<String> {
 
 /// Every credential of a configuration, for `scrub`: each webhook URL and its parts, the
 /// inbound bearer token or password, the proxy URL and its password.
-pub fn config_secrets(config: &crate::config::Config) -> Vec<String> {
+pub(crate) fn config_secrets(config: &crate::config::Config) -> Vec<String> {
     use crate::config::{Auth, Target};
     let mut secrets = Vec::new();
     for space in config.spaces.values() {

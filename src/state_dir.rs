@@ -13,7 +13,7 @@ use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 
 /// The lock file's name inside state_dir; it holds the pid of the kabar that has it.
-pub const LOCK_FILE: &str = "kabar.lock";
+pub(crate) const LOCK_FILE: &str = "kabar.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateDirError {
@@ -37,7 +37,7 @@ pub enum StateDirError {
 
 /// The serve lock on a state_dir; released when dropped or when the process ends.
 #[derive(Debug)]
-pub struct StateDirLock {
+pub(crate) struct StateDirLock {
     // Held only for its lock: closing the file releases it. None where no lock could be
     // taken and kabar runs unguarded (a read-only disk without a lock file).
     _file: Option<File>,
@@ -45,7 +45,7 @@ pub struct StateDirLock {
 
 impl StateDirLock {
     /// Creates state_dir if needed and takes its lock, or says who holds it.
-    pub fn acquire(state_dir: &Path) -> Result<StateDirLock, StateDirError> {
+    pub(crate) fn acquire(state_dir: &Path) -> Result<StateDirLock, StateDirError> {
         refuse_a_file(state_dir)?;
         std::fs::create_dir_all(state_dir).map_err(|e| classify(state_dir, e))?;
         let path = state_dir.join(LOCK_FILE);
@@ -111,7 +111,7 @@ impl StateDirLock {
 /// For `kabar check`: whether kabar could create and write state_dir, without creating
 /// anything that stays. A folder that does not exist yet is fine when its nearest existing
 /// parent is writable (kabar creates it at start-up).
-pub fn check_usable(state_dir: &Path) -> Result<(), StateDirError> {
+pub(crate) fn check_usable(state_dir: &Path) -> Result<(), StateDirError> {
     refuse_a_file(state_dir)?;
     let existing = state_dir
         .ancestors()
@@ -134,7 +134,7 @@ pub fn check_usable(state_dir: &Path) -> Result<(), StateDirError> {
 }
 
 /// Who holds the lock, as far as the lock file says.
-pub fn holder_of(lock_file: &Path) -> String {
+pub(crate) fn holder_of(lock_file: &Path) -> String {
     match std::fs::read_to_string(lock_file)
         .ok()
         .and_then(|text| text.trim().parse::<u32>().ok())

@@ -7,20 +7,20 @@ use crate::chat::{Accepted, FailureClass, SendFailure};
 
 /// Why a message was dead-lettered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeadLetterReason {
+pub(crate) enum DeadLetterReason {
     ClientError,
     AuthError,
     Expired,
 }
 
 impl DeadLetterReason {
-    pub const ALL: [DeadLetterReason; 3] = [
+    pub(crate) const ALL: [DeadLetterReason; 3] = [
         DeadLetterReason::ClientError,
         DeadLetterReason::AuthError,
         DeadLetterReason::Expired,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             DeadLetterReason::ClientError => "clientError",
             DeadLetterReason::AuthError => "authError",

@@ -25,13 +25,13 @@ use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::store::Store;
 
-pub use decide::DeadLetterReason;
-pub use sender::IDLE_POLL;
+pub(crate) use decide::DeadLetterReason;
+pub(crate) use sender::IDLE_POLL;
 use sender::Sender;
 
 /// What the HTTP side and the senders share: the live runtime (config and templates),
 /// the store, the metrics and the HTTP client.
-pub struct Shared {
+pub(crate) struct Shared {
     pub runtime: RwLock<Arc<Runtime>>,
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
@@ -39,7 +39,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn runtime(&self) -> Arc<Runtime> {
+    pub(crate) fn runtime(&self) -> Arc<Runtime> {
         match self.runtime.read() {
             Ok(guard) => Arc::clone(&guard),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
@@ -47,7 +47,7 @@ impl Shared {
     }
 
     /// Puts a newly loaded runtime in place for everything that reads it next.
-    pub fn replace_runtime(&self, runtime: Runtime) {
+    pub(crate) fn replace_runtime(&self, runtime: Runtime) {
         let runtime = Arc::new(runtime);
         match self.runtime.write() {
             Ok(mut guard) => *guard = runtime,
@@ -73,13 +73,13 @@ struct Senders {
 }
 
 /// The running senders, one per configured space.
-pub struct Delivery {
+pub(crate) struct Delivery {
     shared: Arc<Shared>,
     senders: std::sync::Mutex<Senders>,
 }
 
 impl Delivery {
-    pub fn new(shared: Arc<Shared>) -> Delivery {
+    pub(crate) fn new(shared: Arc<Shared>) -> Delivery {
         Delivery {
             shared,
             senders: std::sync::Mutex::new(Senders::default()),
@@ -87,7 +87,7 @@ impl Delivery {
     }
 
     /// Starts senders for new spaces and stops those of spaces that left the config.
-    pub fn sync_spaces(&self, config: &Config) {
+    pub(crate) fn sync_spaces(&self, config: &Config) {
         let Ok(mut guard) = self.senders.lock() else {
             return;
         };
@@ -141,7 +141,7 @@ impl Delivery {
     }
 
     /// New messages were committed for `space`.
-    pub fn wake(&self, space: &str) {
+    pub(crate) fn wake(&self, space: &str) {
         if let Ok(senders) = self.senders.lock()
             && let Some(handle) = senders.running.get(space)
         {
@@ -150,7 +150,7 @@ impl Delivery {
     }
 
     /// Asks every sender to stop after its request in flight and waits up to `grace`.
-    pub async fn shutdown(&self, grace: Duration) {
+    pub(crate) async fn shutdown(&self, grace: Duration) {
         let senders = match self.senders.lock() {
             Ok(mut senders) => std::mem::take(&mut *senders),
             Err(_) => return,

@@ -22,7 +22,7 @@ use crate::store::{DeadLetterRecord, QueuedMessage, now_ms};
 const READ_AHEAD: usize = 8;
 /// A sender re-checks its queue this often even without a wake-up, so nothing waits on a
 /// lost notification.
-pub const IDLE_POLL: Duration = Duration::from_secs(5);
+pub(crate) const IDLE_POLL: Duration = Duration::from_secs(5);
 /// How long to wait before reading the store again after it failed.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 

@@ -59,13 +59,13 @@ pub enum SuppressReason {
 }
 
 impl SuppressReason {
-    pub const ALL: [SuppressReason; 3] = [
+    pub(crate) const ALL: [SuppressReason; 3] = [
         SuppressReason::Unchanged,
         SuppressReason::Duplicate,
         SuppressReason::ResolvedDisabled,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SuppressReason::Unchanged => "unchanged",
             SuppressReason::Duplicate => "duplicate",

@@ -20,18 +20,18 @@ use crate::store::EpisodeStore;
 /// How long an identical notification counts as a duplicate rather than a re-send. HA
 /// members send within peer_timeout × position (15 s each) of each other; Alertmanager's
 /// own re-sends of an unchanged group come every repeat_interval (hours by default).
-pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+pub(crate) const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// How long after kabar recorded an episode's resolve a firing copy of the same episode
 /// (same fingerprint and startsAt) is a stale duplicate: an HA peer's or a retried copy of
 /// the notification before the resolve. Later, the episode fires again (Prometheus
 /// restarted and restored the start time, or an outage longer than endsAt resolved it in
 /// Alertmanager) and reopens with a "Firing again" reply.
-pub const REFIRE_GRACE: Duration = Duration::from_secs(60);
+pub(crate) const REFIRE_GRACE: Duration = Duration::from_secs(60);
 
 /// The decision for one alert, with the episode state to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     Post {
         kind: MessageKind,
         episode: Episode,
@@ -44,7 +44,7 @@ pub enum Decision {
 }
 
 /// Decides what one alert needs, given what is known of its episode.
-pub fn decide(
+pub(crate) fn decide(
     alert: &Alert,
     known: Option<&Episode>,
     options: &SpaceOptions,
@@ -135,11 +135,11 @@ pub struct AlertSet {
 }
 
 impl AlertSet {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.firing.is_empty() && self.resolved.is_empty() && self.still_firing.is_empty()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.firing.len() + self.resolved.len() + self.still_firing.len()
     }
     /// Every listed alert: firing first, then resolved, then still firing.
@@ -173,7 +173,7 @@ impl Subject {
 
 /// One message the plan wants posted.
 #[derive(Debug, Clone)]
-pub struct PlannedMessage {
+pub(crate) struct PlannedMessage {
     pub kind: MessageKind,
     pub subject: Subject,
     /// None: a top-level message (threading off).
@@ -182,14 +182,14 @@ pub struct PlannedMessage {
 
 /// The outcome of planning one notification for one space.
 #[derive(Debug, Clone, Default)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub messages: Vec<PlannedMessage>,
     pub suppressed: Vec<SuppressReason>,
 }
 
 /// Digest of what makes two notifications the same for duplicate detection. externalURL
 /// is left out: each HA member sends its own.
-pub fn notification_digest(notification: &Notification) -> u64 {
+pub(crate) fn notification_digest(notification: &Notification) -> u64 {
     let mut hash = Fnv64::new();
     for part in [
         notification.receiver.as_str(),
@@ -220,7 +220,7 @@ struct Posting {
 
 /// Plans the messages one notification needs in one space and updates the episode state.
 /// Call it inside the transaction that also queues the messages.
-pub fn plan<S: EpisodeStore + ?Sized>(
+pub(crate) fn plan<S: EpisodeStore + ?Sized>(
     store: &mut S,
     space: &str,
     options: &SpaceOptions,

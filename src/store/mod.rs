@@ -46,7 +46,7 @@ pub enum StoreError {
 
 impl StoreError {
     /// The disk is full or read-only: the caller should retry later, not give up.
-    pub fn is_disk_problem(&self) -> bool {
+    pub(crate) fn is_disk_problem(&self) -> bool {
         match self {
             StoreError::Sqlite(e) => e.is_disk_problem(),
             StoreError::CreateDir { .. } => true,
@@ -250,7 +250,9 @@ where
 
 /// Opens the store the configuration names if it exists, without creating one: the CLI's
 /// way in, so a mistyped config does not leave an empty store behind. None: never created.
-pub fn open_existing(config: &crate::config::Config) -> Result<Option<Arc<dyn Store>>, StoreError> {
+pub(crate) fn open_existing(
+    config: &crate::config::Config,
+) -> Result<Option<Arc<dyn Store>>, StoreError> {
     if !config.state_dir.join(sqlite::DATABASE_FILE).is_file() {
         return Ok(None);
     }
@@ -258,17 +260,17 @@ pub fn open_existing(config: &crate::config::Config) -> Result<Option<Arc<dyn St
 }
 
 /// Where the configuration's store lives, for messages: the SQLite file.
-pub fn location(config: &crate::config::Config) -> PathBuf {
+pub(crate) fn location(config: &crate::config::Config) -> PathBuf {
     config.state_dir.join(sqlite::DATABASE_FILE)
 }
 
 /// Opens the store the configuration names (migrating it), ready to serve. The one place
 /// an adapter is chosen.
-pub fn open(config: &crate::config::Config) -> Result<Arc<dyn Store>, StoreError> {
+pub(crate) fn open(config: &crate::config::Config) -> Result<Arc<dyn Store>, StoreError> {
     Ok(Arc::new(SqliteStore::open(&config.state_dir)?))
 }
 
 /// Now, as the store records times (Unix ms).
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }

@@ -160,12 +160,8 @@ impl SqliteStore {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.inner.path
-    }
-
     /// Runs `work` in the next write transaction and returns its result once committed.
-    pub async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    pub(crate) async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -197,18 +193,18 @@ impl SqliteStore {
     }
 
     /// True once the writer thread died; the store then takes no writes until restart.
-    pub fn writer_died(&self) -> bool {
+    pub(crate) fn writer_died(&self) -> bool {
         *self.inner.writer_died.borrow()
     }
 
     /// Resolves when the writer thread dies (never, normally).
-    pub async fn writer_death(&self) {
+    pub(crate) async fn writer_death(&self) {
         let mut died = self.inner.writer_died.subscribe();
         let _ = died.wait_for(|died| *died).await;
     }
 
     /// Runs `work` on a read-only connection off the async runtime.
-    pub async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
+    pub(crate) async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -220,7 +216,7 @@ impl SqliteStore {
     }
 
     /// `read` for callers outside the async runtime (the CLI).
-    pub fn read_blocking<T, F>(&self, work: F) -> Result<T, StoreError>
+    pub(crate) fn read_blocking<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         F: FnOnce(&Connection) -> Result<T, StoreError>,
     {
@@ -248,7 +244,7 @@ impl SqliteStore {
     }
 
     /// (write jobs submitted, transactions committed) since the store was opened.
-    pub fn write_stats(&self) -> (u64, u64) {
+    pub(crate) fn write_stats(&self) -> (u64, u64) {
         (
             self.inner.writes.load(Ordering::Relaxed),
             self.inner.commits.load(Ordering::Relaxed),
@@ -257,12 +253,12 @@ impl SqliteStore {
 
     /// Whether the store's last write transaction committed: false from a failed commit
     /// (disk full, read-only, I/O error) or a probe that timed out, until a write commits.
-    pub fn writable(&self) -> bool {
+    pub(crate) fn writable(&self) -> bool {
         self.inner.writable.load(Ordering::Relaxed)
     }
 
     /// A probe write got no answer in time: the writer is stuck, so nothing commits.
-    pub fn mark_unresponsive(&self) {
+    pub(crate) fn mark_unresponsive(&self) {
         self.inner.writable.store(false, Ordering::Relaxed);
     }
 
@@ -301,7 +297,7 @@ impl SqliteStore {
     }
 
     /// A real, committed write: proves the disk takes writes right now.
-    pub async fn probe(&self) -> Result<(), StoreError> {
+    pub(crate) async fn probe(&self) -> Result<(), StoreError> {
         let now = now_ms();
         self.write(move |conn| {
             conn.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES ('probe', ?1)")?

@@ -22,7 +22,7 @@ use crate::store::{
 };
 
 /// The database file under `state_dir`.
-pub const DATABASE_FILE: &str = "kabar.db";
+pub(crate) const DATABASE_FILE: &str = "kabar.db";
 
 /// An error of SQLite itself, kept whole for the log; the port sees it as
 /// `StoreError::Sqlite`, so nothing outside this folder names the driver.
