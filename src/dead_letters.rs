@@ -1,5 +1,5 @@
 //! `kabar dead-letters list | retry | drop`: the operator's view of messages kabar gave up
-//! on, working on the same SQLite store as a running kabar (WAL lets both at once).
+//! on, through the store port beside a running kabar. Selection and output only: no SQL.
 //!
 //! A retried message is appended to the end of its space's outbox queue, oldest dead letter
 //! first. Its original place is gone: the running sender has already moved past it, and

@@ -1,12 +1,12 @@
-//! kabar: a Prometheus Alertmanager receiver for Google Chat.
+//! kabar: a Prometheus Alertmanager receiver for Google Chat. The library is the whole
+//! program; `main.rs` only parses the command line, and tests use the re-exports below.
 //!
-//! The flow, one module per stage: [`ingest`] (HTTP edge, auth, parsing) → [`pipeline`]
-//! (one transaction of: [`routing`] (receiver → spaces) → [`plan`] (what changed) →
-//! [`render`] (templates, Chat limits) → [`store`] (the port; SQLite adapter, committed
-//! before the 200)) →
-//! [`delivery`] (per-space senders) → [`chat`] (the webhook client); [`metrics`] and
+//! The flow, one module per stage: `ingest` (HTTP edge, auth, parsing) → `pipeline` (one
+//! unit of work of: `routing` (receiver → spaces) → `plan` (what changed) → `render`
+//! (templates, Chat limits) → `store` (the port; the SQLite adapter commits before the
+//! 200)) → `delivery` (per-space senders) → `chat` (the webhook client); `metrics` and
 //! [`config`] serve them all, [`server`] wires them into a running service around the
-//! shared app state.
+//! shared app state. README.md, "Architecture", draws it.
 
 #![forbid(unsafe_code)]
 // Output goes through print_out / print_err: println! panics when the reader has gone.
@@ -32,6 +32,9 @@ pub mod send_test;
 pub mod server;
 pub(crate) mod state_dir;
 pub(crate) mod store;
+
+#[cfg(test)]
+mod layout_tests;
 
 // The API the integration tests, benches and fuzz targets use, by its short name.
 pub use config::Config;

@@ -1,4 +1,5 @@
-//! The service: HTTP routes, start-up, reload, signals and orderly shutdown.
+//! The service: HTTP routes, start-up (store, senders, listener), reload, signals and an
+//! orderly shutdown. It must not parse bodies, plan or send: it wires the stages together.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,6 +62,9 @@ pub enum ServeError {
 pub struct Service {
     addr: SocketAddr,
     app: Arc<AppState>,
+    /// The routes the listener serves, kept so a caller can hand them requests without a
+    /// socket (the HTTP-level tests do, with `tower::ServiceExt::oneshot`).
+    router: Router,
     stop: watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
     pruner: JoinHandle<()>,
@@ -124,7 +128,7 @@ impl Service {
         let router = router(Arc::clone(&app), guard);
         let http = tokio::spawn(listener::serve(
             listener,
-            router,
+            router.clone(),
             server_settings.read_timeout,
             tls,
             http_stopped,
@@ -149,6 +153,7 @@ impl Service {
         Ok(Service {
             addr,
             app,
+            router,
             stop,
             http,
             pruner,
@@ -157,6 +162,12 @@ impl Service {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The service's routes with everything in front of them (auth, limits, the webhook
+    /// guard) but without the listener: the same answers as over a connection.
+    pub fn router(&self) -> Router {
+        self.router.clone()
     }
 
     pub async fn reload(&self) -> Result<(), String> {

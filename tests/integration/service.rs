@@ -444,24 +444,56 @@ async fn threading_off_posts_top_level_messages() {
     kabar.stop().await;
 }
 
+/// One request straight to kabar's router (no socket): its status, headers and JSON body.
 async fn raw_post(
-    url: &str,
+    kabar: &InProcess,
+    path: &str,
     content_type: Option<&str>,
     auth: Option<&str>,
     body: Vec<u8>,
-) -> (u16, reqwest::header::HeaderMap, Value) {
-    let mut request = client().post(url).body(body);
+) -> (u16, axum::http::HeaderMap, Value) {
+    let mut request = axum::http::Request::post(path);
     if let Some(ct) = content_type {
         request = request.header("content-type", ct);
     }
     if let Some(auth) = auth {
         request = request.header("authorization", auth);
     }
-    let response = request.send().await.expect("kabar answers");
+    let request = request
+        .body(axum::body::Body::from(body))
+        .expect("a valid request");
+    let (status, headers, body) = oneshot(kabar, request).await;
+    (
+        status,
+        headers,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    )
+}
+
+/// Sends `request` to kabar's router and reads the whole answer.
+async fn oneshot(
+    kabar: &InProcess,
+    request: axum::http::Request<axum::body::Body>,
+) -> (u16, axum::http::HeaderMap, Vec<u8>) {
+    use tower::ServiceExt as _;
+    let response = kabar
+        .service
+        .router()
+        .oneshot(request)
+        .await
+        .expect("the router always answers");
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    let body = response.json().await.unwrap_or(Value::Null);
-    (status, headers, body)
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("the body");
+    (status, headers, body.to_vec())
+}
+
+fn get(path: &str) -> axum::http::Request<axum::body::Body> {
+    axum::http::Request::get(path)
+        .body(axum::body::Body::empty())
+        .expect("a valid request")
 }
 
 #[tokio::test]
@@ -477,17 +509,18 @@ async fn bad_requests_get_clear_errors() {
             ),
     );
     let kabar = InProcess::start(cfg).await;
-    let url = kabar.url("/alerts");
+    let url = "/alerts";
     let bearer = format!("Bearer {TEST_TOKEN}");
     let good = serde_json::to_vec(&notification("ops", &[("A", "firing")])).expect("json");
 
     let (status, headers, body) =
-        raw_post(&url, Some("application/json"), None, good.clone()).await;
+        raw_post(&kabar, url, Some("application/json"), None, good.clone()).await;
     assert_eq!(status, 401);
     assert_eq!(headers["www-authenticate"], "Bearer realm=\"kabar\"");
     assert!(body["hint"].as_str().is_some());
     let (status, _, _) = raw_post(
-        &url,
+        &kabar,
+        url,
         Some("application/json"),
         Some("Bearer wrong"),
         good.clone(),
@@ -495,11 +528,13 @@ async fn bad_requests_get_clear_errors() {
     .await;
     assert_eq!(status, 401);
 
-    let (status, _, body) = raw_post(&url, Some("text/plain"), Some(&bearer), good.clone()).await;
+    let (status, _, body) =
+        raw_post(&kabar, url, Some("text/plain"), Some(&bearer), good.clone()).await;
     assert_eq!(status, 415, "{body}");
 
     let (status, _, body) = raw_post(
-        &url,
+        &kabar,
+        url,
         Some("application/json"),
         Some(&bearer),
         vec![b' '; 4096],
@@ -508,7 +543,8 @@ async fn bad_requests_get_clear_errors() {
     assert_eq!(status, 413, "{body}");
 
     let (status, _, body) = raw_post(
-        &url,
+        &kabar,
+        url,
         Some("application/json"),
         Some(&bearer),
         b"{\"receiver\": ".to_vec(),
@@ -517,7 +553,8 @@ async fn bad_requests_get_clear_errors() {
     assert_eq!(status, 400, "{body}");
     let bad_time = br#"{"receiver":"ops","status":"firing","alerts":[{"status":"firing","labels":{},"startsAt":"noon"}]}"#;
     let (status, _, body) = raw_post(
-        &url,
+        &kabar,
+        url,
         Some("application/json"),
         Some(&bearer),
         bad_time.to_vec(),
@@ -533,7 +570,8 @@ async fn bad_requests_get_clear_errors() {
     );
 
     let (status, _, body) = raw_post(
-        &url,
+        &kabar,
+        url,
         Some("application/json"),
         Some(&bearer),
         b"[{\"labels\":{}}]".to_vec(),
@@ -547,7 +585,8 @@ async fn bad_requests_get_clear_errors() {
 
     let other = serde_json::to_vec(&notification("monitoring/other/ops", &[("A", "firing")]))
         .expect("json");
-    let (status, _, body) = raw_post(&url, Some("application/json"), Some(&bearer), other).await;
+    let (status, _, body) =
+        raw_post(&kabar, url, Some("application/json"), Some(&bearer), other).await;
     assert_eq!(status, 404);
     assert!(
         body["error"]
@@ -565,7 +604,8 @@ async fn bad_requests_get_clear_errors() {
     );
 
     let (status, _, body) = raw_post(
-        &kabar.url("/alerts/nope"),
+        &kabar,
+        "/alerts/nope",
         Some("application/json"),
         Some(&bearer),
         good.clone(),
@@ -577,14 +617,10 @@ async fn bad_requests_get_clear_errors() {
         "{body}"
     );
 
-    let response = client().get(&url).send().await.expect("answer");
-    assert_eq!(response.status().as_u16(), 405);
-    let response = client()
-        .get(kabar.url("/nowhere"))
-        .send()
-        .await
-        .expect("answer");
-    assert_eq!(response.status().as_u16(), 404);
+    let (status, _, _) = oneshot(&kabar, get(url)).await;
+    assert_eq!(status, 405);
+    let (status, _, _) = oneshot(&kabar, get("/nowhere")).await;
+    assert_eq!(status, 404);
 
     let metrics = metrics_text(&kabar.url("")).await;
     for (reason, count) in [
@@ -598,7 +634,8 @@ async fn bad_requests_get_clear_errors() {
         let series = format!("kabar_requests_rejected_total{{reason=\"{reason}\"}}");
         assert_eq!(metric_value(&metrics, &series), Some(count), "{series}");
     }
-    let (status, _, body) = raw_post(&url, Some("application/json"), Some(&bearer), good).await;
+    let (status, _, body) =
+        raw_post(&kabar, url, Some("application/json"), Some(&bearer), good).await;
     assert_eq!((status, body["queued"].clone()), (200, json!(1)));
     kabar.stop().await;
 }
@@ -608,30 +645,11 @@ async fn health_metrics_landing_and_reload() {
     let chat = FakeChat::start().await;
     let kabar = InProcess::start(TestConfig::build(ops_config(&chat))).await;
     let http = client();
-    assert_eq!(
-        http.get(kabar.url("/healthz"))
-            .send()
-            .await
-            .expect("healthz")
-            .status(),
-        200
-    );
-    assert_eq!(
-        http.get(kabar.url("/readyz"))
-            .send()
-            .await
-            .expect("readyz")
-            .status(),
-        200
-    );
-    let landing = http
-        .get(kabar.url("/"))
-        .send()
-        .await
-        .expect("landing")
-        .text()
-        .await
-        .expect("text");
+    assert_eq!(oneshot(&kabar, get("/healthz")).await.0, 200);
+    assert_eq!(oneshot(&kabar, get("/readyz")).await.0, 200);
+    let (status, _, landing) = oneshot(&kabar, get("/")).await;
+    let landing = String::from_utf8(landing).expect("text");
+    assert_eq!(status, 200);
     assert!(landing.contains("ops") && landing.contains("kabar"));
 
     let metrics = metrics_text(&kabar.url("")).await;

@@ -264,7 +264,7 @@ async fn a_version_1_store_is_migrated_with_its_queue() {
 }
 
 /// kabar_store_writable follows the writer: a write the disk refuses turns it false,
-/// the next write that commits turns it true again. (tests/faults.rs does this with a
+/// the next write that commits turns it true again. (the faults suite does this with a
 /// real full and read-only tmpfs; this runs without root.)
 #[tokio::test]
 async fn writable_follows_the_results_of_writes() {
