@@ -88,89 +88,94 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let metric = IntCounterVec::new(Opts::new(name, help), labels)
-        .expect("static metric definition is valid");
+/// Registers `metric` and hands it back. The names and helps are constants of this file, so
+/// a failure is a bug caught by every test that starts kabar.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> M {
     registry
         .register(Box::new(metric.clone()))
         .expect("metric registered once");
     metric
 }
 
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels)
+        .expect("static metric definition is valid");
+    registered(registry, metric)
+}
+
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> HistogramVec {
     let metric = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["space"])
         .expect("static metric definition is valid");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric registered once");
-    metric
+    registered(registry, metric)
 }
 
 impl Metrics {
     /// Registers every series; `version` and `revision` go into kabar_build_info.
     pub(crate) fn new(version: &str, revision: &str) -> Metrics {
         let registry = Registry::new();
-        let build_info = IntGaugeVec::new(
-            Opts::new(
-                "kabar_build_info",
-                "Always 1; labels carry the version and git revision.",
-            ),
-            &["version", "revision"],
-        )
-        .expect("static metric definition is valid");
-        registry
-            .register(Box::new(build_info.clone()))
-            .expect("registered once");
+        let build_info = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "kabar_build_info",
+                    "Always 1; labels carry the version and git revision.",
+                ),
+                &["version", "revision"],
+            )
+            .expect("valid"),
+        );
         build_info.with_label_values(&[version, revision]).set(1);
 
         let gauge_vec = |name: &str, help: &str| {
-            let metric = IntGaugeVec::new(Opts::new(name, help), &["space"]).expect("valid");
-            registry
-                .register(Box::new(metric.clone()))
-                .expect("registered once");
-            metric
+            registered(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), &["space"]).expect("valid"),
+            )
         };
         let outbox_messages = gauge_vec("kabar_outbox_messages", "Messages waiting in the outbox.");
         let dead_letters = gauge_vec(
             "kabar_dead_letters",
             "Messages currently in the dead-letter table.",
         );
-        let outbox_oldest_age = GaugeVec::new(
-            Opts::new(
-                "kabar_outbox_oldest_message_age_seconds",
-                "Age of the oldest message waiting in the outbox, 0 when empty.",
-            ),
-            &["space"],
-        )
-        .expect("valid");
-        registry
-            .register(Box::new(outbox_oldest_age.clone()))
-            .expect("registered once");
-        let reload_ok = IntGauge::new(
-            "kabar_config_last_reload_successful",
-            "Whether the last configuration load or reload succeeded.",
-        )
-        .expect("valid");
-        registry
-            .register(Box::new(reload_ok.clone()))
-            .expect("registered once");
-        let reload_ts = Gauge::new(
-            "kabar_config_last_reload_success_timestamp_seconds",
-            "Time of the last successful configuration load or reload.",
-        )
-        .expect("valid");
-        registry
-            .register(Box::new(reload_ts.clone()))
-            .expect("registered once");
+        let outbox_oldest_age = registered(
+            &registry,
+            GaugeVec::new(
+                Opts::new(
+                    "kabar_outbox_oldest_message_age_seconds",
+                    "Age of the oldest message waiting in the outbox, 0 when empty.",
+                ),
+                &["space"],
+            )
+            .expect("valid"),
+        );
+        let reload_ok = registered(
+            &registry,
+            IntGauge::new(
+                "kabar_config_last_reload_successful",
+                "Whether the last configuration load or reload succeeded.",
+            )
+            .expect("valid"),
+        );
+        let reload_ts = registered(
+            &registry,
+            Gauge::new(
+                "kabar_config_last_reload_success_timestamp_seconds",
+                "Time of the last successful configuration load or reload.",
+            )
+            .expect("valid"),
+        );
 
-        let store_writable = IntGauge::new(
-            "kabar_store_writable",
-            "1 if the store's last write (a commit or the /readyz probe) succeeded, else 0.",
-        )
-        .expect("valid");
-        registry
-            .register(Box::new(store_writable.clone()))
-            .expect("registered once");
+        let store_writable = registered(
+            &registry,
+            IntGauge::new(
+                "kabar_store_writable",
+                "1 if the store's last write (a commit or the /readyz probe) succeeded, else 0.",
+            )
+            .expect("valid"),
+        );
         // kabar serves only after opening its store; the first write or probe corrects it.
         store_writable.set(1);
 

@@ -5,9 +5,12 @@
 
 use std::time::Duration;
 
+use serde_json::json;
+
 use crate::common::alertmanager::{
     Alertmanager, AlertmanagerBinaries, AlertmanagerOptions, TestAlert, require_binaries,
 };
+use crate::common::config::{ConfigBuilder, Space};
 use crate::common::fake_chat::FakeChat;
 use crate::common::kabar::{
     InProcess, TEST_TOKEN, TestConfig, age_recorded_resolves, metric_value, metrics_text,
@@ -15,16 +18,18 @@ use crate::common::kabar::{
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn kabar_config(chat: &FakeChat, auth: &str) -> TestConfig {
-    kabar_config_with(chat, auth, "")
+fn kabar_config(chat: &FakeChat) -> TestConfig {
+    kabar_config_with(chat, ConfigBuilder::new(), |space| space)
 }
 
-/// One space "ops" for receiver gchat, with `options` (space keys) added.
-fn kabar_config_with(chat: &FakeChat, auth: &str, options: &str) -> TestConfig {
-    TestConfig::new(&format!(
-        "{auth}delivery:\n  allow_any_host: true\nspaces:\n  ops:\n    webhook_url: \"{}\"\n    receivers: [gchat]\n{options}",
-        chat.webhook_url("ops")
-    ))
+/// One space "ops" for receiver gchat on top of `base` (e.g. its auth), shaped by `space`.
+fn kabar_config_with(
+    chat: &FakeChat,
+    base: ConfigBuilder,
+    space: impl FnOnce(Space) -> Space,
+) -> TestConfig {
+    let ops = Space::webhook(&chat.webhook_url("ops")).receivers(&["gchat"]);
+    TestConfig::build(base.allow_any_host().space("ops", space(ops)))
 }
 
 fn disk_alerts(hosts: &[&str]) -> Vec<TestAlert> {
@@ -89,7 +94,7 @@ async fn group_fires_one_resolves_and_resends_post_only_what_changed() {
         return;
     };
     let chat = FakeChat::start().await;
-    let kabar = InProcess::start(kabar_config(&chat, "")).await;
+    let kabar = InProcess::start(kabar_config(&chat)).await;
     let am = alertmanager_for(&binaries, &kabar, "1s").await;
 
     let alerts = disk_alerts(&["db1", "db2", "db3"]);
@@ -151,9 +156,10 @@ async fn basic_auth_from_alertmanager_is_accepted() {
         return;
     };
     let chat = FakeChat::start().await;
-    let kabar = InProcess::start(kabar_config(
+    let kabar = InProcess::start(kabar_config_with(
         &chat,
-        "auth:\n  basic: {username: alertmanager, password: \"pa:ss word\"}\n",
+        ConfigBuilder::new().auth_basic("alertmanager", "pa:ss word"),
+        |space| space,
     ))
     .await;
     let mut options = AlertmanagerOptions::new(kabar.url("/alerts"));
@@ -173,7 +179,10 @@ async fn per_group_three_fire_one_resolves_two_messages_in_one_thread() {
         return;
     };
     let chat = FakeChat::start().await;
-    let kabar = InProcess::start(kabar_config_with(&chat, "", "    threading: per_group\n")).await;
+    let kabar = InProcess::start(kabar_config_with(&chat, ConfigBuilder::new(), |space| {
+        space.threading("per_group")
+    }))
+    .await;
     let am = alertmanager_for(&binaries, &kabar, "1s").await;
 
     let alerts = disk_alerts(&["db1", "db2", "db3"]);
@@ -211,11 +220,9 @@ async fn a_storm_posts_one_digest_and_its_alerts_reply_there() {
         return;
     };
     let chat = FakeChat::start().await;
-    let kabar = InProcess::start(kabar_config_with(
-        &chat,
-        "",
-        "    max_new_threads_per_notification: 2\n",
-    ))
+    let kabar = InProcess::start(kabar_config_with(&chat, ConfigBuilder::new(), |space| {
+        space.option("max_new_threads_per_notification", json!(2))
+    }))
     .await;
     let am = alertmanager_for(&binaries, &kabar, "4h").await;
 
@@ -265,7 +272,10 @@ async fn an_alert_firing_again_with_its_old_start_replies_firing_again() {
         return;
     };
     let chat = FakeChat::start().await;
-    let kabar = InProcess::start(kabar_config_with(&chat, "", "    format: text\n")).await;
+    let kabar = InProcess::start(kabar_config_with(&chat, ConfigBuilder::new(), |space| {
+        space.format("text")
+    }))
+    .await;
     let am = alertmanager_for(&binaries, &kabar, "1h").await;
     // A start in the past, as a restarted Prometheus restores it: the same episode each
     // time it is fired (and Alertmanager notifies without waiting for group_wait).

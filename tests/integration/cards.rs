@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::common::config::{ConfigBuilder, Space};
 use crate::common::fake_chat::FakeChat;
 use crate::common::kabar::{
     InProcess, TEST_TOKEN, TestConfig, client, metric_value, metrics_text, notification,
@@ -14,12 +15,16 @@ use crate::common::kabar::{
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// One space "ops" with `options` (space keys), default format (card).
-fn config(chat: &FakeChat, options: &str) -> TestConfig {
-    TestConfig::new(&format!(
-        "delivery:\n  allow_any_host: true\n  rate_limit_per_second: 50\n  backoff: {{initial: 50ms, max: 200ms}}\nspaces:\n  ops:\n    webhook_url: \"{}\"\n{options}",
-        chat.webhook_url("ops")
-    ))
+fn fast_delivery() -> ConfigBuilder {
+    ConfigBuilder::new()
+        .allow_any_host()
+        .rate_limit_per_second(50.0)
+        .backoff("50ms", "200ms")
+}
+
+/// One space "ops" (default format: card), shaped by `space`.
+fn config(chat: &FakeChat, space: impl FnOnce(Space) -> Space) -> TestConfig {
+    TestConfig::build(fast_delivery().space("ops", space(Space::webhook(&chat.webhook_url("ops")))))
 }
 
 fn title(message: &Value) -> &str {
@@ -31,7 +36,10 @@ fn title(message: &Value) -> &str {
 #[tokio::test]
 async fn default_cards_are_accepted_and_an_alert_lives_in_one_thread() {
     let chat = FakeChat::start().await;
-    let kabar = InProcess::start(config(&chat, "    mentions: {critical: [all]}\n")).await;
+    let kabar = InProcess::start(config(&chat, |space| {
+        space.option("mentions", json!({"critical": ["all"]}))
+    }))
+    .await;
     let (status, _) = post_alerts(
         &kabar.url("/alerts"),
         &notification("ops", &[("DiskFull", "firing")]),
@@ -68,7 +76,7 @@ async fn a_card_chat_refuses_is_sent_once_as_text_then_dead_lettered_if_that_fai
     // Only cards carry a collapsible "Other labels" section; "Poison" is in both forms.
     chat.reject_when_text_contains("Other labels", 400);
     chat.reject_when_text_contains("Poison", 400);
-    let kabar = InProcess::start(config(&chat, "")).await;
+    let kabar = InProcess::start(config(&chat, |space| space)).await;
     let mut body = notification("ops", &[("CardRefused", "firing"), ("Poison", "firing")]);
     for alert in body["alerts"].as_array_mut().expect("alerts") {
         alert["labels"]["team"] = json!("storage");
@@ -115,14 +123,20 @@ async fn a_card_chat_refuses_is_sent_once_as_text_then_dead_lettered_if_that_fai
 #[tokio::test]
 async fn templates_reload_with_the_config() {
     let chat = FakeChat::start().await;
-    let config = config(&chat, "");
+    let config = config(&chat, |space| space);
     let template = config.dir.path().join("mine.hbs");
     std::fs::write(&template, "v1 {{alert.name}}").expect("write template");
-    let spaces = format!(
-        "delivery:\n  allow_any_host: true\n  rate_limit_per_second: 50\nspaces:\n  ops:\n    webhook_url: \"{}\"\n    format: text\n    templates: {{text: mine.hbs}}\n",
-        chat.webhook_url("ops")
+    config.rewrite_with(
+        ConfigBuilder::new()
+            .allow_any_host()
+            .rate_limit_per_second(50.0)
+            .space(
+                "ops",
+                Space::webhook(&chat.webhook_url("ops"))
+                    .format("text")
+                    .option("templates", json!({"text": "mine.hbs"})),
+            ),
     );
-    config.rewrite(&spaces);
     let kabar = InProcess::start(config).await;
     post_alerts(
         &kabar.url("/alerts"),

@@ -200,7 +200,7 @@ async fn revoked_webhook_messages_are_listed_retried_and_delivered_by_the_runnin
 
 #[tokio::test]
 async fn the_cli_explains_a_missing_store_and_bad_filters() {
-    let config = TestConfig::new("spaces:\n  demo:\n    dry_run: true\n");
+    let config = TestConfig::build(ConfigBuilder::new().space("demo", Space::dry_run()));
     let missing = cli(&config.path, &["list"]).await;
     assert!(!missing.success);
     assert!(

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::common::config::{ConfigBuilder, Space};
 use crate::common::fake_chat::{Failure, FakeChat, Mode, RequestRecord};
 use crate::common::kabar::{
     KabarProcess, TEST_TOKEN, TestConfig, client, metric_value, metrics_text, notification,
@@ -23,22 +24,21 @@ use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A config with fast backoff so the suite runs in seconds; `delivery` adds keys under
-/// `delivery:`, `spaces` lists (space, webhook URL).
-fn config(delivery: &str, spaces: &[(&str, String)]) -> TestConfig {
-    let backoff = if delivery.contains("backoff:") {
-        ""
-    } else {
-        "  backoff: {initial: 50ms, max: 500ms}\n"
-    };
-    let mut body = format!(
-        "delivery:\n  allow_any_host: true\n{backoff}{delivery}\
-         defaults:\n  format: text\n  reminder_interval: 0s\nspaces:\n"
-    );
-    for (name, url) in spaces {
-        body.push_str(&format!("  {name}:\n    webhook_url: \"{url}\"\n"));
-    }
-    TestConfig::new(&body)
+/// A config with fast backoff so the suite runs in seconds, text messages and no
+/// reminders; `tune` changes the delivery settings, `spaces` lists (space, webhook URL).
+fn config(
+    tune: impl FnOnce(ConfigBuilder) -> ConfigBuilder,
+    spaces: &[(&str, String)],
+) -> TestConfig {
+    let base = ConfigBuilder::new()
+        .allow_any_host()
+        .backoff("50ms", "500ms")
+        .default_format("text")
+        .default_reminder_interval("0s");
+    let config = spaces.iter().fold(tune(base), |config, (name, url)| {
+        config.space(name, Space::webhook(url))
+    });
+    TestConfig::build(config)
 }
 
 fn log_path(config: &TestConfig) -> PathBuf {
@@ -299,7 +299,7 @@ async fn chat_down_for_a_while_then_back_delivers_everything_in_order() {
     chat.set_rate_limit(None);
     chat.set_mode(None, Mode::Fail(Failure::ResetConnection));
     let config = config(
-        "  rate_limit_per_second: 50\n",
+        |c| c.rate_limit_per_second(50.0),
         &[("ops", chat.webhook_url("ops"))],
     );
     let kabar = KabarProcess::spawn(&config.path, &log_path(&config));
@@ -332,7 +332,7 @@ async fn rate_limit_storm(retry_after: Option<&str>) {
     chat.set_rate_limit(Some(1.0));
     chat.set_rate_limit_retry_after(retry_after);
     let config = config(
-        "  rate_limit_per_second: 5\n  backoff: {initial: 50ms, max: 2s}\n",
+        |c| c.rate_limit_per_second(5.0).backoff("50ms", "2s"),
         &[("ops", chat.webhook_url("ops"))],
     );
     let kabar = KabarProcess::spawn(&config.path, &log_path(&config));
@@ -387,7 +387,7 @@ async fn bursts_of_503_are_retried_in_order_without_duplicates() {
     let chat = FakeChat::start().await;
     chat.set_rate_limit(None);
     let config = config(
-        "  rate_limit_per_second: 50\n",
+        |c| c.rate_limit_per_second(50.0),
         &[("ops", chat.webhook_url("ops"))],
     );
     let kabar = KabarProcess::spawn(&config.path, &log_path(&config));
@@ -436,7 +436,7 @@ async fn permanently_rejected_messages_are_dead_lettered_and_the_space_moves_on(
     chat.reject_when_text_contains("Poison", 400);
     chat.set_mode(Some("revoked"), Mode::Fail(Failure::status(403)));
     let config = config(
-        "  rate_limit_per_second: 50\n",
+        |c| c.rate_limit_per_second(50.0),
         &[
             ("ops", chat.webhook_url("ops")),
             ("revoked", chat.webhook_url("revoked")),
@@ -506,7 +506,7 @@ async fn answers_slower_than_request_timeout_are_retried_and_only_lost_answers_d
     let chat = FakeChat::start().await;
     chat.set_rate_limit(None);
     let config = config(
-        "  rate_limit_per_second: 50\n  request_timeout: 300ms\n",
+        |c| c.rate_limit_per_second(50.0).request_timeout("300ms"),
         &[("ops", chat.webhook_url("ops"))],
     );
     let kabar = KabarProcess::spawn(&config.path, &log_path(&config));
@@ -583,7 +583,7 @@ async fn sigkill_at_random_moments_during_bursts_loses_nothing_acknowledged() {
     let chat = FakeChat::start().await;
     chat.set_rate_limit(None);
     let config = config(
-        "  rate_limit_per_second: 50\n",
+        |c| c.rate_limit_per_second(50.0),
         &[("ops", chat.webhook_url("ops"))],
     );
     let log = log_path(&config);
@@ -666,7 +666,7 @@ async fn sigterm_during_delivery_finishes_the_request_in_flight_and_loses_nothin
         },
     );
     let config = config(
-        "  rate_limit_per_second: 50\n  request_timeout: 5s\n",
+        |c| c.rate_limit_per_second(50.0).request_timeout("5s"),
         &[("ops", chat.webhook_url("ops"))],
     );
     let log = log_path(&config);
@@ -869,7 +869,7 @@ async fn state_dir_full_refuses_with_503_then_recovers_without_losing_or_corrupt
     let chat = FakeChat::start().await;
     chat.set_rate_limit(None);
     let config = config(
-        "  rate_limit_per_second: 50\n",
+        |c| c.rate_limit_per_second(50.0),
         &[("ops", chat.webhook_url("ops"))],
     );
     let Some(tmpfs) = Tmpfs::mount(&config.state_dir(), "6m") else {
@@ -943,7 +943,7 @@ async fn state_dir_read_only_refuses_with_503_then_recovers_without_losing_or_co
     let chat = FakeChat::start().await;
     chat.set_rate_limit(None);
     let config = config(
-        "  rate_limit_per_second: 50\n",
+        |c| c.rate_limit_per_second(50.0),
         &[("ops", chat.webhook_url("ops"))],
     );
     let Some(tmpfs) = Tmpfs::mount(&config.state_dir(), "8m") else {
@@ -999,7 +999,7 @@ async fn chat_down_past_give_up_after_dead_letters_as_expired_and_the_space_reco
     chat.set_rate_limit(None);
     chat.set_mode(Some("ops"), Mode::Fail(Failure::status(503)));
     let config = config(
-        "  rate_limit_per_second: 50\n  give_up_after: 1s\n",
+        |c| c.rate_limit_per_second(50.0).give_up_after("1s"),
         &[("ops", chat.webhook_url("ops"))],
     );
     let kabar = KabarProcess::spawn(&config.path, &log_path(&config));

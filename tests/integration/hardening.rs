@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::config::{ConfigBuilder, Space};
 use crate::common::fake_chat::FakeChat;
 use crate::common::kabar::{
     KabarProcess, TEST_TOKEN, TestConfig, assert_no_secrets, metric_value, metrics_text,
@@ -160,11 +161,13 @@ fn expected_proxy_authorization() -> String {
 async fn configured_proxy_carries_messages_and_its_password_stays_out_of_the_logs() {
     let chat = FakeChat::start().await;
     let proxy = TestProxy::start(true).await;
-    let config = TestConfig::new(&format!(
-        "delivery:\n  allow_any_host: true\n  proxy_url: \"{}\"\ndefaults:\n  format: text\nspaces:\n  ops:\n    webhook_url: \"{}\"\n",
-        proxy.url_with_credentials(),
-        chat.webhook_url("ops"),
-    ));
+    let config = TestConfig::build(
+        ConfigBuilder::new()
+            .allow_any_host()
+            .proxy_url(&proxy.url_with_credentials())
+            .default_format("text")
+            .space("ops", Space::webhook(&chat.webhook_url("ops"))),
+    );
     let log = config.dir.path().join("kabar.log");
     // The explicit setting wins over the environment: this proxy does not exist.
     let kabar = KabarProcess::spawn_with_env(
@@ -213,9 +216,11 @@ async fn configured_proxy_carries_messages_and_its_password_stays_out_of_the_log
 async fn https_proxy_from_the_environment_is_used_for_chat() {
     let proxy = TestProxy::start(false).await;
     let webhook = "https://chat.googleapis.com/v1/spaces/AAAAenvproxy/messages?key=envKEYsecret1&token=envTOKENsecret2";
-    let config = TestConfig::new(&format!(
-        "delivery:\n  backoff: {{initial: 100ms, max: 200ms}}\nspaces:\n  ops:\n    webhook_url: \"{webhook}\"\n"
-    ));
+    let config = TestConfig::build(
+        ConfigBuilder::new()
+            .backoff("100ms", "200ms")
+            .space("ops", Space::webhook(webhook)),
+    );
     let log = config.dir.path().join("kabar.log");
     let proxy_env = proxy.url_with_credentials();
     let kabar = KabarProcess::spawn_with_env(
@@ -283,10 +288,11 @@ async fn https_proxy_from_the_environment_is_used_for_chat() {
 #[tokio::test]
 async fn allow_any_host_is_warned_about_at_start_up() {
     let chat = FakeChat::start().await;
-    let lenient = TestConfig::new(&format!(
-        "delivery:\n  allow_any_host: true\nspaces:\n  ops:\n    webhook_url: \"{}\"\n",
-        chat.webhook_url("ops")
-    ));
+    let lenient = TestConfig::build(
+        ConfigBuilder::new()
+            .allow_any_host()
+            .space("ops", Space::webhook(&chat.webhook_url("ops"))),
+    );
     let log = lenient.dir.path().join("kabar.log");
     let kabar = KabarProcess::spawn(&lenient.path, &log);
     kabar
@@ -632,7 +638,10 @@ fn assert_no_reason(body: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_needs_the_webhook_credentials_and_only_they_see_why_it_failed() {
-    let kabar = InProcess::start(TestConfig::new("spaces:\n  ops:\n    dry_run: true\n")).await;
+    let kabar = InProcess::start(TestConfig::build(
+        ConfigBuilder::new().space("ops", Space::dry_run()),
+    ))
+    .await;
     let url = kabar.url("/-/reload");
     let good = format!("Bearer {TEST_TOKEN}");
 
@@ -685,8 +694,10 @@ async fn reload_needs_the_webhook_credentials_and_only_they_see_why_it_failed() 
     kabar.stop().await;
 
     // Basic auth: the same check as /alerts.
-    let basic = InProcess::start(TestConfig::new(
-        "auth:\n  basic:\n    username: am\n    password: reload-pw-77\nspaces:\n  ops:\n    dry_run: true\n",
+    let basic = InProcess::start(TestConfig::build(
+        ConfigBuilder::new()
+            .auth_basic("am", "reload-pw-77")
+            .space("ops", Space::dry_run()),
     ))
     .await;
     let url = basic.url("/-/reload");

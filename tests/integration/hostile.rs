@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::common::config::{ConfigBuilder, Space};
 use crate::common::fake_chat::FakeChat;
 use crate::common::kabar::{KabarProcess, TEST_TOKEN, TestConfig, client, notification};
 use crate::common::logscan::assert_logs_clean;
@@ -38,16 +39,23 @@ async fn start(max_body_bytes: usize) -> Kabar {
 async fn start_logging(max_body_bytes: usize, filter: &str) -> Kabar {
     let chat = FakeChat::start().await;
     chat.set_rate_limit(None);
-    let config = TestConfig::new(&format!(
-        "max_body_bytes: {max_body_bytes}\ndelivery:\n  allow_any_host: true\n  \
-         rate_limit_per_second: 50\n  backoff: {{initial: 50ms, max: 500ms}}\n\
-         defaults:\n  format: text\nspaces:\n  ops:\n    webhook_url: \"{}\"\n  \
-         quiet:\n    webhook_url: \"{}\"\n    send_resolved: false\n  \
-         cards:\n    webhook_url: \"{}\"\n    format: card\n",
-        chat.webhook_url("ops"),
-        chat.webhook_url("quiet"),
-        chat.webhook_url("cards")
-    ));
+    let config = TestConfig::build(
+        ConfigBuilder::new()
+            .max_body_bytes(max_body_bytes as u64)
+            .allow_any_host()
+            .rate_limit_per_second(50.0)
+            .backoff("50ms", "500ms")
+            .default_format("text")
+            .space("ops", Space::webhook(&chat.webhook_url("ops")))
+            .space(
+                "quiet",
+                Space::webhook(&chat.webhook_url("quiet")).send_resolved(false),
+            )
+            .space(
+                "cards",
+                Space::webhook(&chat.webhook_url("cards")).format("card"),
+            ),
+    );
     let process = KabarProcess::spawn_with_log_filter(
         &config.path,
         &config.dir.path().join("kabar.log"),

@@ -331,7 +331,11 @@ async fn far_start_dates_are_episodes_of_their_own_end_to_end() {
 /// the span and in text as `sender{space=...}`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_sender_line_carries_a_span_naming_its_space() {
-    let config = TestConfig::new("spaces:\n  ops:\n    dry_run: true\n  dev:\n    dry_run: true\n");
+    let config = TestConfig::build(
+        ConfigBuilder::new()
+            .space("ops", Space::dry_run())
+            .space("dev", Space::dry_run()),
+    );
     let log = config.dir.path().join("kabar.log");
     let kabar = KabarProcess::spawn_json_logs(&config.path, &log);
     for space in ["ops", "dev"] {

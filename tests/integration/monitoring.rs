@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use crate::common::config::{ConfigBuilder, Space};
 use crate::common::kabar::{InProcess, TestConfig, metrics_text};
 use serde_json::Value;
 
@@ -293,8 +294,10 @@ fn rule_exprs(rules_yaml: &str) -> Vec<(String, String)> {
 
 async fn live_exposition() -> String {
     // Two spaces so every per-space series exists, as it does from start-up.
-    let kabar = InProcess::start(TestConfig::new(
-        "spaces:\n  ops:\n    dry_run: true\n  dev:\n    dry_run: true\n",
+    let kabar = InProcess::start(TestConfig::build(
+        ConfigBuilder::new()
+            .space("ops", Space::dry_run())
+            .space("dev", Space::dry_run()),
     ))
     .await;
     let text = metrics_text(&kabar.url("")).await;

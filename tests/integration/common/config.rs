@@ -28,6 +28,13 @@ impl ConfigBuilder {
         self.set(&["auth", "bearer_token"], json!(token))
     }
 
+    pub fn auth_basic(self, username: &str, password: &str) -> ConfigBuilder {
+        self.set(
+            &["auth", "basic"],
+            json!({"username": username, "password": password}),
+        )
+    }
+
     pub fn max_body_bytes(self, bytes: u64) -> ConfigBuilder {
         self.set(&["max_body_bytes"], json!(bytes))
     }
@@ -36,6 +43,11 @@ impl ConfigBuilder {
     /// Chat on 127.0.0.1).
     pub fn allow_any_host(self) -> ConfigBuilder {
         self.set(&["delivery", "allow_any_host"], json!(true))
+    }
+
+    /// `delivery.proxy_url`: every request to Chat goes through this proxy.
+    pub fn proxy_url(self, url: &str) -> ConfigBuilder {
+        self.set(&["delivery", "proxy_url"], json!(url))
     }
 
     pub fn rate_limit_per_second(self, rate: f64) -> ConfigBuilder {
@@ -61,6 +73,11 @@ impl ConfigBuilder {
     /// `defaults.format`: `text` or `card`.
     pub fn default_format(self, format: &str) -> ConfigBuilder {
         self.set(&["defaults", "format"], json!(format))
+    }
+
+    /// `defaults.reminder_interval`, in kabar's notation (`0s` turns reminders off).
+    pub fn default_reminder_interval(self, duration: &str) -> ConfigBuilder {
+        self.set(&["defaults", "reminder_interval"], json!(duration))
     }
 
     pub fn space(self, name: &str, space: Space) -> ConfigBuilder {
@@ -131,9 +148,22 @@ impl Space {
         self
     }
 
+    /// `send_resolved`: whether resolves are posted.
+    pub fn send_resolved(mut self, send: bool) -> Space {
+        self.fields.insert("send_resolved".to_owned(), json!(send));
+        self
+    }
+
     /// `threading`: `per_alert`, `per_group` or `off`.
     pub fn threading(mut self, mode: &str) -> Space {
         self.fields.insert("threading".to_owned(), json!(mode));
+        self
+    }
+
+    /// Any other space key (`mentions`, `templates`, `max_new_threads_per_notification`, …),
+    /// with its value as JSON.
+    pub fn option(mut self, key: &str, value: Value) -> Space {
+        self.fields.insert(key.to_owned(), value);
         self
     }
 
