@@ -184,7 +184,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn switch_to_fallback(&self, id: i64, error: &str) -> StoreFuture<'_, ()>;
     /// Moves the message from the queue to the dead letters, with why; the new dead
     /// letter's id (None when the message had already left the queue).
-    fn dead_letter(&self, id: i64, reason: DeadLetterRecord) -> StoreFuture<'_, Option<i64>>;
+    fn dead_letter(&self, id: i64, record: DeadLetterRecord) -> StoreFuture<'_, Option<i64>>;
     /// Dead letters, oldest first, of one space or all.
     fn dead_letters(&self, space: Option<&str>) -> StoreFuture<'_, Vec<DeadLetter>>;
     /// Dead letters per space.
@@ -209,7 +209,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn broken(&self) -> bool;
     /// Resolves when the store fails for good (never, normally).
     fn until_broken(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
-    /// (write jobs submitted, transactions committed) since the store was opened.
+    /// (write jobs submitted, transactions committed) since the store was opened: how well
+    /// the adapter batches writes into commits.
     fn write_stats(&self) -> (u64, u64);
     /// Stops taking writes, finishes what it has and releases the store. Blocking.
     fn close(&self);
