@@ -12,7 +12,7 @@ use crate::runtime::Runtime;
 /// State behind every HTTP handler.
 pub(crate) struct AppState {
     pub shared: Arc<Shared>,
-    pub delivery: Delivery,
+    pub delivery: Arc<Delivery>,
     pub(crate) config_path: Option<PathBuf>,
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
 }

@@ -8,7 +8,7 @@
 //! still lands in the right thread, merely after the replies that went out meanwhile.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -22,9 +22,9 @@ pub enum DeadLetterError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(
-        "no kabar store at {0} (state_dir of this config): has kabar run with this config yet?"
+        "no kabar store at {0} (the store this config names): has kabar run with this config yet?"
     )]
-    NoStore(PathBuf),
+    NoStore(String),
     #[error("cannot use the store: {0}")]
     Store(#[from] StoreError),
     #[error("{0} is not a duration (examples: 30m, 4h, 2d): {1}")]
@@ -137,13 +137,13 @@ pub fn run(
     let config = Config::load(config_path)?;
     // The same store as the service: same adapter, same migrations, and writes go through
     // its writer, so the CLI and a running kabar take turns.
-    let Some(store) = store::open_existing(&config)? else {
-        return Err(DeadLetterError::NoStore(store::location(&config)));
-    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(DeadLetterError::Runtime)?;
+    let Some(store) = runtime.block_on(store::open_existing(&config))? else {
+        return Err(DeadLetterError::NoStore(store::location(&config)));
+    };
     let now = now_ms();
     // A typo in --space would otherwise select nothing and look like "no dead letters". A
     // space no longer configured may still have some: those stay selectable.
@@ -497,7 +497,10 @@ mod tests {
         let ids = chosen.iter().map(|l| l.id).collect();
         let moved = store.retry_dead_letters(ids, now).await.expect("retry");
         assert_eq!(moved.len(), 2);
-        let queue = store.next_messages("ops", 0, 10).await.expect("read");
+        let queue = store
+            .next_messages("ops", Vec::new(), 10)
+            .await
+            .expect("read");
         let bodies: Vec<&str> = queue.iter().map(|m| m.body.as_str()).collect();
         assert_eq!(bodies, ["already queued", "first", "second"]);
         assert!(
@@ -528,7 +531,7 @@ mod tests {
         assert_eq!(left[0].body, "a");
         assert!(
             store
-                .next_messages("ops", 0, 10)
+                .next_messages("ops", Vec::new(), 10)
                 .await
                 .expect("read")
                 .is_empty(),

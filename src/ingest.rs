@@ -79,6 +79,9 @@ impl ApiError {
                 "kabar expects Alertmanager's webhook payload (version 4): {\"receiver\", \"status\", \"alerts\": [...], ...}".to_owned()
             }
             ApiError::Routing(e) => e.hint(),
+            ApiError::StoreUnavailable(StoreError::Postgres(_)) => {
+                "kabar's PostgreSQL store cannot take writes right now (down, restarting or unreachable?); Alertmanager retries 5xx".to_owned()
+            }
             ApiError::StoreUnavailable(_) => {
                 "kabar's state_dir cannot take writes (disk full or read-only?); Alertmanager retries 5xx".to_owned()
             }

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use tracing::{debug, error, info, warn};
 
+mod fleet;
+
 use crate::chat::FailureClass;
 use crate::delivery::DeadLetterReason;
 use crate::plan::{MessageKind, SuppressReason};
@@ -80,6 +82,7 @@ pub(crate) struct Metrics {
     /// 1 while the store takes writes; 0 after a failed commit or probe. Scraped from the
     /// pod, it keeps saying 0 while /readyz has taken the pod out of the Service.
     store_writable: IntGauge,
+    fleet: fleet::FleetMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -267,6 +270,7 @@ impl Metrics {
             config_last_reload_successful: reload_ok,
             config_last_reload_success_timestamp: reload_ts,
             store_writable,
+            fleet: fleet::FleetMetrics::new(&registry),
             registry,
         }
     }
@@ -307,6 +311,7 @@ impl Metrics {
         for (vec, labels) in self.space_series(space) {
             vec.create(&labels);
         }
+        self.fleet.init_space(space);
     }
 
     /// Drops the series of a space that left the config.
@@ -314,6 +319,7 @@ impl Metrics {
         for (vec, labels) in self.space_series(space) {
             vec.remove(&labels);
         }
+        self.fleet.remove_space(space);
     }
 
     pub(crate) fn init_reject_reasons(&self) {
@@ -557,11 +563,6 @@ impl Metrics {
     pub(crate) fn reloaded(&self, spaces: &str) {
         self.config_loaded();
         info!(target: "kabar::server", spaces = %spaces, "configuration reloaded");
-    }
-
-    /// Whether the store's last write (a commit or the /readyz probe) succeeded.
-    pub(crate) fn store_writability(&self, writable: bool) {
-        self.store_writable.set(i64::from(writable));
     }
 
     /// A space's queue as the store reports it at scrape time: messages waiting, the age

@@ -102,7 +102,10 @@ pub(crate) async fn accept(
         received,
     )
     .await
-    .map_err(PipelineError::Store)?;
+    .map_err(|e| {
+        app.shared.metrics.store_error(e.kind());
+        PipelineError::Store(e)
+    })?;
 
     let metrics = &app.shared.metrics;
     let mut accepted = Accepted {
@@ -144,9 +147,41 @@ pub(crate) async fn accept(
     Ok(accepted)
 }
 
+/// How many times a notification's transaction runs when it collides with another (a
+/// deadlock between replicas on a shared store); then Alertmanager's retry takes over.
+const CONFLICT_ATTEMPTS: usize = 3;
+
 /// Plans, renders and enqueues the notification's messages for each of `spaces` in one
-/// write transaction: all of them are queued, with their episode updates, or none.
+/// write transaction: all of them are queued, with their episode updates, or none. A
+/// transaction that collided changed nothing, so it is simply run again.
 async fn queue(
+    store: &dyn Store,
+    runtime: Arc<Runtime>,
+    spaces: Vec<String>,
+    notification: Arc<Notification>,
+    received: Timestamp,
+) -> Result<Vec<SpaceOutcome>, StoreError> {
+    let mut attempt = 1;
+    loop {
+        let result = queue_once(
+            store,
+            Arc::clone(&runtime),
+            spaces.clone(),
+            Arc::clone(&notification),
+            received,
+        )
+        .await;
+        match result {
+            Err(e) if e.is_conflict() && attempt < CONFLICT_ATTEMPTS => {
+                tracing::debug!(error = %e, attempt, "the notification's transaction collided; running it again");
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn queue_once(
     store: &dyn Store,
     runtime: Arc<Runtime>,
     spaces: Vec<String>,
@@ -284,7 +319,7 @@ mod tests {
                 &notification,
                 now,
             );
-            let rows: Vec<QueuedMessage> = Store::next_messages(&store, name, 0, 1_000)
+            let rows: Vec<QueuedMessage> = Store::next_messages(&store, name, Vec::new(), 1_000)
                 .await
                 .expect("read");
             assert!(!rows.is_empty(), "{name}: something was queued");

@@ -84,12 +84,10 @@ impl Service {
             .as_ref()
             .map(listener::tls_acceptor)
             .transpose()?;
-        let store_config = config.clone();
-        let store = tokio::task::spawn_blocking(move || store::open(&store_config))
-            .await
-            .map_err(|e| ServeError::Store(StoreError::Internal(e.to_string())))??;
+        let store = store::open(config).await?;
         let metrics = Arc::new(Metrics::new(crate::VERSION, crate::REVISION));
         metrics.init_reject_reasons();
+        metrics.store_backend(store.backend());
         for name in config.spaces.keys() {
             metrics.init_space(name);
         }
@@ -113,7 +111,8 @@ impl Service {
             metrics,
             chat,
         });
-        let delivery = Delivery::new(Arc::clone(&shared));
+        let delivery = Arc::new(Delivery::new(Arc::clone(&shared)));
+        delivery.start();
         delivery.sync_spaces(&shared.runtime().config);
         let app = Arc::new(AppState {
             shared,
@@ -214,8 +213,14 @@ async fn prune_periodically(store: Arc<dyn Store>, mut stopped: watch::Receiver<
 /// for its supervisor to restart it) rather than live on unable to queue anything.
 pub async fn run(path: PathBuf) -> Result<(), ServeError> {
     let runtime = Runtime::load(&path)?;
-    // Held until kabar exits: a second kabar on this state_dir refuses to start.
-    let _lock = crate::state_dir::StateDirLock::acquire(&runtime.config.state_dir)?;
+    // Held until kabar exits: a second kabar on this state_dir refuses to start. Replicas
+    // on PostgreSQL share their store by design and leave state_dir alone.
+    let _lock = match runtime.config.store.postgres {
+        None => Some(crate::state_dir::StateDirLock::acquire(
+            &runtime.config.state_dir,
+        )?),
+        Some(_) => None,
+    };
     let service = Service::start(runtime, Some(path)).await?;
     let waited = until_stopped(&service, wait_for_signals(&service)).await;
     let stopped = service.shutdown().await;
@@ -303,6 +308,7 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     match probe {
         Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
         Ok(Err(e)) => {
+            app.shared.metrics.store_error(e.kind());
             warn!(error = %e, "not ready: the store cannot take writes");
             (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -13,6 +13,7 @@ mod model;
 mod parse;
 mod raw;
 mod resolve;
+mod store;
 mod validate;
 
 pub use durations::{format_duration, parse_duration};
@@ -20,6 +21,7 @@ pub use model::{
     Auth, Config, Delivery, Format, Mention, Server, Space, SpaceOptions, Target, TemplatePaths,
     Threading, TlsFiles,
 };
+pub use store::{Postgres, StoreConfig};
 
 use std::path::PathBuf;
 

@@ -20,6 +20,8 @@ pub struct Config {
     pub delivery: Delivery,
     /// Limits of the HTTP listener.
     pub server: Server,
+    /// Where state lives: SQLite under state_dir, or a PostgreSQL shared by replicas.
+    pub store: super::store::StoreConfig,
     /// Spaces by name, in name order.
     pub spaces: BTreeMap<String, Space>,
 }

@@ -18,6 +18,7 @@ pub(super) struct RawConfig {
     pub(super) auth: Option<RawAuth>,
     pub(super) delivery: Option<RawDelivery>,
     pub(super) server: Option<RawServer>,
+    pub(super) store: Option<super::store::RawStore>,
     pub(super) defaults: Option<RawOptions>,
     pub(super) spaces: Option<BTreeMap<String, RawSpace>>,
 }

@@ -11,6 +11,7 @@ use super::model::{
     Auth, Config, Delivery, Mention, Server, Space, SpaceOptions, Target, TlsFiles,
 };
 use super::raw::{RawAuth, RawConfig, RawDelivery, RawOptions, RawSecret, RawServer, RawSpace};
+use super::store::resolve_store;
 use super::validate::{check_proxy_url, check_webhook_url, valid_space_name};
 use super::{ConfigError, invalid};
 use crate::secret::Secret;
@@ -26,7 +27,7 @@ fn read_secret_file(key: &str, path: &Path, base_dir: &Path) -> Result<Secret, C
     Ok(Secret::new(value))
 }
 
-fn one_secret(
+pub(super) fn one_secret(
     key: &str,
     inline: Option<RawSecret>,
     file: Option<PathBuf>,
@@ -67,6 +68,7 @@ impl RawConfig {
         let auth = self.auth.map(|a| resolve_auth(a, base_dir)).transpose()?;
         let delivery = resolve_delivery(self.delivery, base_dir)?;
         let server = resolve_server(self.server, base_dir)?;
+        let store = resolve_store(self.store, base_dir)?;
 
         let defaults_raw = self.defaults.unwrap_or_default();
         let defaults = apply_options(SpaceOptions::default(), defaults_raw, "defaults", base_dir)?;
@@ -123,6 +125,7 @@ impl RawConfig {
             auth,
             delivery,
             server,
+            store,
             spaces,
         })
     }

@@ -7,6 +7,7 @@
 //! re-sends at most the one message whose answer was lost.
 
 mod decide;
+mod leases;
 mod pacing;
 mod sender;
 
@@ -23,7 +24,7 @@ use crate::chat::ChatClient;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
-use crate::store::Store;
+use crate::store::{Store, Wakeup};
 
 pub(crate) use decide::DeadLetterReason;
 pub(crate) use sender::IDLE_POLL;
@@ -72,10 +73,14 @@ struct Senders {
     retiring: BTreeMap<String, JoinHandle<()>>,
 }
 
-/// The running senders, one per configured space.
+/// The running senders, one per configured space, and the leases that let them send.
 pub(crate) struct Delivery {
     shared: Arc<Shared>,
     senders: std::sync::Mutex<Senders>,
+    leases: Arc<leases::Leases>,
+    /// Tells the lease keeper to release and stop, after the senders stopped.
+    stop_leases: watch::Sender<bool>,
+    background: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Delivery {
@@ -83,6 +88,45 @@ impl Delivery {
         Delivery {
             shared,
             senders: std::sync::Mutex::new(Senders::default()),
+            leases: Arc::new(leases::Leases::new()),
+            stop_leases: watch::channel(false).0,
+            background: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Starts what runs beside the senders: the lease keeper, and the wake-ups for
+    /// messages other replicas queue.
+    pub(crate) fn start(self: &Arc<Self>) {
+        let keeper = tokio::spawn(leases::run(
+            Arc::clone(&self.shared),
+            Arc::clone(&self.leases),
+            self.stop_leases.subscribe(),
+        ));
+        let mut tasks = vec![keeper];
+        if let Some(mut wakeups) = self.shared.store.take_wakeups() {
+            let delivery = Arc::downgrade(self);
+            tasks.push(tokio::spawn(async move {
+                while let Some(wakeup) = wakeups.recv().await {
+                    let Some(delivery) = delivery.upgrade() else {
+                        return;
+                    };
+                    match wakeup {
+                        Wakeup::Space(space) => delivery.wake(&space),
+                        Wakeup::All => delivery.wake_all(),
+                    }
+                }
+            }));
+        }
+        if let Ok(mut background) = self.background.lock() {
+            background.extend(tasks);
+        }
+    }
+
+    fn wake_all(&self) {
+        if let Ok(senders) = self.senders.lock() {
+            for handle in senders.running.values() {
+                handle.wake.notify_one();
+            }
         }
     }
 
@@ -117,6 +161,7 @@ impl Delivery {
                     Arc::clone(&self.shared),
                     Arc::clone(&wake),
                     stopped,
+                    self.leases.watch(name),
                 );
                 let previous = senders.retiring.remove(name);
                 // Every line the sender logs, the Chat client's included, names its space.
@@ -169,6 +214,24 @@ impl Delivery {
                 warn!(space = %space, "sender did not stop in time; its message stays queued");
                 task.abort();
             }
+        }
+        // Only now that no sender sends: the leases go to the other replicas at once.
+        let _ = self.stop_leases.send(true);
+        let background = match self.background.lock() {
+            Ok(mut background) => std::mem::take(&mut *background),
+            Err(_) => Vec::new(),
+        };
+        let mut background = background.into_iter();
+        // The keeper first (it releases); the wake-up forwarder has nothing left to wake.
+        if let Some(mut keeper) = background.next()
+            && tokio::time::timeout(Duration::from_secs(3), &mut keeper)
+                .await
+                .is_err()
+        {
+            keeper.abort();
+        }
+        for task in background {
+            task.abort();
         }
     }
 }

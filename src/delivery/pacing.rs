@@ -45,6 +45,22 @@ impl Pacing {
         Duration::from_secs_f64((configured * self.slowdown).min(ceiling))
     }
 
+    /// The space was just taken on (at start, or from another replica): the first request
+    /// keeps the interval after the last answer Chat gave for it, whoever sent.
+    pub(crate) fn resume_after(
+        &mut self,
+        last_answer_ms: Option<i64>,
+        delivery: &config::Delivery,
+    ) {
+        let Some(last_answer_ms) = last_answer_ms else {
+            return;
+        };
+        let since = crate::store::now_ms().saturating_sub(last_answer_ms).max(0) as u64;
+        let interval = self.interval(delivery);
+        let wait = interval.saturating_sub(Duration::from_millis(since));
+        self.next_send = self.next_send.max(Instant::now() + wait);
+    }
+
     pub(crate) fn rate_limited(&mut self) {
         self.slowdown = (self.slowdown * 2.0).min(MAX_SLOWDOWN);
     }

@@ -2,7 +2,7 @@
 //! each answer (send, switch to text, retry, dead-letter). It decides nothing itself.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 
 use super::Shared;
 use super::decide::{self, DeadLetterReason, Outcome};
+use super::leases::Lease;
 use super::pacing::Pacing;
 use crate::chat::{Accepted, FailureClass};
 use crate::config::Target;
@@ -25,12 +26,20 @@ const READ_AHEAD: usize = 8;
 pub(crate) const IDLE_POLL: Duration = Duration::from_secs(5);
 /// How long to wait before reading the store again after it failed.
 const STORE_RETRY: Duration = Duration::from_secs(1);
+/// Messages finished with but not removed (a failed delete) that reads leave out; past
+/// this many the oldest are forgotten (and may be sent again) rather than grow memory.
+const MAX_UNREMOVED: usize = 1024;
 
 pub(super) struct Sender {
     space: String,
     shared: Arc<Shared>,
     wake: Arc<Notify>,
     stopped: watch::Receiver<bool>,
+    /// This replica's lease of the space: nothing is sent without a valid one.
+    lease: watch::Receiver<Lease>,
+    /// Messages this process finished with whose removal failed: a read must not send
+    /// them again.
+    unremoved: Mutex<VecDeque<i64>>,
 }
 
 /// What the loop does after performing an outcome.
@@ -55,12 +64,59 @@ impl Sender {
         shared: Arc<Shared>,
         wake: Arc<Notify>,
         stopped: watch::Receiver<bool>,
+        lease: watch::Receiver<Lease>,
     ) -> Sender {
         Sender {
             space,
             shared,
             wake,
             stopped,
+            lease,
+            unremoved: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn unremoved(&self) -> Vec<i64> {
+        self.unremoved
+            .lock()
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn note_unremoved(&self, id: i64) {
+        if let Ok(mut ids) = self.unremoved.lock() {
+            if ids.len() == MAX_UNREMOVED {
+                ids.pop_front();
+            }
+            ids.push_back(id);
+        }
+    }
+
+    fn lease_valid(&self) -> bool {
+        self.lease.borrow().valid()
+    }
+
+    /// Waits until this replica holds the space's lease; false if stopping first. Answers
+    /// when Chat last answered for the space, by whichever replica sent.
+    async fn until_held(&mut self) -> Option<Option<i64>> {
+        loop {
+            if self.stopping() {
+                return None;
+            }
+            let lease = *self.lease.borrow_and_update();
+            if let Lease::Held { last_answer_ms, .. } = lease
+                && lease.valid()
+            {
+                return Some(last_answer_ms);
+            }
+            tokio::select! {
+                changed = self.lease.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                }
+                _ = self.stopped.changed() => {}
+            }
         }
     }
 
@@ -85,19 +141,32 @@ impl Sender {
     pub(super) async fn run(mut self) {
         debug!(space = %self.space, "sender started");
         let mut queue: VecDeque<QueuedMessage> = VecDeque::new();
-        // Messages this process already finished with; a failed delete must not resend.
-        let mut last_done = 0i64;
         let mut pacing = Pacing::new();
+        let mut held = false;
         while !self.stopping() {
+            if !self.lease_valid() {
+                if held {
+                    info!(space = %self.space, "no longer holds the space's lease; stops sending for it");
+                }
+                // Another replica sends from here on; what it sends is read afresh.
+                queue.clear();
+                let Some(last_answer_ms) = self.until_held().await else {
+                    break;
+                };
+                pacing.resume_after(last_answer_ms, &self.shared.runtime().config.delivery);
+                continue;
+            }
+            held = true;
             if queue.is_empty() {
                 match self
                     .shared
                     .store
-                    .next_messages(&self.space, last_done, READ_AHEAD)
+                    .next_messages(&self.space, self.unremoved(), READ_AHEAD)
                     .await
                 {
                     Ok(batch) => queue.extend(batch),
                     Err(e) => {
+                        self.shared.metrics.store_error(e.kind());
                         warn!(space = %self.space, error = %e, "cannot read the outbox; retrying");
                         if !self.pause(STORE_RETRY).await {
                             break;
@@ -134,6 +203,11 @@ impl Sender {
                         if !self.pause_until(pacing.next_send).await {
                             break;
                         }
+                        // Checked last, right before the request: a replica that was paused
+                        // past its lease must not post on it.
+                        if !self.lease_valid() {
+                            continue;
+                        }
                         let started = Instant::now();
                         let result = self
                             .shared
@@ -162,7 +236,6 @@ impl Sender {
             match step {
                 Step::Next => {
                     queue.pop_front();
-                    last_done = message.id;
                     pacing.delivered();
                 }
                 Step::UseFallback => {
@@ -229,9 +302,11 @@ impl Sender {
         // Chat has it. Until the store records that, the space sends nothing else:
         // moving on would post every later message a second time after a restart,
         // where waiting bounds that to this one.
-        while let Err(e) = self.shared.store.mark_delivered(id).await {
+        while let Err(e) = self.shared.store.mark_delivered(id, now_ms()).await {
+            self.shared.metrics.store_error(e.kind());
             warn!(space = %self.space, error = %e, "sent, but cannot remove it from the outbox; retrying");
             if self.stopping() {
+                self.note_unremoved(id);
                 break;
             }
             tokio::time::sleep(STORE_RETRY).await;
@@ -255,6 +330,7 @@ impl Sender {
         match self.shared.store.switch_to_fallback(id, &detail).await {
             Ok(()) => Step::UseFallback,
             Err(e) => {
+                self.shared.metrics.store_error(e.kind());
                 warn!(space = %self.space, error = %e, "cannot record the switch to text");
                 STORE_FAILED
             }
@@ -263,7 +339,13 @@ impl Sender {
 
     async fn record_failure(&self, message: &QueuedMessage, detail: String) {
         let id = message.id;
-        if let Err(e) = self.shared.store.record_failure(id, &detail).await {
+        if let Err(e) = self
+            .shared
+            .store
+            .record_failure(id, &detail, now_ms())
+            .await
+        {
+            self.shared.metrics.store_error(e.kind());
             warn!(space = %self.space, error = %e, "cannot record the failed attempt");
         }
     }
@@ -291,6 +373,7 @@ impl Sender {
             }
             Err(e) => {
                 // Keep it at the head and try again: a rejected request changed nothing.
+                self.shared.metrics.store_error(e.kind());
                 warn!(space = %self.space, error = %e, "cannot move the message to the dead letters");
                 STORE_FAILED
             }
@@ -328,13 +411,15 @@ impl Sender {
         }
         debug!(space = %self.space, body = ?message.body, "dry run request body");
         let id = message.id;
-        match self.shared.store.mark_delivered(id).await {
+        match self.shared.store.mark_delivered(id, now_ms()).await {
             Ok(()) => {
                 self.shared.metrics.dry_run_delivered(&self.space);
                 Step::Next
             }
             Err(e) => {
+                self.shared.metrics.store_error(e.kind());
                 warn!(space = %self.space, error = %e, "cannot remove the printed message from the outbox");
+                self.note_unremoved(id);
                 Step::Next
             }
         }

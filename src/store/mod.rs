@@ -8,16 +8,21 @@
 //! serves with ([`sqlite`]); [`memory`] keeps episodes in a map for `kabar render`.
 
 pub(crate) mod memory;
+pub(crate) mod postgres;
 pub(crate) mod sqlite;
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
 
 use crate::plan::{Episode, EpisodeKey, GroupEpisode};
 
 pub use memory::MemoryEpisodes;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +34,8 @@ pub enum StoreError {
     },
     #[error("database error: {0}")]
     Sqlite(#[source] sqlite::SqliteError),
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[source] postgres::PostgresError),
     #[error("the store is shut down")]
     Closed,
     /// A write job panicked (a bug in kabar): its savepoint was rolled back, the other
@@ -52,6 +59,24 @@ impl StoreError {
             StoreError::CreateDir { .. } => true,
             _ => false,
         }
+    }
+
+    /// What kind of trouble, for `kabar_store_errors_total{kind}`: unavailable (the
+    /// database or disk cannot be reached or written), conflict (two writers collided; the
+    /// work is retried), timeout, or other.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Postgres(e) => e.kind(),
+            e if e.is_disk_problem() => "unavailable",
+            StoreError::Closed | StoreError::WriterDied => "unavailable",
+            _ => "other",
+        }
+    }
+
+    /// Two transactions collided (a deadlock or serialization failure): running the same
+    /// work again is expected to succeed.
+    pub(crate) fn is_conflict(&self) -> bool {
+        self.kind() == "conflict"
     }
 }
 
@@ -105,6 +130,27 @@ pub struct QueueStats {
     pub space: String,
     pub messages: i64,
     pub oldest_received_ms: Option<i64>,
+}
+
+/// A space's lease, as a claim answered it: held by the claiming replica from now on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseClaim {
+    pub space: String,
+    /// Taken over from another replica whose lease ran out (it died, hung or lost the
+    /// database), rather than renewed, free or handed over on shutdown.
+    pub takeover: bool,
+    /// When Chat last answered a request for the space, by whichever replica (Unix ms):
+    /// a new holder keeps the space's pace from there.
+    pub last_answer_ms: Option<i64>,
+}
+
+/// Why the senders should look at their queues again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wakeup {
+    /// Messages were queued for this space, by this replica or another.
+    Space(String),
+    /// Wake-ups may have been missed (the listener reconnected): every sender looks.
+    All,
 }
 
 /// How long episode state is kept after an alert was last seen. Alertmanager re-sends a
@@ -169,17 +215,20 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Runs `work` in a transaction and resolves once it committed (durably).
     fn transact(&self, work: Work) -> StoreFuture<'_, ()>;
-    /// The oldest messages of `space` after queue id `after_id`, in queue order.
+    /// The oldest messages of `space` in queue order, leaving out `skip` (messages this
+    /// process finished with but could not remove). Not "after an id": with several
+    /// writers a lower id may commit after a higher one, and must not be passed over.
     fn next_messages(
         &self,
         space: &str,
-        after_id: i64,
+        skip: Vec<i64>,
         limit: usize,
     ) -> StoreFuture<'_, Vec<QueuedMessage>>;
-    /// Chat accepted the message: it leaves the queue.
-    fn mark_delivered(&self, id: i64) -> StoreFuture<'_, ()>;
-    /// A failed attempt: counted, with its error, for the next try.
-    fn record_failure(&self, id: i64, error: &str) -> StoreFuture<'_, ()>;
+    /// Chat accepted the message, answering at `answered_ms`: it leaves the queue.
+    fn mark_delivered(&self, id: i64, answered_ms: i64) -> StoreFuture<'_, ()>;
+    /// A failed attempt, answered (or given up on) at `answered_ms`: counted, with its
+    /// error, for the next try.
+    fn record_failure(&self, id: i64, error: &str, answered_ms: i64) -> StoreFuture<'_, ()>;
     /// Chat refused the card: from now on the message is its text fallback.
     fn switch_to_fallback(&self, id: i64, error: &str) -> StoreFuture<'_, ()>;
     /// Moves the message from the queue to the dead letters, with why; the new dead
@@ -214,6 +263,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn write_stats(&self) -> (u64, u64);
     /// Stops taking writes, finishes what it has and releases the store. Blocking.
     fn close(&self);
+    /// One process owns the store (SQLite, by the state_dir lock): every space is its own
+    /// and no leases are needed. False where replicas share it.
+    fn exclusive(&self) -> bool;
+    /// The adapter's name, for kabar_store_backend_info.
+    fn backend(&self) -> &'static str;
+    /// Renews or takes, for `lease`, the leases of those of `spaces` that are `holder`'s,
+    /// free, or expired; answers the ones `holder` holds now.
+    fn claim_spaces(
+        &self,
+        holder: &str,
+        spaces: Vec<String>,
+        lease: Duration,
+    ) -> StoreFuture<'_, Vec<LeaseClaim>>;
+    /// Gives up `holder`'s leases of `spaces` at once, for another replica to continue.
+    fn release_spaces(&self, holder: &str, spaces: Vec<String>) -> StoreFuture<'_, ()>;
+    /// Messages queued by other replicas, as they commit: taken once, by delivery. None
+    /// where nothing else writes the store.
+    fn take_wakeups(&self) -> Option<mpsc::Receiver<Wakeup>>;
     /// Makes the store fail for good the way a bug would: for the tests of what notices.
     #[cfg(test)]
     fn break_for_test(&self);
@@ -251,24 +318,50 @@ where
 
 /// Opens the store the configuration names if it exists, without creating one: the CLI's
 /// way in, so a mistyped config does not leave an empty store behind. None: never created.
-pub(crate) fn open_existing(
+pub(crate) async fn open_existing(
     config: &crate::config::Config,
 ) -> Result<Option<Arc<dyn Store>>, StoreError> {
+    if let Some(settings) = &config.store.postgres {
+        let store = PostgresStore::open_existing(settings, postgres::Listen::No).await?;
+        return Ok(store.map(|store| Arc::new(store) as Arc<dyn Store>));
+    }
     if !config.state_dir.join(sqlite::DATABASE_FILE).is_file() {
         return Ok(None);
     }
-    open(config).map(Some)
+    open_sqlite(config).await.map(Some)
 }
 
-/// Where the configuration's store lives, for messages: the SQLite file.
-pub(crate) fn location(config: &crate::config::Config) -> PathBuf {
-    config.state_dir.join(sqlite::DATABASE_FILE)
+/// Where the configuration's store lives, for messages: the SQLite file, or the
+/// PostgreSQL server (host and database only: the URL carries the password).
+pub(crate) fn location(config: &crate::config::Config) -> String {
+    match &config.store.postgres {
+        Some(settings) => postgres::describe(settings),
+        None => config
+            .state_dir
+            .join(sqlite::DATABASE_FILE)
+            .display()
+            .to_string(),
+    }
 }
 
 /// Opens the store the configuration names (migrating it), ready to serve. The one place
 /// an adapter is chosen.
-pub(crate) fn open(config: &crate::config::Config) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(Arc::new(SqliteStore::open(&config.state_dir)?))
+pub(crate) async fn open(config: &crate::config::Config) -> Result<Arc<dyn Store>, StoreError> {
+    match &config.store.postgres {
+        Some(settings) => Ok(Arc::new(
+            PostgresStore::open(settings, postgres::Listen::Yes).await?,
+        )),
+        None => open_sqlite(config).await,
+    }
+}
+
+/// SQLite opens with blocking file I/O: off the runtime's threads.
+async fn open_sqlite(config: &crate::config::Config) -> Result<Arc<dyn Store>, StoreError> {
+    let state_dir = config.state_dir.clone();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&state_dir))
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))??;
+    Ok(Arc::new(store))
 }
 
 /// Now, as the store records times (Unix ms).

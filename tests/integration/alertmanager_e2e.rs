@@ -289,7 +289,7 @@ async fn an_alert_firing_again_with_its_old_start_replies_firing_again() {
     am.resolve(std::slice::from_ref(&alert)).await;
     chat.wait_for_messages("ops", 2, WAIT).await;
 
-    age_recorded_resolves(&kabar.config.state_dir(), 61_000);
+    age_recorded_resolves(&kabar.config, 61_000);
     am.fire(std::slice::from_ref(&alert)).await;
     let messages = chat.wait_for_messages("ops", 3, WAIT).await;
     let threads = chat.threads("ops");

@@ -6,7 +6,7 @@ use crate::common::config::{ConfigBuilder, Space};
 use crate::common::fake_chat::{Failure, FakeChat, Mode};
 use crate::common::kabar::{
     InProcess, TEST_TOKEN, TestConfig, age_recorded_resolves, client, metric_value, metrics_text,
-    notification, post_alerts, wait_for_metric,
+    notification, post_alerts, stored_dead_letters, wait_for_metric,
 };
 use serde_json::{Value, json};
 
@@ -313,10 +313,7 @@ async fn permanent_rejections_are_dead_lettered_and_the_space_moves_on() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let store = kabar::SqliteStore::open(&kabar.config.state_dir()).expect("open store");
-    let dead = kabar::Store::dead_letters(&store, Some("ops"))
-        .await
-        .expect("read");
+    let dead = stored_dead_letters(&kabar.config);
     let reasons: Vec<(&str, Option<u16>)> =
         dead.iter().map(|d| (d.reason.as_str(), d.status)).collect();
     assert_eq!(
@@ -334,7 +331,6 @@ async fn permanent_rejections_are_dead_lettered_and_the_space_moves_on() {
             "dead letter detail holds a secret"
         );
     }
-    store.close();
     kabar.stop().await;
 }
 
@@ -793,7 +789,7 @@ async fn an_alert_firing_again_after_its_resolve_gets_a_firing_again_reply() {
     assert_eq!((status, body), (200, json!({"queued": 0, "suppressed": 1})));
 
     // A minute later it fires again with the same startsAt (Prometheus restarted).
-    age_recorded_resolves(&kabar.config.state_dir(), 61_000);
+    age_recorded_resolves(&kabar.config, 61_000);
     let (status, body) = post_alerts(&url, &firing).await;
     assert_eq!((status, body), (200, json!({"queued": 1, "suppressed": 0})));
     let (_, body) = post_alerts(&url, &firing).await;

@@ -18,7 +18,8 @@ use std::pin::Pin;
 pub use engine::SqliteStore;
 
 use crate::store::{
-    DeadLetter, DeadLetterRecord, QueueStats, QueuedMessage, Store, StoreError, StoreFuture, Work,
+    DeadLetter, DeadLetterRecord, LeaseClaim, QueueStats, QueuedMessage, Store, StoreError,
+    StoreFuture, Work,
 };
 
 /// The database file under `state_dir`.
@@ -60,18 +61,19 @@ impl Store for SqliteStore {
     fn next_messages(
         &self,
         space: &str,
-        after_id: i64,
+        skip: Vec<i64>,
         limit: usize,
     ) -> StoreFuture<'_, Vec<QueuedMessage>> {
         let space = space.to_owned();
-        Box::pin(self.read(move |conn| outbox::next_messages(conn, &space, after_id, limit)))
+        Box::pin(self.read(move |conn| outbox::next_messages(conn, &space, &skip, limit)))
     }
 
-    fn mark_delivered(&self, id: i64) -> StoreFuture<'_, ()> {
+    // One process sends for every space here: the pace lives in its senders' memory.
+    fn mark_delivered(&self, id: i64, _answered_ms: i64) -> StoreFuture<'_, ()> {
         Box::pin(self.write(move |conn| outbox::remove(conn, id)))
     }
 
-    fn record_failure(&self, id: i64, error: &str) -> StoreFuture<'_, ()> {
+    fn record_failure(&self, id: i64, error: &str, _answered_ms: i64) -> StoreFuture<'_, ()> {
         let error = error.to_owned();
         Box::pin(self.write(move |conn| outbox::record_failure(conn, id, &error)))
     }
@@ -145,6 +147,41 @@ impl Store for SqliteStore {
 
     fn close(&self) {
         SqliteStore::close(self);
+    }
+
+    fn exclusive(&self) -> bool {
+        true
+    }
+
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    // The state_dir lock makes this process the only one: it holds every space, for good.
+    fn claim_spaces(
+        &self,
+        _holder: &str,
+        spaces: Vec<String>,
+        _lease: std::time::Duration,
+    ) -> StoreFuture<'_, Vec<LeaseClaim>> {
+        let claims = spaces
+            .into_iter()
+            .map(|space| LeaseClaim {
+                space,
+                takeover: false,
+                last_answer_ms: None,
+            })
+            .collect();
+        Box::pin(std::future::ready(Ok(claims)))
+    }
+
+    fn release_spaces(&self, _holder: &str, _spaces: Vec<String>) -> StoreFuture<'_, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    // Only this process writes the file, and it wakes its senders itself.
+    fn take_wakeups(&self) -> Option<tokio::sync::mpsc::Receiver<crate::store::Wakeup>> {
+        None
     }
 
     #[cfg(test)]

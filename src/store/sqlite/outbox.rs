@@ -21,18 +21,20 @@ pub(super) fn enqueue(conn: &Connection, message: &NewMessage<'_>) -> Result<i64
     Ok(conn.last_insert_rowid())
 }
 
-/// The oldest messages of a space after `after_id`, in queue order.
+/// The oldest messages of a space in queue order, leaving out `skip`.
 pub(super) fn next_messages(
     conn: &Connection,
     space: &str,
-    after_id: i64,
+    skip: &[i64],
     limit: usize,
 ) -> Result<Vec<QueuedMessage>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, space, kind, thread_key, body, fallback_body, received_ms, attempts FROM outbox
-         WHERE space = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+         WHERE space = ?1 ORDER BY id LIMIT ?2",
     )?;
-    let rows = stmt.query_map(params![space, after_id, limit as i64], |row| {
+    // The skipped ones are few (removals that failed): read past them, then leave them out.
+    let wanted = limit.saturating_add(skip.len());
+    let rows = stmt.query_map(params![space, wanted as i64], |row| {
         Ok(QueuedMessage {
             id: row.get(0)?,
             space: row.get(1)?,
@@ -44,7 +46,17 @@ pub(super) fn next_messages(
             attempts: row.get(7)?,
         })
     })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let mut messages = Vec::with_capacity(limit);
+    for row in rows {
+        let message = row?;
+        if !skip.contains(&message.id) {
+            messages.push(message);
+        }
+        if messages.len() == limit {
+            break;
+        }
+    }
+    Ok(messages)
 }
 
 /// Chat accepted it: it leaves the outbox.

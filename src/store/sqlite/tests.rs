@@ -41,13 +41,13 @@ async fn queued_messages_survive_reopen_in_order() {
 
     let store = SqliteStore::open(dir.path()).expect("reopen");
     let queued = store
-        .read(|conn| next_messages(conn, "ops", 0, 10))
+        .read(|conn| next_messages(conn, "ops", &[], 10))
         .await
         .expect("read");
     let bodies: Vec<&str> = queued.iter().map(|m| m.body.as_str()).collect();
     assert_eq!(bodies, ["one", "two", "three"]);
     let after = store
-        .read(move |conn| next_messages(conn, "ops", queued[0].id, 1))
+        .read(move |conn| next_messages(conn, "ops", &[queued[0].id], 1))
         .await
         .expect("read");
     assert_eq!(after[0].body, "two");
@@ -69,7 +69,7 @@ async fn a_failing_job_does_not_undo_its_batch_neighbours() {
     assert!(good.is_ok());
     assert!(bad.is_err());
     let queued = store
-        .read(|conn| next_messages(conn, "ops", 0, 10))
+        .read(|conn| next_messages(conn, "ops", &[], 10))
         .await
         .expect("read");
     assert_eq!(queued.len(), 1);
@@ -93,7 +93,7 @@ async fn dead_letters_keep_the_message_and_reason() {
         .expect("dead letter");
     assert!(
         store
-            .read(|c| next_messages(c, "ops", 0, 10))
+            .read(|c| next_messages(c, "ops", &[], 10))
             .await
             .expect("read")
             .is_empty()
@@ -197,7 +197,7 @@ async fn a_refused_card_becomes_its_text_for_good() {
         .await
         .expect("switch");
     let queued = store
-        .read(|conn| next_messages(conn, "ops", 0, 10))
+        .read(|conn| next_messages(conn, "ops", &[], 10))
         .await
         .expect("read");
     assert_eq!(queued[0].body, "{\"text\":\"t\"}");
@@ -224,7 +224,7 @@ async fn a_version_1_store_is_migrated_with_its_queue() {
     }
     let store = SqliteStore::open(dir.path()).expect("migrates");
     let queued = store
-        .read(|conn| next_messages(conn, "ops", 0, 10))
+        .read(|conn| next_messages(conn, "ops", &[], 10))
         .await
         .expect("read");
     assert_eq!(queued.len(), 1);
@@ -343,7 +343,7 @@ async fn concurrent_writes_share_commits() {
         "300 concurrent writes took {commits} commits: no batching"
     );
     let queued = store
-        .read(|c| next_messages(c, "ops", 0, 1000))
+        .read(|c| next_messages(c, "ops", &[], 1000))
         .await
         .expect("read");
     assert_eq!(queued.len(), 300, "every acknowledged write is there");
@@ -379,7 +379,7 @@ async fn a_panicking_job_is_rolled_back_and_the_writer_carries_on() {
         .expect("the writer still takes writes");
     assert!(!store.writer_died());
     let bodies: Vec<String> = store
-        .read(|conn| next_messages(conn, "ops", 0, 10))
+        .read(|conn| next_messages(conn, "ops", &[], 10))
         .await
         .expect("read")
         .into_iter()

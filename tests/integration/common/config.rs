@@ -70,6 +70,16 @@ impl ConfigBuilder {
         self.set(&["delivery", "give_up_after"], json!(duration))
     }
 
+    /// `store.postgres`: the store is this PostgreSQL database, with `lease` (kabar's
+    /// notation) or the default.
+    pub fn postgres(self, url: &str, lease: Option<&str>) -> ConfigBuilder {
+        let config = self.set(&["store", "postgres", "url"], json!(url));
+        match lease {
+            Some(lease) => config.set(&["store", "postgres", "lease"], json!(lease)),
+            None => config,
+        }
+    }
+
     /// `defaults.format`: `text` or `card`.
     pub fn default_format(self, format: &str) -> ConfigBuilder {
         self.set(&["defaults", "format"], json!(format))

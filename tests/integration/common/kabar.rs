@@ -19,6 +19,18 @@ pub const TEST_TOKEN: &str = "kabar-test-token-0f9e8d7c";
 pub struct TestConfig {
     pub dir: tempfile::TempDir,
     pub path: PathBuf,
+    /// The PostgreSQL database of this config in the parametrised pass (a rewrite keeps it).
+    pub store_url: Option<String>,
+}
+
+/// A fresh database on the shared cluster when this pass runs on PostgreSQL.
+fn pass_store_url() -> Option<String> {
+    if !super::postgres::on_postgres() {
+        return None;
+    }
+    let cluster = super::postgres::PgCluster::shared()
+        .expect("KABAR_TEST_STORE=postgres needs PostgreSQL installed");
+    Some(cluster.database())
 }
 
 impl TestConfig {
@@ -32,12 +44,25 @@ impl TestConfig {
         } else {
             format!("auth:\n  bearer_token: {TEST_TOKEN}\n")
         };
+        let store_url = if body.contains("store:") {
+            None
+        } else {
+            pass_store_url()
+        };
+        let store = match &store_url {
+            Some(url) => format!("store:\n  postgres:\n    url: '{url}'\n"),
+            None => String::new(),
+        };
         let text = format!(
-            "listen: 127.0.0.1:0\nstate_dir: {}\n{auth}{body}",
+            "listen: 127.0.0.1:0\nstate_dir: {}\n{auth}{store}{body}",
             dir.path().join("state").display()
         );
         std::fs::write(&path, text).expect("write kabar config");
-        TestConfig { dir, path }
+        TestConfig {
+            dir,
+            path,
+            store_url,
+        }
     }
 
     /// A config from the builder, listening on a random 127.0.0.1 port with its state_dir
@@ -45,22 +70,42 @@ impl TestConfig {
     pub fn build(config: ConfigBuilder) -> TestConfig {
         let dir = tempfile::tempdir().expect("create a temp dir for kabar");
         let path = dir.path().join("kabar.yaml");
-        std::fs::write(&path, Self::complete(config, &dir.path().join("state")))
-            .expect("write kabar config");
-        TestConfig { dir, path }
+        let store_url = if config.has(&["store"]) {
+            None
+        } else {
+            pass_store_url()
+        };
+        std::fs::write(
+            &path,
+            Self::complete(config, &dir.path().join("state"), store_url.as_deref()),
+        )
+        .expect("write kabar config");
+        TestConfig {
+            dir,
+            path,
+            store_url,
+        }
     }
 
-    /// Replaces the config file with the builder's config (same listen, state_dir, auth).
+    /// Replaces the config file with the builder's config (same listen, state_dir, auth,
+    /// store).
     pub fn rewrite_with(&self, config: ConfigBuilder) {
-        std::fs::write(&self.path, Self::complete(config, &self.state_dir()))
-            .expect("rewrite kabar config");
+        std::fs::write(
+            &self.path,
+            Self::complete(config, &self.state_dir(), self.store_url.as_deref()),
+        )
+        .expect("rewrite kabar config");
     }
 
-    fn complete(config: ConfigBuilder, state_dir: &Path) -> String {
+    fn complete(config: ConfigBuilder, state_dir: &Path, store_url: Option<&str>) -> String {
         let config = if config.has(&["auth"]) {
             config
         } else {
             config.auth_bearer(TEST_TOKEN)
+        };
+        let config = match store_url {
+            Some(url) if !config.has(&["store"]) => config.postgres(url, None),
+            _ => config,
         };
         config.listen("127.0.0.1:0").state_dir(state_dir).to_yaml()
     }
@@ -71,12 +116,15 @@ impl TestConfig {
 
     pub fn rewrite(&self, body: &str) {
         let fresh = TestConfig::new(body);
-        let text = std::fs::read_to_string(&fresh.path)
+        let mut text = std::fs::read_to_string(&fresh.path)
             .expect("read config")
             .replace(
                 &fresh.state_dir().display().to_string(),
                 &self.state_dir().display().to_string(),
             );
+        if let (Some(old), Some(new)) = (&self.store_url, &fresh.store_url) {
+            text = text.replace(new.as_str(), old);
+        }
         std::fs::write(&self.path, text).expect("rewrite kabar config");
     }
 }
@@ -401,10 +449,22 @@ pub async fn dead_letters_cli(config: &Path, args: &[&str]) -> CliOutput {
     }
 }
 
-/// Moves the resolve times kabar recorded in `state_dir` `ms` into the past, as if that
-/// long had passed (the re-fire window is 60 s of kabar's clock; tests do not wait a minute).
-pub fn age_recorded_resolves(state_dir: &Path, ms: i64) {
-    let conn = rusqlite::Connection::open(state_dir.join("kabar.db")).expect("open kabar.db");
+/// Moves the resolve times kabar recorded `ms` into the past, as if that long had passed
+/// (the re-fire window is 60 s of kabar's clock; tests do not wait a minute).
+pub fn age_recorded_resolves(config: &TestConfig, ms: i64) {
+    if let Some(url) = &config.store_url {
+        let aged = super::postgres::rows(
+            url,
+            &format!(
+                "UPDATE kabar_episodes SET resolved_ms = resolved_ms - {ms} \
+                 WHERE resolved_ms IS NOT NULL RETURNING 1"
+            ),
+        );
+        assert_eq!(aged.len(), 1, "one episode has a recorded resolve");
+        return;
+    }
+    let conn =
+        rusqlite::Connection::open(config.state_dir().join("kabar.db")).expect("open kabar.db");
     conn.busy_timeout(Duration::from_secs(10))
         .expect("busy timeout");
     let aged = conn
@@ -414,4 +474,53 @@ pub fn age_recorded_resolves(state_dir: &Path, ms: i64) {
         )
         .expect("age the recorded resolve");
     assert_eq!(aged, 1, "one episode has a recorded resolve");
+}
+
+/// A dead letter as the store holds it, read behind kabar's back.
+#[derive(Debug, Clone)]
+pub struct StoredDeadLetter {
+    pub space: String,
+    pub reason: String,
+    pub status: Option<u16>,
+    pub body: String,
+    pub detail: String,
+}
+
+/// The dead letters of the config's store, oldest first, whichever backend it is.
+pub fn stored_dead_letters(config: &TestConfig) -> Vec<StoredDeadLetter> {
+    if let Some(url) = &config.store_url {
+        return super::postgres::rows(
+            url,
+            "SELECT space, reason, status, body, detail FROM kabar_dead_letters ORDER BY id",
+        )
+        .into_iter()
+        .map(|row| StoredDeadLetter {
+            space: row[0].clone().unwrap_or_default(),
+            reason: row[1].clone().unwrap_or_default(),
+            status: row[2].as_deref().and_then(|s| s.parse().ok()),
+            body: row[3].clone().unwrap_or_default(),
+            detail: row[4].clone().unwrap_or_default(),
+        })
+        .collect();
+    }
+    let path = config.state_dir().join("kabar.db");
+    let conn =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open kabar.db read-only");
+    let mut statement = conn
+        .prepare("SELECT space, reason, status, body, detail FROM dead_letters ORDER BY id")
+        .expect("dead_letters table");
+    statement
+        .query_map([], |row| {
+            Ok(StoredDeadLetter {
+                space: row.get(0)?,
+                reason: row.get(1)?,
+                status: row.get(2)?,
+                body: row.get(3)?,
+                detail: row.get(4)?,
+            })
+        })
+        .expect("query dead letters")
+        .collect::<Result<_, _>>()
+        .expect("read dead letters")
 }

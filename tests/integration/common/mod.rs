@@ -3,4 +3,5 @@ pub mod config;
 pub mod fake_chat;
 pub mod kabar;
 pub mod logscan;
+pub mod postgres;
 pub mod tools;
