@@ -20,6 +20,8 @@ PLACEHOLDERS = {
     "webhook_url_file": "https://chat.googleapis.com/v1/spaces/CI/messages?key=ci&token=ci",
     "bearer_token_file": "ci-placeholder-token",
     "password_file": "ci-placeholder-password",
+    # kabar check reads and parses the URL; nothing listens there.
+    "url_file": "postgres://kabar:ci-placeholder@127.0.0.1:1/kabar?sslmode=disable",
 }
 
 
@@ -107,6 +109,50 @@ def check_exposure(docs, pod, container, config):
                 fail(f"NetworkPolicy rule admits more than kabar's port from named peers: {rule}")
 
 
+def check_replicas(docs, workload, pod, container, config):
+    """SQLite (no store.postgres): one pod, never two at once. PostgreSQL: a Deployment of
+    2+ pods without volume claims that rolls one new pod in before an old one goes, a
+    budget that lets one pod go at a time, spread over nodes, the URL mounted read-only."""
+    spec = workload["spec"]
+    replicas = spec.get("replicas", 1)
+    if config is None:
+        # The config is not rendered: the chart's own PostgreSQL mount tells the store.
+        postgres = next(({"url_file": "/etc/kabar-secrets/postgres/url"} for v in pod["volumes"]
+                         if v["name"] == "postgres-url"), None)
+    else:
+        postgres = (config.get("store") or {}).get("postgres")
+    budgets = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    pod_labels = workload["spec"]["template"]["metadata"]["labels"]
+    for budget in budgets:
+        if not budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items():
+            fail("the PodDisruptionBudget does not select kabar's pods")
+    if not postgres:
+        if replicas > 1:
+            fail(f"{replicas} replicas on SQLite: each would keep its own state")
+        if workload["kind"] == "Deployment" and spec["strategy"]["type"] != "Recreate":
+            fail("a SQLite Deployment must stop the old pod before starting the new one")
+        return
+    if workload["kind"] != "Deployment" or spec.get("volumeClaimTemplates"):
+        fail("on PostgreSQL kabar runs as a Deployment without volume claims")
+    if replicas < 2:
+        fail(f"{replicas} replica(s) on PostgreSQL: no second pod to take the spaces over")
+    rolling = spec["strategy"].get("rollingUpdate", {})
+    if spec["strategy"]["type"] != "RollingUpdate" or rolling.get("maxUnavailable") != 0:
+        fail("on PostgreSQL an upgrade must start a new pod before stopping an old one")
+    if len(budgets) != 1 or budgets[0]["spec"].get("maxUnavailable") != 1:
+        fail("on PostgreSQL a PodDisruptionBudget with maxUnavailable: 1 is expected")
+    keys = {c["topologyKey"] for c in pod.get("topologySpreadConstraints", [])
+            if c["labelSelector"]["matchLabels"].items() <= pod_labels.items()}
+    if "kubernetes.io/hostname" not in keys:
+        fail("on PostgreSQL the replicas must be spread over nodes")
+    url_file = postgres.get("url_file")
+    if not url_file or "url" in postgres:
+        fail("store.postgres must take the URL from a mounted file (url_file), not inline")
+    mounts = [m for m in container["volumeMounts"] if url_file.startswith(m["mountPath"].rstrip("/") + "/")]
+    if not mounts or not all(m.get("readOnly") for m in mounts):
+        fail(f"store.postgres.url_file {url_file} is not on a read-only mount")
+
+
 def main():
     out_dir = sys.argv[1]
     docs = [d for d in yaml.safe_load_all(sys.stdin) if d]
@@ -126,6 +172,7 @@ def main():
     if config_secret[0] not in secrets:
         # An existing Secret the chart does not render: only what the chart itself decides.
         check_exposure(docs, pod, container, None)
+        check_replicas(docs, workloads[0], pod, container, None)
         return
     config_secret_doc = secrets[config_secret[0]]
     config_dir = posixpath.dirname(config_path)
@@ -137,6 +184,7 @@ def main():
     config = yaml.safe_load(base64.b64decode(config_secret_doc["data"][config_secret[1]]))
     if config.get("listen") != "0.0.0.0:9095":
         fail(f"listen is {config.get('listen')!r}, the container port is 9095")
+    check_replicas(docs, workloads[0], pod, container, config)
     state_mounts = [m for m in mounts if m["mountPath"] == config.get("state_dir")]
     if not state_mounts:
         fail(f"state_dir {config.get('state_dir')!r} is not a volume mount")

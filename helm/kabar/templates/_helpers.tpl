@@ -104,12 +104,40 @@ image.registry existed keep working. */}}
 /etc/kabar-secrets/auth/token
 {{- end }}
 
+{{/* "true" when the store is PostgreSQL (store.postgres.existingSecret): several replicas. */}}
+{{- define "kabar.postgres" -}}
+{{- $store := default dict .Values.store }}
+{{- $postgres := default dict $store.postgres }}
+{{- if $postgres.existingSecret }}true{{ end }}
+{{- end }}
+
+{{- define "kabar.postgresUrlFile" -}}
+/etc/kabar-secrets/postgres/url
+{{- end }}
+
+{{/* Replicas: as set; unset, 2 on PostgreSQL (one may go while the other sends) and 1 on SQLite. */}}
+{{- define "kabar.replicas" -}}
+{{- if kindIs "invalid" .Values.replicas }}
+{{- ternary 2 1 (eq (include "kabar.postgres" .) "true") }}
+{{- else }}
+{{- .Values.replicas }}
+{{- end }}
+{{- end }}
+
+{{/* The budget: as set; unset, on for PostgreSQL and off for SQLite's single pod. */}}
+{{- define "kabar.pdbEnabled" -}}
+{{- if kindIs "invalid" .Values.podDisruptionBudget.enabled }}
+{{- if eq (include "kabar.postgres" .) "true" }}true{{ end }}
+{{- else if .Values.podDisruptionBudget.enabled }}true{{ end }}
+{{- end }}
+
 {{- define "kabar.webhookFile" -}}
 {{- printf "/etc/kabar-secrets/webhooks/%s/webhook_url" . }}
 {{- end }}
 
 {{/*
-kabar.yaml rendered from .Values.config: the chart sets listen and state_dir, points
+kabar.yaml rendered from .Values.config: the chart sets listen, state_dir and, with
+store.postgres.existingSecret, store.postgres (url_file on the mounted Secret key); it points
 webhookSecrets' spaces at their mounted files and the auth token at its file. Conflicting
 settings fail the render rather than letting kabar pick one.
 */}}
@@ -122,6 +150,13 @@ settings fail the render rather than letting kabar pick one.
 {{- end }}
 {{- $_ := set $config "listen" "0.0.0.0:9095" }}
 {{- $_ := set $config "state_dir" "/var/lib/kabar" }}
+{{- if hasKey $config "store" }}
+{{- fail "config.store is set by the chart; use store.postgres.existingSecret (and key, maxConnections, lease)" }}
+{{- end }}
+{{- if eq (include "kabar.postgres" .) "true" }}
+{{- $postgres := .Values.store.postgres }}
+{{- $_ := set $config "store" (dict "postgres" (dict "url_file" (include "kabar.postgresUrlFile" .) "max_connections" (int $postgres.maxConnections) "lease" $postgres.lease)) }}
+{{- end }}
 {{- if include "kabar.authSecretName" . }}
 {{- if $config.auth }}
 {{- fail "set either config.auth or auth.bearerToken/auth.existingSecret, not both" }}
