@@ -44,6 +44,7 @@ pub use plan::{AlertSet, EpisodeKey, MessageKind, Subject};
 pub use render::{RenderInput, Renderer};
 pub use runtime::Runtime;
 pub use server::Service;
+pub use store::copy::{CopyError, run as copy_store};
 pub use store::{MemoryEpisodes, NewMessage, SqliteStore, Store, transact};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -77,6 +77,26 @@ enum Command {
     /// List, retry or drop messages kabar gave up on (works while kabar runs).
     #[command(name = "dead-letters", subcommand)]
     DeadLetters(DeadLetterCommand),
+    /// Work on the store itself.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy a single-replica SQLite store (queue in order, episodes, dead letters) into
+    /// the PostgreSQL store the config names. Stop the kabar using it first.
+    Copy {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The old state_dir, holding kabar.db.
+        #[arg(long, value_name = "DIR")]
+        from_sqlite: PathBuf,
+        /// Copy even into a PostgreSQL store that already holds kabar data (messages
+        /// are added after its queue; episodes of the same alert are replaced).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -203,6 +223,11 @@ fn main() -> ExitCode {
             report(kabar::send_test::run(&config.config, &space))
         }
         Command::DeadLetters(command) => dead_letters(command),
+        Command::Store(StoreCommand::Copy {
+            config,
+            from_sqlite,
+            force,
+        }) => report(kabar::copy_store(&config.config, &from_sqlite, force)),
     }
 }
 

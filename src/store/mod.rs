@@ -7,6 +7,7 @@
 //! lists, retries and drops dead letters. SQLite under `state_dir` is the adapter kabar
 //! serves with ([`sqlite`]); [`memory`] keeps episodes in a map for `kabar render`.
 
+pub(crate) mod copy;
 pub(crate) mod memory;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
@@ -151,6 +152,32 @@ pub enum Wakeup {
     Space(String),
     /// Wake-ups may have been missed (the listener reconnected): every sender looks.
     All,
+}
+
+/// An episode as a store holds it, for copying a whole store.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredEpisode {
+    pub key: EpisodeKey,
+    pub episode: Episode,
+    pub seen_ms: i64,
+}
+
+/// A per_group thread as a store holds it, for copying a whole store.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredGroup {
+    pub space: String,
+    pub group_key: String,
+    pub group: GroupEpisode,
+    pub seen_ms: i64,
+}
+
+/// A group's latest notification digest as a store holds it, for copying a whole store.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredDigest {
+    pub space: String,
+    pub group: u64,
+    pub digest: u64,
+    pub received_ms: i64,
 }
 
 /// How long episode state is kept after an alert was last seen. Alertmanager re-sends a

@@ -16,6 +16,8 @@ mod hostile;
 mod hostile_flows;
 mod log_secrets;
 mod monitoring;
+mod postgres_suites;
 mod process;
 mod render_properties;
 mod service;
+mod store_copy;

@@ -652,6 +652,29 @@ async fn health_metrics_landing_and_reload() {
     assert!(metrics.contains("kabar_notifications_received_total{space=\"ops\"} 0"));
     assert!(metrics.contains("kabar_build_info{"));
     assert!(metrics.contains("process_resident_memory_bytes"));
+    // The parametrised pass (postgres_suites) must really run on PostgreSQL.
+    let backend = if crate::common::postgres::on_postgres() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    assert_eq!(
+        metric_value(
+            &metrics,
+            &format!("kabar_store_backend_info{{backend=\"{backend}\"}}")
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    // The only replica holds the space: for good on SQLite, by its first claim on
+    // PostgreSQL.
+    wait_for_metric(
+        &kabar.url(""),
+        "kabar_space_lease_held{space=\"ops\"}",
+        1.0,
+        Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(
         metric_value(&metrics, "kabar_config_last_reload_successful"),
         Some(1.0)

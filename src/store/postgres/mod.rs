@@ -7,6 +7,7 @@
 //! (LISTEN/NOTIFY wake-ups across replicas).
 
 mod connect;
+pub(crate) mod import;
 mod leases;
 mod listen;
 mod queue;

@@ -7,6 +7,7 @@
 mod dead_letters;
 mod engine;
 mod episodes;
+pub(crate) mod export;
 mod outbox;
 mod schema;
 #[cfg(test)]

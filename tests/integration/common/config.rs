@@ -80,6 +80,11 @@ impl ConfigBuilder {
         }
     }
 
+    /// Keeps the store on SQLite even in the PostgreSQL pass (an empty `store` section).
+    pub fn store_sqlite(self) -> ConfigBuilder {
+        self.set(&["store"], json!({}))
+    }
+
     /// `defaults.format`: `text` or `card`.
     pub fn default_format(self, format: &str) -> ConfigBuilder {
         self.set(&["defaults", "format"], json!(format))
@@ -108,6 +113,16 @@ impl ConfigBuilder {
     }
 
     /// The config text kabar reads.
+    /// The string at `path`, if the config sets one there.
+    pub fn string_at(&self, path: &[&str]) -> Option<String> {
+        let (last, parents) = path.split_last()?;
+        let mut node = &self.root;
+        for key in parents {
+            node = node.get(*key)?.as_object()?;
+        }
+        node.get(*last)?.as_str().map(str::to_owned)
+    }
+
     pub fn to_yaml(&self) -> String {
         serde_json::to_string_pretty(&self.root).expect("a JSON object serialises")
     }

@@ -71,7 +71,7 @@ impl TestConfig {
         let dir = tempfile::tempdir().expect("create a temp dir for kabar");
         let path = dir.path().join("kabar.yaml");
         let store_url = if config.has(&["store"]) {
-            None
+            config.string_at(&["store", "postgres", "url"])
         } else {
             pass_store_url()
         };

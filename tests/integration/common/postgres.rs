@@ -6,7 +6,7 @@
 //! the service, fault and end-to-end suites run on both backends (see postgres_suites).
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -268,9 +268,6 @@ impl PgCluster {
             .spawn();
     }
 
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
 }
 
 impl Drop for PgCluster {

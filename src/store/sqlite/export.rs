@@ -1,0 +1,170 @@
+//! Reading a whole SQLite store out, in pages, for `kabar store copy`: queue and dead
+//! letters in id order, episodes, groups and digests. Read-only; it must not change a row.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags, params};
+
+use super::DATABASE_FILE;
+use crate::plan::{Episode, EpisodeKey, GroupEpisode};
+use crate::store::{
+    DeadLetter, QueuedMessage, StoreError, StoredDigest, StoredEpisode, StoredGroup,
+};
+
+/// A SQLite store opened read-only, at the schema this kabar writes.
+pub(crate) struct SqliteExport {
+    conn: Connection,
+}
+
+impl SqliteExport {
+    /// Opens `state_dir`'s store read-only; None when there is none. An older schema is
+    /// refused (start kabar on it once to migrate), a newer one too.
+    pub(crate) fn open(state_dir: &Path) -> Result<Option<SqliteExport>, StoreError> {
+        let path = state_dir.join(DATABASE_FILE);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if version != super::schema::SCHEMA_VERSION {
+            return Err(StoreError::Internal(format!(
+                "{} has schema version {version}, this kabar copies version {}: run this kabar's serve on it once first",
+                path.display(),
+                super::schema::SCHEMA_VERSION
+            )));
+        }
+        Ok(Some(SqliteExport { conn }))
+    }
+
+    /// Queued messages after `after_id`, in queue order (every space).
+    pub(crate) fn messages(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<QueuedMessage>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, space, kind, thread_key, body, fallback_body, received_ms, attempts
+             FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after_id, limit as i64], |row| {
+            Ok(QueuedMessage {
+                id: row.get(0)?,
+                space: row.get(1)?,
+                kind: row.get(2)?,
+                thread_key: row.get(3)?,
+                body: row.get(4)?,
+                fallback_body: row.get(5)?,
+                received_ms: row.get(6)?,
+                attempts: row.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Dead letters after `after_id`, oldest first.
+    pub(crate) fn dead_letters(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, space, kind, thread_key, body, fallback_body, received_ms, dead_ms, attempts,
+             reason, status, detail FROM dead_letters WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after_id, limit as i64], |row| {
+            Ok(DeadLetter {
+                id: row.get(0)?,
+                space: row.get(1)?,
+                kind: row.get(2)?,
+                thread_key: row.get(3)?,
+                body: row.get(4)?,
+                fallback_body: row.get(5)?,
+                received_ms: row.get(6)?,
+                dead_ms: row.get(7)?,
+                attempts: row.get(8)?,
+                reason: row.get(9)?,
+                status: row.get(10)?,
+                detail: row.get(11)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Episodes after the key `after` (space, fingerprint, startsAt), in key order.
+    pub(crate) fn episodes(
+        &self,
+        after: Option<&EpisodeKey>,
+        limit: usize,
+    ) -> Result<Vec<StoredEpisode>, StoreError> {
+        let (space, fingerprint, starts) = match after {
+            Some(key) => (
+                key.space.as_str(),
+                key.fingerprint.as_str(),
+                key.starts_at_ns,
+            ),
+            None => ("", "", i64::MIN),
+        };
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT space, fingerprint, starts_at_ns, firing_posted, resolved, last_post_ms,
+             thread_key, seen_ms, resolved_ms, resolved_ends_ms FROM episodes
+             WHERE (space, fingerprint, starts_at_ns) > (?1, ?2, ?3)
+             ORDER BY space, fingerprint, starts_at_ns LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(params![space, fingerprint, starts, limit as i64], |row| {
+            Ok(StoredEpisode {
+                key: EpisodeKey {
+                    space: row.get(0)?,
+                    fingerprint: row.get(1)?,
+                    starts_at_ns: row.get(2)?,
+                },
+                episode: Episode {
+                    firing_posted: row.get(3)?,
+                    resolved: row.get(4)?,
+                    last_post_ms: row.get(5)?,
+                    thread_key: row.get(6)?,
+                    resolved_ms: row.get(8)?,
+                    resolved_ends_ms: row.get(9)?,
+                },
+                seen_ms: row.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every per_group thread (one row per group and space: few).
+    pub(crate) fn groups(&self) -> Result<Vec<StoredGroup>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT space, group_key, thread_key, open, seen_ms FROM group_episodes
+             ORDER BY space, group_key",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok(StoredGroup {
+                space: row.get(0)?,
+                group_key: row.get(1)?,
+                group: GroupEpisode {
+                    thread_key: row.get(2)?,
+                    open: row.get(3)?,
+                },
+                seen_ms: row.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every group's latest notification digest (one row per group and space: few).
+    pub(crate) fn digests(&self) -> Result<Vec<StoredDigest>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT space, group_hash, digest, received_ms FROM recent_notifications
+             ORDER BY space, group_hash",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok(StoredDigest {
+                space: row.get(0)?,
+                group: row.get::<_, i64>(1)? as u64,
+                digest: row.get::<_, i64>(2)? as u64,
+                received_ms: row.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
