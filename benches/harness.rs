@@ -12,6 +12,13 @@
 //!       N notifications/s (1 new alert each, one per space per second) while delivering
 //!   cargo bench --bench harness -- startup --messages M [--runs K]
 //!       time to /readyz and RSS with M messages queued, K restarts; and idle RSS
+//!   cargo bench --bench harness -- takeover --postgres URL [--spaces N] [--lease 5s]
+//!       three replicas delivering; kill -9 of the one holding most spaces: time from its
+//!       death (and from its leases' expiry) to the first delivery by a new holder
+//!
+//! With --postgres URL, the kabar-starting commands put the store in that PostgreSQL
+//! database (store.postgres) instead of SQLite under the work dir, and delivery takes
+//! --replicas N (default 1): that many kabar processes share it.
 //!
 //! Options shared by the kabar-starting commands: --kabar PATH (default
 //! target/release/kabar), --work DIR (state and configs; default bench/work, on the real
@@ -37,8 +44,9 @@ use kabar::Config;
 use kabar::MemoryEpisodes;
 use kabar::Notification;
 use kabar::Runtime;
+use kabar::open_store;
 use kabar::preview;
-use kabar::{NewMessage, SqliteStore, transact};
+use kabar::{NewMessage, transact};
 
 use fake_chat::{Failure, FakeChat, Mode};
 
@@ -110,6 +118,7 @@ fn main() {
                 "delivery" => delivery(&args).await,
                 "sustain" => sustain(&args).await,
                 "startup" => startup(&args).await,
+                "takeover" => takeover(&args).await,
                 other => Err(format!("unknown command {other:?}").into()),
             }
         })
@@ -134,13 +143,15 @@ fn write_config(
     spaces: usize,
     rate: f64,
     listen: &str,
+    store: &Store,
 ) -> Result<PathBuf, Error> {
     std::fs::create_dir_all(dir)?;
     let mut yaml = format!(
         "listen: \"{listen}\"\nstate_dir: \"{}\"\nauth:\n  bearer_token: \"{TOKEN}\"\n\
          delivery:\n  rate_limit_per_second: {rate}\n  allow_any_host: true\n\
-         defaults:\n  format: card\n  threading: per_alert\nspaces:\n",
-        dir.join("state").display()
+         defaults:\n  format: card\n  threading: per_alert\n{}spaces:\n",
+        dir.join("state").display(),
+        store.yaml()
     );
     for i in 0..spaces {
         let name = format!("s{i}");
@@ -157,6 +168,56 @@ fn write_config(
     }
     let path = dir.join("kabar.yaml");
     std::fs::write(&path, yaml)?;
+    Ok(path)
+}
+
+/// Where the kabar under test keeps its state.
+enum Store {
+    Sqlite,
+    Postgres { url: String, lease: String },
+}
+
+impl Store {
+    fn from_args(args: &Args) -> Store {
+        match args.0.get("postgres") {
+            Some(url) => Store::Postgres {
+                url: url.clone(),
+                lease: args
+                    .0
+                    .get("lease")
+                    .cloned()
+                    .unwrap_or_else(|| "15s".to_owned()),
+            },
+            None => Store::Sqlite,
+        }
+    }
+
+    fn yaml(&self) -> String {
+        match self {
+            Store::Sqlite => String::new(),
+            Store::Postgres { url, lease } => {
+                format!("store:\n  postgres:\n    url: \"{url}\"\n    lease: {lease}\n")
+            }
+        }
+    }
+}
+
+/// The config of one more replica: `config` with its own listen address.
+fn replica_config(config: &Path, n: usize) -> Result<PathBuf, Error> {
+    let text = std::fs::read_to_string(config)?;
+    let listen = format!("127.0.0.1:{}", free_port()?);
+    let text: String = text
+        .lines()
+        .map(|line| {
+            if line.starts_with("listen: ") {
+                format!("listen: \"{listen}\"\n")
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    let path = config.with_file_name(format!("kabar-{n}.yaml"));
+    std::fs::write(&path, text)?;
     Ok(path)
 }
 
@@ -318,7 +379,7 @@ fn notification_json(receiver: &str, id: &str, alerts: usize) -> Value {
 /// rendered by kabar's own code, inserted with kabar's outbox functions.
 async fn prequeue(config_path: &Path, spaces: usize, per_space: usize) -> Result<(), Error> {
     let runtime = Arc::new(Runtime::load(config_path)?);
-    let store = SqliteStore::open(&runtime.config.state_dir)?;
+    let store = open_store(&runtime.config).await?;
     let now = Timestamp::now();
     let config: &Config = &runtime.config;
     let mut rows = Vec::with_capacity(spaces * per_space);
@@ -350,7 +411,7 @@ async fn prequeue(config_path: &Path, spaces: usize, per_space: usize) -> Result
     let received_ms = now.as_millisecond();
     for chunk in rows.chunks(5_000) {
         let chunk = chunk.to_vec();
-        transact(&store, move |transaction| {
+        transact(store.as_ref(), move |transaction| {
             for (space, kind, thread_key, body, fallback) in &chunk {
                 transaction.enqueue(&NewMessage {
                     space,
@@ -378,7 +439,7 @@ async fn serve_fake_chat(args: &Args) -> Result<(), Error> {
     let rate: f64 = args.get("rate", 1.0)?;
     let listen = args.required("listen")?;
     let chat = FakeChat::start().await;
-    let config = write_config(&dir, &chat, spaces, rate, &listen)?;
+    let config = write_config(&dir, &chat, spaces, rate, &listen, &Store::from_args(args))?;
     println!("{}", config.display());
     // Runs until killed by bench/run.sh.
     loop {
@@ -516,14 +577,28 @@ async fn setup(
     }
     let chat = FakeChat::start().await;
     let listen = format!("127.0.0.1:{}", free_port()?);
-    let config = write_config(&dir, &chat, spaces, rate, &listen)?;
+    let config = write_config(&dir, &chat, spaces, rate, &listen, &Store::from_args(args))?;
     Ok((chat, dir, config))
+}
+
+/// Sum of `name` over every replica's /metrics.
+async fn fleet_metric(fleet: &[Kabar], http: &reqwest::Client, name: &str) -> Result<f64, Error> {
+    let mut sum = 0.0;
+    for kabar in fleet {
+        sum += metric_sum(&kabar.metrics(http).await?, name);
+    }
+    Ok(sum)
+}
+
+fn fleet_cpu(fleet: &[Kabar]) -> Result<f64, Error> {
+    fleet.iter().map(|kabar| cpu_seconds(kabar.pid())).sum()
 }
 
 async fn delivery(args: &Args) -> Result<(), Error> {
     let spaces: usize = args.get("spaces", 100)?;
     let per_space: usize = args.get("per-space", 30)?;
     let rate: f64 = args.get("rate", 1.0)?;
+    let replicas: usize = args.get("replicas", 1)?;
     let binary = args.path("kabar", "target/release/kabar");
     let (chat, dir, config) = setup(args, &format!("delivery-{spaces}"), spaces, rate).await?;
     if rate > 1.0 {
@@ -533,19 +608,34 @@ async fn delivery(args: &Args) -> Result<(), Error> {
     let total = (spaces * per_space) as f64;
     let http = reqwest::Client::new();
     let started = Instant::now();
-    let mut kabar = Kabar::spawn(&binary, &config, &dir.join("kabar.log"))?;
-    let ready = kabar.wait_ready(&http, started).await?;
+    let mut fleet = Vec::with_capacity(replicas);
+    for n in 0..replicas {
+        let config = if n == 0 {
+            config.clone()
+        } else {
+            replica_config(&config, n)?
+        };
+        fleet.push(Kabar::spawn(
+            &binary,
+            &config,
+            &dir.join(format!("kabar-{n}.log")),
+        )?);
+    }
+    let mut ready = Duration::ZERO;
+    for kabar in &mut fleet {
+        ready = ready.max(kabar.wait_ready(&http, started).await?);
+    }
     let (t0, cpu0, sent0) = (
         Instant::now(),
-        cpu_seconds(kabar.pid())?,
-        metric_sum(&kabar.metrics(&http).await?, "kabar_messages_sent_total"),
+        fleet_cpu(&fleet)?,
+        fleet_metric(&fleet, &http, "kabar_messages_sent_total").await?,
     );
     let mut per_second = Vec::new();
     let mut last = sent0;
     let deadline = t0 + Duration::from_secs_f64(per_space as f64 / rate * 3.0 + 60.0);
     let sent = loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let sent = metric_sum(&kabar.metrics(&http).await?, "kabar_messages_sent_total");
+        let sent = fleet_metric(&fleet, &http, "kabar_messages_sent_total").await?;
         per_second.push(sent - last);
         last = sent;
         if sent >= total || Instant::now() > deadline {
@@ -553,10 +643,27 @@ async fn delivery(args: &Args) -> Result<(), Error> {
         }
     };
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(kabar.pid())? - cpu0;
-    let (rss, hwm) = rss_mib(kabar.pid())?;
-    let text = kabar.metrics(&http).await?;
-    kabar.kill();
+    let cpu = fleet_cpu(&fleet)? - cpu0;
+    let (mut rss, mut hwm) = (0.0, 0.0);
+    for kabar in &fleet {
+        let (r, h) = rss_mib(kabar.pid())?;
+        rss += r;
+        hwm += h;
+    }
+    let failed = fleet_metric(&fleet, &http, "kabar_messages_failed_total").await?;
+    let held: Vec<f64> = {
+        let mut held = Vec::new();
+        for kabar in &fleet {
+            held.push(metric_sum(
+                &kabar.metrics(&http).await?,
+                "kabar_spaces_held",
+            ));
+        }
+        held
+    };
+    for kabar in fleet {
+        kabar.kill();
+    }
     let requests = chat.requests();
     let rate_limited = requests.iter().filter(|r| r.status == 429).count();
     let delivered_in_window = sent - sent0;
@@ -568,10 +675,12 @@ async fn delivery(args: &Args) -> Result<(), Error> {
         .take(per_second.len().saturating_sub(1))
         .collect();
     let mut sorted = full.clone();
+    let messages = chat.all_messages().len();
     println!(
         "{}",
         json!({
             "spaces": spaces, "rate_limit_per_second": rate, "queued": total,
+            "replicas": replicas, "spaces_held": held,
             "delivered": sent, "delivered_in_window": delivered_in_window,
             "window_s": (elapsed * 100.0).round() / 100.0,
             "msgs_per_s": (delivered_in_window / elapsed * 10.0).round() / 10.0,
@@ -579,9 +688,132 @@ async fn delivery(args: &Args) -> Result<(), Error> {
             "cpu_s": cpu, "cpu_us_per_msg": (cpu / delivered_in_window * 1e6).round(),
             "cpu_utilisation": (cpu / elapsed * 1000.0).round() / 1000.0,
             "ready_ms": ready.as_millis(), "rss_mib": rss, "hwm_mib": hwm,
-            "chat_429": rate_limited, "chat_messages": chat.all_messages().len(),
-            "failed_total": metric_sum(&text, "kabar_messages_failed_total"),
+            "chat_429": rate_limited, "chat_messages": messages,
+            "duplicates": messages as f64 - total,
+            "failed_total": failed,
             "per_second": per_second,
+        })
+    );
+    chat.shutdown().await;
+    Ok(())
+}
+
+/// Three replicas deliver a backlog; the one holding most spaces is killed with SIGKILL.
+/// For each space it held: the time from the kill to the first message Chat received for
+/// it afterwards (a new holder's first send), and from the lease's expiry (at most
+/// `lease` after the kill) to that send. Also duplicates and pacing after the takeover.
+async fn takeover(args: &Args) -> Result<(), Error> {
+    let spaces: usize = args.get("spaces", 20)?;
+    let binary = args.path("kabar", "target/release/kabar");
+    let lease: f64 = kabar::config::parse_duration(
+        &args
+            .0
+            .get("lease")
+            .cloned()
+            .unwrap_or_else(|| "5s".to_owned()),
+    )
+    .map_err(|e| format!("--lease: {e}"))?
+    .as_secs_f64();
+    if !matches!(Store::from_args(args), Store::Postgres { .. }) {
+        return Err("takeover needs --postgres URL".into());
+    }
+    let (chat, dir, config) = setup(args, &format!("takeover-{spaces}"), spaces, 1.0).await?;
+    let per_space = 60;
+    prequeue(&config, spaces, per_space).await?;
+    let http = reqwest::Client::new();
+    let mut fleet = Vec::new();
+    for n in 0..3 {
+        let config = if n == 0 {
+            config.clone()
+        } else {
+            replica_config(&config, n)?
+        };
+        fleet.push(Kabar::spawn(
+            &binary,
+            &config,
+            &dir.join(format!("kabar-{n}.log")),
+        )?);
+    }
+    for kabar in &mut fleet {
+        kabar.wait_ready(&http, Instant::now()).await?;
+    }
+    // Let the leases settle and delivery run for a while.
+    tokio::time::sleep(Duration::from_secs_f64(lease + 3.0)).await;
+    let mut holdings = Vec::new();
+    for kabar in &fleet {
+        let text = kabar.metrics(&http).await?;
+        let held: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("kabar_space_lease_held{") && l.ends_with(" 1"))
+            .filter_map(|l| l.split('"').nth(1).map(str::to_owned))
+            .collect();
+        holdings.push(held);
+    }
+    let (victim, held) = holdings
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, held)| held.len())
+        .map(|(n, held)| (n, held.clone()))
+        .ok_or("no replica")?;
+    let killed_at = std::time::Instant::now();
+    fleet.remove(victim).kill();
+    // Wait until every one of its spaces got a message from a new holder.
+    let deadline = killed_at + Duration::from_secs_f64(lease * 3.0 + 30.0);
+    let firsts = loop {
+        let requests = chat.requests();
+        let firsts: Vec<Option<Duration>> = held
+            .iter()
+            .map(|space| {
+                requests
+                    .iter()
+                    .filter(|r| &r.space == space && r.status == 200 && r.at > killed_at)
+                    .map(|r| r.at - killed_at)
+                    .min()
+            })
+            .collect();
+        if firsts.iter().all(Option::is_some) || std::time::Instant::now() > deadline {
+            break firsts;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut after_kill: Vec<f64> = firsts.iter().flatten().map(Duration::as_secs_f64).collect();
+    after_kill.sort_by(f64::total_cmp);
+    // Pacing across the handover: the gap between a space's last send before the kill
+    // and the first after it (1/s allows no gap under 1 s).
+    let requests = chat.requests();
+    let mut min_gap = f64::INFINITY;
+    for space in &held {
+        let before = requests
+            .iter()
+            .filter(|r| &r.space == space && r.at <= killed_at)
+            .map(|r| r.at)
+            .max();
+        let after = requests
+            .iter()
+            .filter(|r| &r.space == space && r.at > killed_at)
+            .map(|r| r.at)
+            .min();
+        if let (Some(before), Some(after)) = (before, after) {
+            min_gap = min_gap.min((after - before).as_secs_f64());
+        }
+    }
+    let takeovers = fleet_metric(&fleet, &http, "kabar_lease_takeovers_total").await?;
+    for kabar in fleet {
+        kabar.kill();
+    }
+    println!(
+        "{}",
+        json!({
+            "spaces": spaces, "lease_s": lease, "victim_held": held.len(),
+            "taken_over": after_kill.len(),
+            "kill_to_first_send_s": {
+                "min": after_kill.first(), "median": median(&mut after_kill.clone()),
+                "max": after_kill.last(),
+            },
+            "expiry_to_first_send_s_max": after_kill.last().map(|max| (max - lease).max(0.0)),
+            "target_s": lease + 2.0,
+            "min_gap_across_handover_s": min_gap,
+            "survivor_takeovers_total": takeovers,
         })
     );
     chat.shutdown().await;

@@ -45,7 +45,13 @@ pub use render::{RenderInput, Renderer};
 pub use runtime::Runtime;
 pub use server::Service;
 pub use store::copy::{CopyError, run as copy_store};
-pub use store::{MemoryEpisodes, NewMessage, SqliteStore, Store, transact};
+pub use store::{MemoryEpisodes, NewMessage, SqliteStore, Store, StoreError, transact};
+
+/// Opens (and migrates) the store `config` names, as `kabar serve` does: for the benches'
+/// and tools' own use of a store, whichever backend it is.
+pub async fn open_store(config: &Config) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    store::open(config).await
+}
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const REVISION: &str = env!("KABAR_GIT_REVISION");

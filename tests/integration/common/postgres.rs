@@ -267,7 +267,6 @@ impl PgCluster {
             .stderr(Stdio::null())
             .spawn();
     }
-
 }
 
 impl Drop for PgCluster {
