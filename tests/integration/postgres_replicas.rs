@@ -32,7 +32,7 @@ fn pacing(rate_per_second: f64) -> Duration {
 }
 /// The pace of the takeover tests: slower than a takeover (lease 3 s), so a new holder
 /// that ignored the stored time of the last answer would send too early.
-const SLOW_RATE: f64 = 0.25;
+const SLOW_RATE: f64 = 0.2;
 
 /// One `kabar serve` of the fleet, with its own config file and log.
 struct Replica {
@@ -605,7 +605,7 @@ async fn kill_9_the_busiest_replica_during_delivery() {
     let held = wait_every_space_held_once(&all, spaces.len()).await;
     let (victim, killed_spaces) = busiest(&held);
     let started = Instant::now();
-    // 3 messages a space, one every 4 s: the kill lands after the first.
+    // 3 messages a space, one every 5 s: the kill lands after the first.
     let acked = backlog(&replicas, &spaces, 2).await;
     wait_progress(&chat, &killed_spaces, 1).await;
 
@@ -693,7 +693,7 @@ async fn sigstop_past_the_lease_then_sigcont() {
     let held = wait_every_space_held_once(&all, spaces.len()).await;
     let (paused, paused_spaces) = busiest(&held);
     let started = Instant::now();
-    // 3 messages a space, one every 4 s: the pause lands after the first, between sends.
+    // 3 messages a space, one every 5 s: the pause lands after the first, between sends.
     let acked = backlog(&replicas, &spaces, 2).await;
     wait_progress(&chat, &paused_spaces, 1).await;
 
