@@ -16,6 +16,7 @@ mod hostile;
 mod hostile_flows;
 mod log_secrets;
 mod monitoring;
+mod postgres_replicas;
 mod postgres_suites;
 mod process;
 mod render_properties;
