@@ -14,6 +14,7 @@
 
 pub(crate) mod app;
 pub(crate) mod chat;
+pub(crate) mod chat_app;
 pub mod commands;
 pub mod config;
 pub mod dead_letters;

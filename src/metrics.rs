@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use tracing::{debug, error, info, warn};
 
+mod app;
+
 use crate::chat::FailureClass;
 use crate::delivery::DeadLetterReason;
 use crate::plan::{MessageKind, SuppressReason};
@@ -80,6 +82,8 @@ pub(crate) struct Metrics {
     /// 1 while the store takes writes; 0 after a failed commit or probe. Scraped from the
     /// pod, it keeps saying 0 while /readyz has taken the pod out of the Service.
     store_writable: IntGauge,
+    /// App mode's series (token, edits): added after the webhook ones.
+    app: app::AppMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -267,6 +271,7 @@ impl Metrics {
             config_last_reload_successful: reload_ok,
             config_last_reload_success_timestamp: reload_ts,
             store_writable,
+            app: app::AppMetrics::new(&registry),
             registry,
         }
     }

@@ -14,7 +14,9 @@ use crate::plan::{MessageKind, Subject, SuppressReason, plan};
 use crate::render::RenderInput;
 use crate::routing::{RoutingError, route};
 use crate::runtime::Runtime;
-use crate::store::{EpisodeStore, MemoryEpisodes, NewMessage, Store, StoreError, transact};
+use crate::store::{
+    AppWrite, EpisodeStore, MemoryEpisodes, NewMessage, Store, StoreError, transact,
+};
 
 /// Payload values named in the "notification accepted" log line are cut to this.
 const MAX_LOGGED_VALUE_CHARS: usize = 200;
@@ -48,6 +50,8 @@ pub struct Outgoing {
     pub body: String,
     /// For a card: the text body sent instead if Chat refuses the card.
     pub fallback_body: Option<String>,
+    /// App-mode spaces: created under which id, or an edit of which message.
+    pub app: Option<AppWrite>,
 }
 
 /// What one notification did in one space.
@@ -169,6 +173,7 @@ async fn queue(
                     body: &message.body,
                     fallback_body: message.fallback_body.as_deref(),
                     received_ms: received.as_millisecond(),
+                    app: message.app.clone(),
                 })?;
             }
             outcomes.push(outcome);
@@ -221,17 +226,70 @@ fn prepare<S: EpisodeStore + ?Sized>(
         if rendered.truncated {
             outcome.truncated += 1;
         }
-        messages.push(Outgoing {
+        let outgoing = Outgoing {
             space: space.name.clone(),
             kind: message.kind,
             subject: message.subject,
             thread_key: rendered.thread_key,
             body: rendered.body,
             fallback_body: rendered.fallback_body,
-        });
+            app: None,
+        };
+        if matches!(space.target, crate::config::Target::App { .. }) {
+            messages.extend(app_writes(space, notification, outgoing, now));
+        } else {
+            messages.push(outgoing);
+        }
         outcome.queued.push(message.kind);
     }
     Ok((outcome, messages))
+}
+
+/// A message of an app-mode space as the app writes it. The resolve of an alert whose own
+/// card opened its thread also edits that card into the resolved form, first, so the
+/// space's main view turns green before the reply lands (`on_resolve`); without `reply`
+/// the edit replaces the reply.
+fn app_writes(
+    space: &Space,
+    notification: &Notification,
+    message: Outgoing,
+    now: Timestamp,
+) -> Vec<Outgoing> {
+    use crate::chat_app::{app_body, create_write, ids};
+    let received_ms = now.as_millisecond();
+    let own_thread = match &message.subject {
+        Subject::Alert(index) => notification
+            .alerts
+            .get(*index)
+            .map(|alert| crate::plan::EpisodeKey::new(&space.name, alert).thread_key()),
+        Subject::Alerts(_) => None,
+    };
+    let on_resolve = space.options.on_resolve;
+    let edit = (message.kind == MessageKind::Resolved
+        && on_resolve.edit
+        && own_thread.is_some()
+        && own_thread == message.thread_key)
+        .then(|| Outgoing {
+            app: own_thread.as_deref().map(|thread| AppWrite::Edit {
+                message_id: ids::opening_id(&space.name, thread),
+            }),
+            body: app_body(&message.body, true),
+            fallback_body: message.fallback_body.as_deref().map(|b| app_body(b, true)),
+            ..message.clone()
+        });
+    let reply = (edit.is_none() || on_resolve.reply).then(|| Outgoing {
+        app: Some(create_write(
+            &space.name,
+            message.kind,
+            message.thread_key.as_deref(),
+            received_ms,
+            &message.body,
+        )),
+        body: app_body(&message.body, false),
+        fallback_body: message.fallback_body.as_deref().map(|b| app_body(b, false)),
+        ..message
+    });
+    edit.into_iter().chain(reply).collect()
 }
 
 #[cfg(test)]

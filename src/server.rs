@@ -112,6 +112,7 @@ impl Service {
             store: store.clone(),
             metrics,
             chat,
+            chat_app: crate::chat_app::ChatApp::default(),
         });
         let delivery = Delivery::new(Arc::clone(&shared));
         delivery.sync_spaces(&shared.runtime().config);
@@ -405,7 +406,7 @@ async fn landing(State(app): State<Arc<AppState>>) -> Html<String> {
     for space in runtime.config.spaces.values() {
         let target = match &space.target {
             Target::DryRun => "dry run (prints, never posts)".to_owned(),
-            target @ Target::Webhook(_) => target.describe(),
+            target @ (Target::Webhook(_) | Target::App { .. }) => target.describe(),
         };
         rows.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",

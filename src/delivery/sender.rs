@@ -9,6 +9,8 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+mod app;
+
 use super::Shared;
 use super::decide::{self, DeadLetterReason, Outcome};
 use super::pacing::Pacing;
@@ -130,6 +132,22 @@ impl Sender {
             } else {
                 match target {
                     Target::DryRun => self.print(&message).await,
+                    Target::App { space } => {
+                        if !self.pause_until(pacing.next_send).await {
+                            break;
+                        }
+                        self.send_app(&message, &space, &mut pacing, &delivery)
+                            .await
+                    }
+                    // Queued while the space posted as the app: a webhook cannot edit.
+                    Target::Webhook(_) if message.app.as_ref().is_some_and(|a| a.is_edit()) => {
+                        self.drop_edit(
+                            &message,
+                            None,
+                            "the space now posts through a webhook, which cannot edit",
+                        )
+                        .await
+                    }
                     Target::Webhook(url) => {
                         if !self.pause_until(pacing.next_send).await {
                             break;

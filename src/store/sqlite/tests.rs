@@ -19,6 +19,7 @@ fn message<'a>(space: &'a str, body: &'a str) -> NewMessage<'a> {
         body,
         fallback_body: None,
         received_ms: 1,
+        app: None,
     }
 }
 
