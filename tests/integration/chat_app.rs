@@ -426,3 +426,81 @@ async fn kabar_check_validates_the_key_file_without_printing_it() {
     let err = kabar::Runtime::load(&both.path).expect_err("space and dry_run");
     assert!(err.to_string().contains("exactly one"), "{err}");
 }
+
+/// End to end through the real Alertmanager: three alerts fire, one resolves — three
+/// cards, one of them edited to resolved, one reply in its thread, nothing else, even as
+/// Alertmanager re-sends the group.
+#[tokio::test]
+async fn through_the_real_alertmanager_three_fire_one_resolves() {
+    use crate::common::alertmanager::{
+        Alertmanager, AlertmanagerOptions, TestAlert, require_binaries,
+    };
+    use crate::common::kabar::TEST_TOKEN;
+    let Some(binaries) = require_binaries() else {
+        return;
+    };
+    let google = FakeGoogle::start().await;
+    let kabar = start(&google, |b| {
+        b.space("ops", Space::app(SPACE).receivers(&["gchat"]))
+    })
+    .await;
+    let mut options = AlertmanagerOptions::new(kabar.url("/alerts"));
+    options.bearer_token = Some(TEST_TOKEN.to_owned());
+    options.repeat_interval = "1s";
+    let am = Alertmanager::start(&binaries, options).await;
+    let alerts: Vec<TestAlert> = ["db1", "db2", "db3"]
+        .iter()
+        .map(|host| {
+            TestAlert::new("DiskFull")
+                .label("instance", host)
+                .label("severity", "critical")
+                .annotation("summary", &format!("Disk almost full on {host}"))
+        })
+        .collect();
+    am.fire(&alerts).await;
+    google
+        .wait_until("three cards", Duration::from_secs(30), |g| {
+            g.messages(SPACE).len() == 3
+        })
+        .await;
+    am.resolve(&alerts[1..2]).await;
+    google
+        .wait_until("the edit and the reply", Duration::from_secs(30), |g| {
+            let m = g.messages(SPACE);
+            m.len() == 4 && m.iter().filter(|m| m.edits == 1).count() == 1
+        })
+        .await;
+    // Alertmanager re-sends the group (two firing, one resolved) every couple of seconds.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let messages = google.messages(SPACE);
+    assert_eq!(
+        messages.len(),
+        4,
+        "three cards and one reply: {messages:#?}"
+    );
+    let edited: Vec<&crate::common::fake_google::ChatMessage> =
+        messages.iter().filter(|m| m.edits > 0).collect();
+    assert_eq!(edited.len(), 1, "one card edited, once");
+    assert_eq!(edited[0].edits, 1);
+    assert!(
+        title(&edited[0].body).starts_with("✅"),
+        "{}",
+        edited[0].body
+    );
+    assert!(edited[0].body.to_string().contains("db2"));
+    let reply = &messages[3];
+    assert_eq!(
+        reply.thread_name, edited[0].thread_name,
+        "the reply is in the edited card's thread"
+    );
+    for card in messages.iter().take(3).filter(|m| m.edits == 0) {
+        assert!(title(&card.body).starts_with("🔴"), "{}", card.body);
+    }
+    let creates = creates(&google);
+    assert_eq!(
+        creates.iter().filter(|c| c.status == 200).count(),
+        4,
+        "every message created once"
+    );
+    kabar.stop().await;
+}
