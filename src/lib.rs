@@ -45,7 +45,7 @@ pub use plan::{AlertSet, EpisodeKey, MessageKind, Subject};
 pub use render::{RenderInput, Renderer};
 pub use runtime::Runtime;
 pub use server::Service;
-pub use store::{MemoryEpisodes, NewMessage, SqliteStore, Store, transact};
+pub use store::{AppWrite, MemoryEpisodes, NewMessage, SqliteStore, Store, transact};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const REVISION: &str = env!("KABAR_GIT_REVISION");

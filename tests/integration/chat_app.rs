@@ -504,3 +504,36 @@ async fn through_the_real_alertmanager_three_fire_one_resolves() {
     );
     kabar.stop().await;
 }
+
+#[tokio::test]
+async fn kabar_render_shows_the_app_mode_request() {
+    let google = FakeGoogle::start().await;
+    let placeholder = TestConfig::build(ConfigBuilder::new().space("x", Space::dry_run()));
+    let key = google.write_key(placeholder.dir.path());
+    placeholder.rewrite_with(
+        ConfigBuilder::new()
+            .allow_any_host()
+            .chat_app(&key, &google.api_url())
+            .space("ops", Space::app(SPACE).receivers(&["ops"])),
+    );
+    let payload = placeholder.dir.path().join("firing.json");
+    std::fs::write(
+        &payload,
+        notification("ops", &[("DiskFull", "firing")]).to_string(),
+    )
+    .expect("write payload");
+    let shown = kabar::commands::render(&placeholder.path, &payload, None).expect("renders");
+    let requests: Value = serde_json::from_str(&shown).expect("JSON");
+    let request = &requests[0];
+    assert_eq!(request["method"], "POST");
+    assert_eq!(request["path"], format!("/v1/{SPACE}/messages"));
+    let query = request["query"].as_str().expect("query");
+    assert!(
+        query.starts_with("messageId=client-")
+            && query.contains("&requestId=kabar-")
+            && query.ends_with("&messageReplyOption=REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD"),
+        "{query}"
+    );
+    assert_eq!(request["body"]["markupSyntax"], "MARKUP_SYNTAX_CHAT");
+    assert!(google.seen().is_empty(), "render sends nothing");
+}
