@@ -236,7 +236,15 @@ fn prepare<S: EpisodeStore + ?Sized>(
             app: None,
         };
         if matches!(space.target, crate::config::Target::App { .. }) {
-            messages.extend(app_writes(space, notification, outgoing, now));
+            let opens_thread = message.opens_thread;
+            messages.extend(app_writes(
+                runtime,
+                space,
+                notification,
+                outgoing,
+                opens_thread,
+                now,
+            ));
         } else {
             messages.push(outgoing);
         }
@@ -245,14 +253,17 @@ fn prepare<S: EpisodeStore + ?Sized>(
     Ok((outcome, messages))
 }
 
-/// A message of an app-mode space as the app writes it. The resolve of an alert whose own
-/// card opened its thread also edits that card into the resolved form, first, so the
-/// space's main view turns green before the reply lands (`on_resolve`); without `reply`
-/// the edit replaces the reply.
+/// A message of an app-mode space as the app writes it. With `on_resolve: edit`, the
+/// resolve of an alert whose own card opened its thread also edits that card into the
+/// resolved form, first, so the space's main view turns green before the reply lands
+/// (without `reply` the edit replaces the reply); and each later change of a per_group
+/// thread edits the group's opening card to the group's current state.
 fn app_writes(
+    runtime: &Runtime,
     space: &Space,
     notification: &Notification,
     message: Outgoing,
+    opens_thread: bool,
     now: Timestamp,
 ) -> Vec<Outgoing> {
     use crate::chat_app::{app_body, create_write, ids};
@@ -265,22 +276,49 @@ fn app_writes(
         Subject::Alerts(_) => None,
     };
     let on_resolve = space.options.on_resolve;
-    let edit = (message.kind == MessageKind::Resolved
-        && on_resolve.edit
-        && own_thread.is_some()
-        && own_thread == message.thread_key)
-        .then(|| Outgoing {
-            app: own_thread.as_deref().map(|thread| AppWrite::Edit {
-                message_id: ids::opening_id(&space.name, thread),
-            }),
-            body: app_body(&message.body, true),
-            fallback_body: message.fallback_body.as_deref().map(|b| app_body(b, true)),
-            ..message.clone()
-        });
-    let reply = (edit.is_none() || on_resolve.reply).then(|| Outgoing {
+    let edit_of = |thread: &str, body: &str, fallback: Option<&str>| Outgoing {
+        app: Some(AppWrite::Edit {
+            message_id: ids::opening_id(&space.name, thread),
+        }),
+        body: app_body(body, true),
+        fallback_body: fallback.map(|b| app_body(b, true)),
+        ..message.clone()
+    };
+    let edit = match (&message.thread_key, message.kind) {
+        (Some(thread), MessageKind::Resolved)
+            if on_resolve.edit && own_thread.as_ref() == Some(thread) =>
+        {
+            Some(edit_of(
+                thread,
+                &message.body,
+                message.fallback_body.as_deref(),
+            ))
+        }
+        (Some(thread), MessageKind::Group) if on_resolve.edit && !opens_thread => {
+            let state = group_state(notification);
+            let (rendered, _) = runtime.renderer.render(&RenderInput {
+                space,
+                kind: MessageKind::Group,
+                subject: &state,
+                notification,
+                thread_key: Some(thread.clone()),
+                now,
+            });
+            Some(edit_of(
+                thread,
+                &rendered.body,
+                rendered.fallback_body.as_deref(),
+            ))
+        }
+        _ => None,
+    };
+    // A group change is always posted; an alert's resolve only if `reply` (or no edit).
+    let replies = message.kind == MessageKind::Group || edit.is_none() || on_resolve.reply;
+    let reply = replies.then(|| Outgoing {
         app: Some(create_write(
             &space.name,
             message.kind,
+            opens_thread,
             message.thread_key.as_deref(),
             received_ms,
             &message.body,
@@ -290,6 +328,18 @@ fn app_writes(
         ..message
     });
     edit.into_iter().chain(reply).collect()
+}
+
+/// Every alert of the group as it stands: what a per_group opening card shows once edited.
+fn group_state(notification: &Notification) -> Subject {
+    let mut state = crate::plan::AlertSet::default();
+    for (index, alert) in notification.alerts.iter().enumerate() {
+        match alert.status {
+            crate::payload::AlertStatus::Resolved => state.resolved.push(index),
+            _ => state.firing.push(index),
+        }
+    }
+    Subject::Alerts(state)
 }
 
 #[cfg(test)]

@@ -92,17 +92,19 @@ pub(crate) fn describe(
     }
 }
 
-/// How a queued message is written in an app-mode space: the opening card of an episode
-/// under its episode's id, anything else under an id of its own.
+/// How a queued message is written in an app-mode space: a message that opens its thread
+/// (an alert's firing card, a group's or digest's first message) under the thread's id,
+/// which its edits address; anything else under an id of its own.
 pub(crate) fn create_write(
     space: &str,
     kind: MessageKind,
+    opens_thread: bool,
     thread_key: Option<&str>,
     received_ms: i64,
     body: &str,
 ) -> AppWrite {
-    let message_id = match (kind, thread_key) {
-        (MessageKind::Firing, Some(thread)) => ids::opening_id(space, thread),
+    let message_id = match thread_key {
+        Some(thread) if opens_thread => ids::opening_id(space, thread),
         _ => ids::message_id(space, kind.as_str(), thread_key, received_ms, body),
     };
     AppWrite::Create { message_id }

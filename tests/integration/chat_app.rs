@@ -537,3 +537,68 @@ async fn kabar_render_shows_the_app_mode_request() {
     assert_eq!(request["body"]["markupSyntax"], "MARKUP_SYNTAX_CHAT");
     assert!(google.seen().is_empty(), "render sends nothing");
 }
+
+/// per_group: each change of the group is posted in its thread, and the group's opening
+/// card is edited to the group's current counts.
+#[tokio::test]
+async fn per_group_the_opening_card_shows_the_current_counts_after_each_change() {
+    let google = FakeGoogle::start().await;
+    let kabar = start(&google, |b| {
+        b.space(
+            "ops",
+            Space::app(SPACE).receivers(&["ops"]).threading("per_group"),
+        )
+    })
+    .await;
+    let alerts = kabar.url("/alerts");
+    post_alerts(
+        &alerts,
+        &notification("ops", &[("A", "firing"), ("B", "firing")]),
+    )
+    .await;
+    google
+        .wait_until("the group card", WAIT, |g| g.messages(SPACE).len() == 1)
+        .await;
+    assert!(title(&google.messages(SPACE)[0].body).contains("2 firing"));
+    post_alerts(
+        &alerts,
+        &notification("ops", &[("A", "resolved"), ("B", "firing")]),
+    )
+    .await;
+    google
+        .wait_until("the first change", WAIT, |g| {
+            let m = g.messages(SPACE);
+            m.len() == 2 && m[0].edits == 1
+        })
+        .await;
+    let opening = google.messages(SPACE)[0].body["cardsV2"].to_string();
+    assert!(
+        opening.contains("1 firing") && opening.contains("1 resolved"),
+        "{opening}"
+    );
+    post_alerts(
+        &alerts,
+        &notification("ops", &[("A", "resolved"), ("B", "resolved")]),
+    )
+    .await;
+    google
+        .wait_until("the second change", WAIT, |g| {
+            let m = g.messages(SPACE);
+            m.len() == 3 && m[0].edits == 2
+        })
+        .await;
+    let messages = google.messages(SPACE);
+    // The card (updateMask text,cards_v2; Chat cannot edit fallbackText).
+    let opening = messages[0].body["cardsV2"].to_string();
+    assert!(
+        opening.contains("2 resolved") && !opening.contains("firing"),
+        "{opening}"
+    );
+    assert!(
+        messages
+            .iter()
+            .all(|m| m.thread_name == messages[0].thread_name),
+        "one thread"
+    );
+    kabar.stop().await;
+}

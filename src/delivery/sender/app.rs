@@ -37,6 +37,7 @@ impl Sender {
             create_write(
                 &self.space,
                 kind,
+                false,
                 message.thread_key.as_deref(),
                 message.received_ms,
                 &message.body,
