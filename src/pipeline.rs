@@ -250,7 +250,84 @@ fn prepare<S: EpisodeStore + ?Sized>(
         }
         outcome.queued.push(message.kind);
     }
+    if matches!(space.target, crate::config::Target::App { .. }) && space.options.on_resolve.edit {
+        digest_edits(episodes, runtime, space, notification, &mut messages, now)?;
+    }
     Ok((outcome, messages))
+}
+
+/// App mode: a message in a digest's thread that is not the digest itself (an alert it
+/// announced resolving, or a digest of their resolves) also edits the digest's card to the
+/// current state of the alerts it announced, once per notification, before that message.
+fn digest_edits<S: EpisodeStore + ?Sized>(
+    episodes: &mut S,
+    runtime: &Runtime,
+    space: &Space,
+    notification: &Notification,
+    messages: &mut Vec<Outgoing>,
+    now: Timestamp,
+) -> Result<(), S::Error> {
+    let prefix = format!("kabar:{}:digest:", space.name);
+    let mut threads: Vec<String> = Vec::new();
+    for message in messages.iter() {
+        let later = matches!(&message.app, Some(AppWrite::Create { message_id })
+        if message.thread_key.as_deref().is_some_and(|t| {
+            crate::chat_app::ids::opening_id(&space.name, t) != *message_id
+        }));
+        if let Some(thread) = &message.thread_key
+            && thread.starts_with(&prefix)
+            && later
+            && !threads.contains(thread)
+        {
+            threads.push(thread.clone());
+        }
+    }
+    for thread in threads {
+        // The digest's alerts: those whose episode replies in its thread.
+        let mut state = crate::plan::AlertSet::default();
+        for (index, alert) in notification.alerts.iter().enumerate() {
+            let key = crate::plan::EpisodeKey::new(&space.name, alert);
+            if episodes.episode(&key)?.and_then(|e| e.thread_key).as_ref() != Some(&thread) {
+                continue;
+            }
+            match alert.status {
+                crate::payload::AlertStatus::Resolved => state.resolved.push(index),
+                _ => state.firing.push(index),
+            }
+        }
+        if state.is_empty() {
+            continue;
+        }
+        let subject = Subject::Alerts(state);
+        let (rendered, _) = runtime.renderer.render(&RenderInput {
+            space,
+            kind: MessageKind::Digest,
+            subject: &subject,
+            notification,
+            thread_key: Some(thread.clone()),
+            now,
+        });
+        let edit = Outgoing {
+            space: space.name.clone(),
+            kind: MessageKind::Digest,
+            subject,
+            thread_key: Some(thread.clone()),
+            body: crate::chat_app::app_body(&rendered.body, true),
+            fallback_body: rendered
+                .fallback_body
+                .as_deref()
+                .map(|b| crate::chat_app::app_body(b, true)),
+            app: Some(AppWrite::Edit {
+                message_id: crate::chat_app::ids::opening_id(&space.name, &thread),
+            }),
+        };
+        let at = messages
+            .iter()
+            .position(|m| m.thread_key.as_ref() == Some(&thread))
+            .unwrap_or(messages.len());
+        messages.insert(at, edit);
+    }
+    Ok(())
 }
 
 /// A message of an app-mode space as the app writes it. With `on_resolve: edit`, the

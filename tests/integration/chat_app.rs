@@ -602,3 +602,49 @@ async fn per_group_the_opening_card_shows_the_current_counts_after_each_change()
     );
     kabar.stop().await;
 }
+
+/// A digest (a storm of alerts in one message) is edited as the alerts it announced
+/// resolve: its card shows which are still firing and which resolved.
+#[tokio::test]
+async fn the_digest_card_is_updated_as_its_alerts_resolve() {
+    let google = FakeGoogle::start().await;
+    let kabar = start(&google, |b| {
+        b.space(
+            "ops",
+            Space::app(SPACE)
+                .receivers(&["ops"])
+                .option("max_new_threads_per_notification", serde_json::json!(2)),
+        )
+    })
+    .await;
+    let alerts = kabar.url("/alerts");
+    let storm = [("A", "firing"), ("B", "firing"), ("C", "firing")];
+    post_alerts(&alerts, &notification("ops", &storm)).await;
+    google
+        .wait_until("the digest", WAIT, |g| g.messages(SPACE).len() == 1)
+        .await;
+    let before = google.messages(SPACE)[0].body["cardsV2"].to_string();
+    assert!(!before.contains("resolved"), "{before}");
+    post_alerts(
+        &alerts,
+        &notification(
+            "ops",
+            &[("A", "resolved"), ("B", "firing"), ("C", "firing")],
+        ),
+    )
+    .await;
+    google
+        .wait_until("the digest edit and the reply", WAIT, |g| {
+            let m = g.messages(SPACE);
+            m.len() == 2 && m[0].edits == 1
+        })
+        .await;
+    let messages = google.messages(SPACE);
+    let card = messages[0].body["cardsV2"].to_string();
+    assert!(card.contains("resolved"), "{card}");
+    for name in ["<b>A</b>", "<b>B</b>", "<b>C</b>"] {
+        assert!(card.contains(name), "{name} in {card}");
+    }
+    assert_eq!(messages[1].thread_name, messages[0].thread_name);
+    kabar.stop().await;
+}
