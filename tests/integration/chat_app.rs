@@ -648,3 +648,45 @@ async fn the_digest_card_is_updated_as_its_alerts_resolve() {
     assert_eq!(messages[1].thread_name, messages[0].thread_name);
     kabar.stop().await;
 }
+
+/// The name Chat gave the opening card is kept in the store: after a restart the resolve
+/// still edits that card by name, and the episode is not posted again.
+#[tokio::test]
+async fn the_opening_cards_name_survives_a_restart() {
+    let google = FakeGoogle::start().await;
+    let kabar = start(&google, |b| b).await;
+    post_alerts(
+        &kabar.url("/alerts"),
+        &notification("ops", &[("A", "firing")]),
+    )
+    .await;
+    google
+        .wait_until("the card", WAIT, |g| g.messages(SPACE).len() == 1)
+        .await;
+    let config = kabar.stop().await;
+    let kabar = InProcess::start(config).await;
+    post_alerts(
+        &kabar.url("/alerts"),
+        &notification("ops", &[("A", "firing")]),
+    )
+    .await;
+    post_alerts(
+        &kabar.url("/alerts"),
+        &notification("ops", &[("A", "resolved")]),
+    )
+    .await;
+    google
+        .wait_until("the edit and reply", WAIT, |g| {
+            let m = g.messages(SPACE);
+            m.len() == 2 && m[0].edits == 1
+        })
+        .await;
+    let name = google.messages(SPACE)[0].name.clone();
+    let patch = google
+        .seen()
+        .into_iter()
+        .find(|s| s.method == "PATCH")
+        .expect("a PATCH");
+    assert_eq!(patch.path, format!("/v1/{name}"));
+    kabar.stop().await;
+}
