@@ -420,6 +420,7 @@ async fn prequeue(config_path: &Path, spaces: usize, per_space: usize) -> Result
                     body,
                     fallback_body: fallback.as_deref(),
                     received_ms,
+                    app: None,
                 })?;
             }
             Ok(())

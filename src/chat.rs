@@ -132,6 +132,11 @@ impl ChatClient {
         })
     }
 
+    /// The HTTP client (timeouts, proxy, user agent), which app mode shares.
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// Posts one message body. `threaded` adds the reply option that makes Chat honour the
     /// body's `thread.threadKey`.
     pub(crate) async fn post(
@@ -208,7 +213,7 @@ async fn read_capped(mut response: reqwest::Response) -> Result<String, reqwest:
 /// What is kept of an error answer: scrubbed before it is summarised (a cut must never
 /// leave part of a secret behind) and after (JSON decoding may have turned an escaped
 /// secret into a plain one), on one line of printable text.
-fn error_detail(status: u16, body: &str, secrets: &[&str]) -> String {
+pub(crate) fn error_detail(status: u16, body: &str, secrets: &[&str]) -> String {
     let body = scrub(body, secrets);
     one_line(&scrub(&describe_error_body(status, &body), secrets))
 }

@@ -247,7 +247,7 @@ pub fn check(config_path: &Path) -> Result<String, CommandError> {
     for space in config.spaces.values() {
         let target = match &space.target {
             Target::DryRun => "dry run".to_owned(),
-            t @ Target::Webhook(_) => t.describe(),
+            t @ (Target::Webhook(_) | Target::App { .. }) => t.describe(),
         };
         let files = runtime.renderer.templates_of(space);
         let templates = if files.is_empty() {
@@ -267,9 +267,9 @@ pub fn check(config_path: &Path) -> Result<String, CommandError> {
     Ok(out)
 }
 
-/// The Chat requests a payload would produce, as pretty JSON: for each, the space, kind,
-/// thread key, the query kabar adds to the webhook URL, the exact body, and for a card the
-/// text body sent instead if Chat refuses it.
+/// The Chat requests a payload would produce, as pretty JSON: for each, the method, the
+/// path (app mode; webhooks post to their URL), the space, kind, thread key, the query
+/// kabar adds, the exact body, and for a card the text body sent instead if Chat refuses it.
 pub fn render(
     config_path: &Path,
     payload_path: &Path,
@@ -293,7 +293,29 @@ pub fn render(
                 .fallback_body
                 .as_deref()
                 .and_then(|b| serde_json::from_str(b).ok());
+            // App mode: the Chat API request itself (method, path, query), as the sender
+            // makes it before it knows a created message's name.
+            let app = match (&space.target, &message.app) {
+                (Target::App { space: chat_space }, Some(write)) => {
+                    Some(crate::chat_app::describe(
+                        chat_space,
+                        write,
+                        message.thread_key.is_some(),
+                        None,
+                    ))
+                }
+                _ => None,
+            };
+            let query = match &app {
+                Some(request) => Some(request.query_string()),
+                None => message
+                    .thread_key
+                    .as_ref()
+                    .map(|_| format!("messageReplyOption={REPLY_OPTION}")),
+            };
             requests.push(json!({
+                "method": app.as_ref().map_or("POST", |r| r.method),
+                "path": app.as_ref().map(|r| r.path.clone()),
                 "space": message.space,
                 "kind": message.kind.as_str(),
                 "fingerprints": message
@@ -304,7 +326,7 @@ pub fn render(
                     .map(|a| a.fingerprint())
                     .collect::<Vec<_>>(),
                 "threadKey": message.thread_key,
-                "query": message.thread_key.as_ref().map(|_| format!("messageReplyOption={REPLY_OPTION}")),
+                "query": query,
                 "body": body,
                 "fallbackBody": fallback,
             }));

@@ -387,6 +387,7 @@ mod tests {
             body,
             fallback_body: Some("{\"text\":\"fallback\"}"),
             received_ms,
+            app: None,
         }
     }
 
@@ -481,6 +482,7 @@ mod tests {
                 body: "already queued",
                 fallback_body: None,
                 received_ms: now,
+                app: None,
             })
         })
         .await
@@ -554,6 +556,7 @@ mod tests {
             reason: "authError".into(),
             status: Some(403),
             detail: "HTTP 403 at https://chat.googleapis.com/v1/spaces/S/messages?key=SECRETKEY&token=SECRETTOKEN\nmore".into(),
+            app: None,
         };
         let table = list_table(std::slice::from_ref(&letter), 2 * HOUR_MS, &[]);
         let json = list_json(std::slice::from_ref(&letter), &[]);

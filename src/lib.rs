@@ -14,6 +14,7 @@
 
 pub(crate) mod app;
 pub(crate) mod chat;
+pub(crate) mod chat_app;
 pub mod commands;
 pub mod config;
 pub mod dead_letters;
@@ -45,7 +46,7 @@ pub use render::{RenderInput, Renderer};
 pub use runtime::Runtime;
 pub use server::Service;
 pub use store::copy::{CopyError, run as copy_store};
-pub use store::{MemoryEpisodes, NewMessage, SqliteStore, Store, StoreError, transact};
+pub use store::{AppWrite, MemoryEpisodes, NewMessage, SqliteStore, Store, StoreError, transact};
 
 /// Opens (and migrates) the store `config` names, as `kabar serve` does: for the benches'
 /// and tools' own use of a store, whichever backend it is.

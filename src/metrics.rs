@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tracing::{debug, error, info, warn};
 
+mod app;
 mod fleet;
 
 use crate::chat::FailureClass;
@@ -83,6 +84,8 @@ pub(crate) struct Metrics {
     /// pod, it keeps saying 0 while /readyz has taken the pod out of the Service.
     store_writable: IntGauge,
     fleet: fleet::FleetMetrics,
+    /// App mode's series (token, edits): added after the webhook ones.
+    app: app::AppMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -271,6 +274,7 @@ impl Metrics {
             config_last_reload_success_timestamp: reload_ts,
             store_writable,
             fleet: fleet::FleetMetrics::new(&registry),
+            app: app::AppMetrics::new(&registry),
             registry,
         }
     }

@@ -14,7 +14,9 @@ use crate::plan::{MessageKind, Subject, SuppressReason, plan};
 use crate::render::RenderInput;
 use crate::routing::{RoutingError, route};
 use crate::runtime::Runtime;
-use crate::store::{EpisodeStore, MemoryEpisodes, NewMessage, Store, StoreError, transact};
+use crate::store::{
+    AppWrite, EpisodeStore, MemoryEpisodes, NewMessage, Store, StoreError, transact,
+};
 
 /// Payload values named in the "notification accepted" log line are cut to this.
 const MAX_LOGGED_VALUE_CHARS: usize = 200;
@@ -48,6 +50,8 @@ pub struct Outgoing {
     pub body: String,
     /// For a card: the text body sent instead if Chat refuses the card.
     pub fallback_body: Option<String>,
+    /// App-mode spaces: created under which id, or an edit of which message.
+    pub app: Option<AppWrite>,
 }
 
 /// What one notification did in one space.
@@ -204,6 +208,7 @@ async fn queue_once(
                     body: &message.body,
                     fallback_body: message.fallback_body.as_deref(),
                     received_ms: received.as_millisecond(),
+                    app: message.app.clone(),
                 })?;
             }
             outcomes.push(outcome);
@@ -256,17 +261,197 @@ fn prepare<S: EpisodeStore + ?Sized>(
         if rendered.truncated {
             outcome.truncated += 1;
         }
-        messages.push(Outgoing {
+        let outgoing = Outgoing {
             space: space.name.clone(),
             kind: message.kind,
             subject: message.subject,
             thread_key: rendered.thread_key,
             body: rendered.body,
             fallback_body: rendered.fallback_body,
-        });
+            app: None,
+        };
+        if matches!(space.target, crate::config::Target::App { .. }) {
+            let opens_thread = message.opens_thread;
+            messages.extend(app_writes(
+                runtime,
+                space,
+                notification,
+                outgoing,
+                opens_thread,
+                now,
+            ));
+        } else {
+            messages.push(outgoing);
+        }
         outcome.queued.push(message.kind);
     }
+    if matches!(space.target, crate::config::Target::App { .. }) && space.options.on_resolve.edit {
+        digest_edits(episodes, runtime, space, notification, &mut messages, now)?;
+    }
     Ok((outcome, messages))
+}
+
+/// App mode: a message in a digest's thread that is not the digest itself (an alert it
+/// announced resolving, or a digest of their resolves) also edits the digest's card to the
+/// current state of the alerts it announced, once per notification, before that message.
+fn digest_edits<S: EpisodeStore + ?Sized>(
+    episodes: &mut S,
+    runtime: &Runtime,
+    space: &Space,
+    notification: &Notification,
+    messages: &mut Vec<Outgoing>,
+    now: Timestamp,
+) -> Result<(), S::Error> {
+    let prefix = format!("kabar:{}:digest:", space.name);
+    let mut threads: Vec<String> = Vec::new();
+    for message in messages.iter() {
+        let later = matches!(&message.app, Some(AppWrite::Create { message_id })
+        if message.thread_key.as_deref().is_some_and(|t| {
+            crate::chat_app::ids::opening_id(&space.name, t) != *message_id
+        }));
+        if let Some(thread) = &message.thread_key
+            && thread.starts_with(&prefix)
+            && later
+            && !threads.contains(thread)
+        {
+            threads.push(thread.clone());
+        }
+    }
+    for thread in threads {
+        // The digest's alerts: those whose episode replies in its thread.
+        let mut state = crate::plan::AlertSet::default();
+        for (index, alert) in notification.alerts.iter().enumerate() {
+            let key = crate::plan::EpisodeKey::new(&space.name, alert);
+            if episodes.episode(&key)?.and_then(|e| e.thread_key).as_ref() != Some(&thread) {
+                continue;
+            }
+            match alert.status {
+                crate::payload::AlertStatus::Resolved => state.resolved.push(index),
+                _ => state.firing.push(index),
+            }
+        }
+        if state.is_empty() {
+            continue;
+        }
+        let subject = Subject::Alerts(state);
+        let (rendered, _) = runtime.renderer.render(&RenderInput {
+            space,
+            kind: MessageKind::Digest,
+            subject: &subject,
+            notification,
+            thread_key: Some(thread.clone()),
+            now,
+        });
+        let edit = Outgoing {
+            space: space.name.clone(),
+            kind: MessageKind::Digest,
+            subject,
+            thread_key: Some(thread.clone()),
+            body: crate::chat_app::app_body(&rendered.body, true),
+            fallback_body: rendered
+                .fallback_body
+                .as_deref()
+                .map(|b| crate::chat_app::app_body(b, true)),
+            app: Some(AppWrite::Edit {
+                message_id: crate::chat_app::ids::opening_id(&space.name, &thread),
+            }),
+        };
+        let at = messages
+            .iter()
+            .position(|m| m.thread_key.as_ref() == Some(&thread))
+            .unwrap_or(messages.len());
+        messages.insert(at, edit);
+    }
+    Ok(())
+}
+
+/// A message of an app-mode space as the app writes it. With `on_resolve: edit`, the
+/// resolve of an alert whose own card opened its thread also edits that card into the
+/// resolved form, first, so the space's main view turns green before the reply lands
+/// (without `reply` the edit replaces the reply); and each later change of a per_group
+/// thread edits the group's opening card to the group's current state.
+fn app_writes(
+    runtime: &Runtime,
+    space: &Space,
+    notification: &Notification,
+    message: Outgoing,
+    opens_thread: bool,
+    now: Timestamp,
+) -> Vec<Outgoing> {
+    use crate::chat_app::{app_body, create_write, ids};
+    let received_ms = now.as_millisecond();
+    let own_thread = match &message.subject {
+        Subject::Alert(index) => notification
+            .alerts
+            .get(*index)
+            .map(|alert| crate::plan::EpisodeKey::new(&space.name, alert).thread_key()),
+        Subject::Alerts(_) => None,
+    };
+    let on_resolve = space.options.on_resolve;
+    let edit_of = |thread: &str, body: &str, fallback: Option<&str>| Outgoing {
+        app: Some(AppWrite::Edit {
+            message_id: ids::opening_id(&space.name, thread),
+        }),
+        body: app_body(body, true),
+        fallback_body: fallback.map(|b| app_body(b, true)),
+        ..message.clone()
+    };
+    let edit = match (&message.thread_key, message.kind) {
+        (Some(thread), MessageKind::Resolved)
+            if on_resolve.edit && own_thread.as_ref() == Some(thread) =>
+        {
+            Some(edit_of(
+                thread,
+                &message.body,
+                message.fallback_body.as_deref(),
+            ))
+        }
+        (Some(thread), MessageKind::Group) if on_resolve.edit && !opens_thread => {
+            let state = group_state(notification);
+            let (rendered, _) = runtime.renderer.render(&RenderInput {
+                space,
+                kind: MessageKind::Group,
+                subject: &state,
+                notification,
+                thread_key: Some(thread.clone()),
+                now,
+            });
+            Some(edit_of(
+                thread,
+                &rendered.body,
+                rendered.fallback_body.as_deref(),
+            ))
+        }
+        _ => None,
+    };
+    // A group change is always posted; an alert's resolve only if `reply` (or no edit).
+    let replies = message.kind == MessageKind::Group || edit.is_none() || on_resolve.reply;
+    let reply = replies.then(|| Outgoing {
+        app: Some(create_write(
+            &space.name,
+            message.kind,
+            opens_thread,
+            message.thread_key.as_deref(),
+            received_ms,
+            &message.body,
+        )),
+        body: app_body(&message.body, false),
+        fallback_body: message.fallback_body.as_deref().map(|b| app_body(b, false)),
+        ..message
+    });
+    edit.into_iter().chain(reply).collect()
+}
+
+/// Every alert of the group as it stands: what a per_group opening card shows once edited.
+fn group_state(notification: &Notification) -> Subject {
+    let mut state = crate::plan::AlertSet::default();
+    for (index, alert) in notification.alerts.iter().enumerate() {
+        match alert.status {
+            crate::payload::AlertStatus::Resolved => state.resolved.push(index),
+            _ => state.firing.push(index),
+        }
+    }
+    Subject::Alerts(state)
 }
 
 #[cfg(test)]

@@ -71,6 +71,16 @@ pub fn run(config_path: &Path, space_name: &str) -> Result<String, SendTestError
             ));
             return Ok(out);
         }
+        Target::App { space: chat_space } => {
+            // The test message is a webhook test; app mode is seen working in the space
+            // itself (kabar check validates the key, the token is fetched on first use).
+            out.push_str(&format!(
+                "{}: posts as the Chat app in {chat_space}; send-test only posts through webhooks, nothing was posted. The body kabar would send:\n{}\n",
+                space.name,
+                pretty(&crate::chat_app::app_body(&message.body, false))
+            ));
+            return Ok(out);
+        }
         Target::Webhook(url) => url,
     };
     let host = space.target.describe();

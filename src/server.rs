@@ -110,6 +110,7 @@ impl Service {
             store: store.clone(),
             metrics,
             chat,
+            chat_app: crate::chat_app::ChatApp::default(),
         });
         let delivery = Arc::new(Delivery::new(Arc::clone(&shared)));
         delivery.start();
@@ -411,7 +412,7 @@ async fn landing(State(app): State<Arc<AppState>>) -> Html<String> {
     for space in runtime.config.spaces.values() {
         let target = match &space.target {
             Target::DryRun => "dry run (prints, never posts)".to_owned(),
-            target @ Target::Webhook(_) => target.describe(),
+            target @ (Target::Webhook(_) | Target::App { .. }) => target.describe(),
         };
         rows.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",

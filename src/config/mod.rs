@@ -18,8 +18,8 @@ mod validate;
 
 pub use durations::{format_duration, parse_duration};
 pub use model::{
-    Auth, Config, Delivery, Format, Mention, Server, Space, SpaceOptions, Target, TemplatePaths,
-    Threading, TlsFiles,
+    Auth, Config, Delivery, Format, Mention, OnResolve, Server, Space, SpaceOptions, Target,
+    TemplatePaths, Threading, TlsFiles,
 };
 pub use store::{Postgres, StoreConfig};
 

@@ -24,6 +24,8 @@ pub struct Config {
     pub store: super::store::StoreConfig,
     /// Spaces by name, in name order.
     pub spaces: BTreeMap<String, Space>,
+    /// The Chat app spaces with `space: spaces/…` post as (app mode).
+    pub chat_app: Option<crate::chat_app::ChatAppSettings>,
 }
 
 /// Credentials Alertmanager must present (`http_config.authorization` or `basic_auth`).
@@ -88,6 +90,10 @@ pub struct Space {
 #[derive(Debug, Clone)]
 pub enum Target {
     Webhook(Secret),
+    /// Post as the Chat app (`chat_app`) to this space, `spaces/…`.
+    App {
+        space: String,
+    },
     /// Render and log, never post.
     DryRun,
 }
@@ -97,6 +103,7 @@ impl Target {
     pub(crate) fn describe(&self) -> String {
         match self {
             Target::DryRun => "dry run".to_owned(),
+            Target::App { space } => format!("Chat app in {space}"),
             Target::Webhook(url) => match reqwest::Url::parse(url.expose()) {
                 Ok(parsed) => format!("webhook on {}", parsed.host_str().unwrap_or("?")),
                 Err(_) => "webhook".to_owned(),
@@ -187,6 +194,23 @@ pub struct SpaceOptions {
     /// Severity label value -> who is mentioned on a firing message.
     pub mentions: BTreeMap<String, Vec<Mention>>,
     pub templates: TemplatePaths,
+    /// App-mode spaces: what a resolve does (webhook spaces can only reply).
+    pub on_resolve: OnResolve,
+}
+
+/// `on_resolve`: edit the opening card into its resolved form, reply in its thread, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OnResolve {
+    pub edit: bool,
+    pub reply: bool,
+}
+
+/// One entry of `on_resolve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnResolveStep {
+    Edit,
+    Reply,
 }
 
 impl Default for SpaceOptions {
@@ -199,6 +223,10 @@ impl Default for SpaceOptions {
             max_new_threads_per_notification: 10,
             mentions: BTreeMap::new(),
             templates: TemplatePaths::default(),
+            on_resolve: OnResolve {
+                edit: true,
+                reply: true,
+            },
         }
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::durations::RawDuration;
-use super::model::{Format, Threading};
+use super::model::{Format, OnResolveStep, Threading};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,6 +21,15 @@ pub(super) struct RawConfig {
     pub(super) store: Option<super::store::RawStore>,
     pub(super) defaults: Option<RawOptions>,
     pub(super) spaces: Option<BTreeMap<String, RawSpace>>,
+    pub(super) chat_app: Option<RawChatApp>,
+}
+
+/// `chat_app`: the service account app-mode spaces post as.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawChatApp {
+    pub(super) credentials_file: PathBuf,
+    pub(super) api_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -83,6 +92,7 @@ pub(super) struct RawOptions {
     pub(super) max_new_threads_per_notification: Option<u32>,
     pub(super) mentions: Option<BTreeMap<String, Vec<String>>>,
     pub(super) templates: Option<RawTemplates>,
+    pub(super) on_resolve: Option<Vec<OnResolveStep>>,
 }
 
 #[derive(Deserialize)]
@@ -99,6 +109,8 @@ pub(super) struct RawSpace {
     pub(super) webhook_url: Option<RawSecret>,
     pub(super) webhook_url_file: Option<PathBuf>,
     pub(super) dry_run: Option<bool>,
+    /// App mode: the Chat space (`spaces/…`) to post to as `chat_app`.
+    pub(super) space: Option<String>,
     pub(super) receivers: Option<Vec<String>>,
     pub(super) format: Option<Format>,
     pub(super) threading: Option<Threading>,
@@ -107,6 +119,7 @@ pub(super) struct RawSpace {
     pub(super) max_new_threads_per_notification: Option<u32>,
     pub(super) mentions: Option<BTreeMap<String, Vec<String>>>,
     pub(super) templates: Option<RawTemplates>,
+    pub(super) on_resolve: Option<Vec<OnResolveStep>>,
 }
 
 impl RawSpace {
@@ -119,6 +132,7 @@ impl RawSpace {
             max_new_threads_per_notification: self.max_new_threads_per_notification.take(),
             mentions: self.mentions.take(),
             templates: self.templates.take(),
+            on_resolve: self.on_resolve.take(),
         }
     }
 }

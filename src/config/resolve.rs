@@ -8,11 +8,16 @@ use std::time::Duration;
 
 use super::durations::RawDuration;
 use super::model::{
-    Auth, Config, Delivery, Mention, Server, Space, SpaceOptions, Target, TlsFiles,
+    Auth, Config, Delivery, Mention, OnResolve, OnResolveStep, Server, Space, SpaceOptions, Target,
+    TlsFiles,
 };
-use super::raw::{RawAuth, RawConfig, RawDelivery, RawOptions, RawSecret, RawServer, RawSpace};
+use super::raw::{
+    RawAuth, RawChatApp, RawConfig, RawDelivery, RawOptions, RawSecret, RawServer, RawSpace,
+};
 use super::store::resolve_store;
-use super::validate::{check_proxy_url, check_webhook_url, valid_space_name};
+use super::validate::{
+    check_app_url, check_proxy_url, check_webhook_url, valid_chat_space, valid_space_name,
+};
 use super::{ConfigError, invalid};
 use crate::secret::Secret;
 
@@ -69,6 +74,10 @@ impl RawConfig {
         let delivery = resolve_delivery(self.delivery, base_dir)?;
         let server = resolve_server(self.server, base_dir)?;
         let store = resolve_store(self.store, base_dir)?;
+        let chat_app = self
+            .chat_app
+            .map(|raw| resolve_chat_app(raw, &delivery, base_dir))
+            .transpose()?;
 
         let defaults_raw = self.defaults.unwrap_or_default();
         let defaults = apply_options(SpaceOptions::default(), defaults_raw, "defaults", base_dir)?;
@@ -89,6 +98,12 @@ impl RawConfig {
             let overrides = raw.overrides();
             let options = apply_options(defaults.clone(), overrides, &key, base_dir)?;
             let target = resolve_target(&key, &mut raw, &delivery, base_dir)?;
+            if matches!(target, Target::App { .. }) && chat_app.is_none() {
+                return Err(invalid(
+                    format!("{key}.space"),
+                    "posting as the Chat app needs a chat_app section with credentials_file",
+                ));
+            }
             let receivers = match raw.receivers {
                 Some(list) if list.is_empty() => {
                     return Err(invalid(
@@ -127,8 +142,39 @@ impl RawConfig {
             server,
             store,
             spaces,
+            chat_app,
         })
     }
+}
+
+/// `chat_app`: the key file read and checked (it parses, holds client_email and token_uri
+/// and a PKCS#8 RSA key); errors name the file and the field, never a value of it.
+fn resolve_chat_app(
+    raw: RawChatApp,
+    delivery: &Delivery,
+    base_dir: &Path,
+) -> Result<crate::chat_app::ChatAppSettings, ConfigError> {
+    let key_name = "chat_app.credentials_file";
+    let path = base_dir.join(&raw.credentials_file);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| invalid(key_name, format!("cannot read {}: {e}", path.display())))?;
+    let text = Secret::new(text);
+    let key = crate::chat_app::ServiceAccountKey::parse(text.expose())
+        .map_err(|e| invalid(key_name, format!("{} {e}", path.display())))?;
+    check_app_url(
+        key_name,
+        "its token_uri",
+        &key.token_uri,
+        delivery.allow_any_host,
+    )?;
+    let api_url = raw
+        .api_url
+        .unwrap_or_else(|| crate::chat_app::CHAT_API_URL.to_owned());
+    check_app_url("chat_app.api_url", "it", &api_url, delivery.allow_any_host)?;
+    Ok(crate::chat_app::ChatAppSettings {
+        key: std::sync::Arc::new(key),
+        api_url,
+    })
 }
 
 fn resolve_auth(raw: RawAuth, base_dir: &Path) -> Result<Auth, ConfigError> {
@@ -298,6 +344,18 @@ fn apply_options(
         }
         options.mentions = parsed;
     }
+    if let Some(steps) = raw.on_resolve {
+        if steps.is_empty() {
+            return Err(invalid(
+                format!("{key}.on_resolve"),
+                "list edit, reply or both (send_resolved: false turns resolves off)",
+            ));
+        }
+        options.on_resolve = OnResolve {
+            edit: steps.contains(&OnResolveStep::Edit),
+            reply: steps.contains(&OnResolveStep::Reply),
+        };
+    }
     if let Some(templates) = raw.templates {
         if let Some(path) = templates.text {
             options.templates.text = Some(base_dir.join(path));
@@ -321,6 +379,21 @@ fn resolve_target(
         raw.webhook_url_file.take(),
         base_dir,
     )?;
+    if let Some(space) = raw.space.take() {
+        if url.is_some() || raw.dry_run.unwrap_or(false) {
+            return Err(invalid(
+                key,
+                "set exactly one of webhook_url, webhook_url_file, space or dry_run: true",
+            ));
+        }
+        if !valid_chat_space(&space) {
+            return Err(invalid(
+                format!("{key}.space"),
+                format!("{space:?} is not a Chat space name such as spaces/AAAAbbbbCCC"),
+            ));
+        }
+        return Ok(Target::App { space });
+    }
     match (url, raw.dry_run.unwrap_or(false)) {
         (Some(_), true) => Err(invalid(
             key,
@@ -328,7 +401,7 @@ fn resolve_target(
         )),
         (None, false) => Err(invalid(
             key,
-            "needs exactly one of webhook_url, webhook_url_file or dry_run: true",
+            "needs exactly one of webhook_url, webhook_url_file, space or dry_run: true",
         )),
         (None, true) => Ok(Target::DryRun),
         (Some(url), false) => {
@@ -456,7 +529,7 @@ mod tests {
         assert!(matches!(&config.auth, Some(Auth::Bearer(t)) if t.expose() == "tok"));
         match &config.spaces["ops"].target {
             Target::Webhook(url) => assert!(url.expose().ends_with("token=b")),
-            Target::DryRun => panic!("expected a webhook"),
+            other => panic!("expected a webhook, got {other:?}"),
         }
         let err = Config::parse(
             "spaces:\n  ops: {webhook_url_file: missing}\n",

@@ -41,6 +41,45 @@ pub(super) fn check_proxy_url(proxy: &Secret) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A space of the Chat API: `spaces/` and an id of letters, digits, `-` and `_`.
+pub(super) fn valid_chat_space(space: &str) -> bool {
+    space.strip_prefix("spaces/").is_some_and(|id| {
+        !id.is_empty()
+            && id.len() <= 128
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
+}
+
+/// App mode's endpoints (the key's token_uri, chat_app.api_url): https on Google's hosts,
+/// anything http(s) with delivery.allow_any_host (a proxy or a test server).
+pub(super) fn check_app_url(
+    key: &str,
+    what: &str,
+    url: &str,
+    allow_any_host: bool,
+) -> Result<(), ConfigError> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|_| invalid(key, format!("{what} is not a valid URL")))?;
+    if !matches!(parsed.scheme(), "https" | "http") {
+        return Err(invalid(key, format!("{what} must be an https:// URL")));
+    }
+    let google = parsed.scheme() == "https"
+        && parsed
+            .host_str()
+            .is_some_and(|h| h == "googleapis.com" || h.ends_with(".googleapis.com"));
+    if !allow_any_host && !google {
+        return Err(invalid(
+            key,
+            format!(
+                "{what} must be https on googleapis.com (set delivery.allow_any_host: true for a proxy or test server)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn check_webhook_url(
     key: &str,
     url: &Secret,

@@ -37,6 +37,8 @@ pub(crate) struct Shared {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     pub chat: ChatClient,
+    /// App mode's token cache (used by spaces with `space: spaces/…`).
+    pub chat_app: crate::chat_app::ChatApp,
 }
 
 impl Shared {

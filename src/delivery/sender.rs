@@ -9,6 +9,8 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+mod app;
+
 use super::Shared;
 use super::decide::{self, DeadLetterReason, Outcome};
 use super::leases::Lease;
@@ -199,6 +201,26 @@ impl Sender {
             } else {
                 match target {
                     Target::DryRun => self.print(&message).await,
+                    Target::App { space } => {
+                        if !self.pause_until(pacing.next_send).await {
+                            break;
+                        }
+                        // As for webhooks: no request on a lease this replica lost.
+                        if !self.lease_valid() {
+                            continue;
+                        }
+                        self.send_app(&message, &space, &mut pacing, &delivery)
+                            .await
+                    }
+                    // Queued while the space posted as the app: a webhook cannot edit.
+                    Target::Webhook(_) if message.app.as_ref().is_some_and(|a| a.is_edit()) => {
+                        self.drop_edit(
+                            &message,
+                            None,
+                            "the space now posts through a webhook, which cannot edit",
+                        )
+                        .await
+                    }
                     Target::Webhook(url) => {
                         if !self.pause_until(pacing.next_send).await {
                             break;

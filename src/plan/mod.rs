@@ -178,6 +178,9 @@ pub(crate) struct PlannedMessage {
     pub subject: Subject,
     /// None: a top-level message (threading off).
     pub thread_key: Option<String>,
+    /// The message starts its thread (an alert's firing card, a group's or a digest's
+    /// first message): app mode creates it under the thread's own id, so it can edit it.
+    pub opens_thread: bool,
 }
 
 /// The outcome of planning one notification for one space.
@@ -306,6 +309,9 @@ fn plan_alerts<S: EpisodeStore + ?Sized>(
                 kind: posting.kind,
                 subject: Subject::Alert(posting.alert_index),
                 thread_key: threaded.then(|| reply_thread(&posting)),
+                opens_thread: threaded
+                    && posting.kind == MessageKind::Firing
+                    && posting.episode.thread_key.is_none(),
             });
         }
         return Ok(());
@@ -326,6 +332,7 @@ fn plan_alerts<S: EpisodeStore + ?Sized>(
             .iter()
             .all(|p| p.kind != MessageKind::Firing && &reply_thread(p) == thread)
     });
+    let opens_thread = threaded && shared_thread.is_none();
     let thread =
         shared_thread.unwrap_or_else(|| digest_thread_key(space, postings.iter().map(|p| &p.key)));
     for mut posting in postings {
@@ -338,6 +345,7 @@ fn plan_alerts<S: EpisodeStore + ?Sized>(
         kind: MessageKind::Digest,
         subject: Subject::Alerts(alerts),
         thread_key: threaded.then_some(thread),
+        opens_thread,
     });
     Ok(())
 }
@@ -383,6 +391,7 @@ fn plan_group<S: EpisodeStore + ?Sized>(
         }
         return Ok(());
     }
+    let opens_thread = open.is_none();
     let thread_key = match open {
         Some(group) => group.thread_key,
         None => group_thread_key(space, notification),
@@ -396,6 +405,7 @@ fn plan_group<S: EpisodeStore + ?Sized>(
         kind: MessageKind::Group,
         subject: Subject::Alerts(changes),
         thread_key: Some(thread_key),
+        opens_thread,
     });
     Ok(())
 }

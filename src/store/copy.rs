@@ -41,6 +41,7 @@ pub(crate) struct Copied {
     pub episodes: usize,
     pub groups: usize,
     pub digests: usize,
+    pub names: usize,
     pub spaces: BTreeSet<String>,
 }
 
@@ -94,6 +95,14 @@ pub(crate) async fn copy(
         copied.episodes += page.len();
         target.episodes(&page).await?;
     }
+    let mut after: Option<(String, String)> = None;
+    loop {
+        let page = source.names(after.as_ref().map(|(s, m)| (s.as_str(), m.as_str())), PAGE)?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.space.clone(), last.message_id.clone()));
+        copied.names += page.len();
+        target.names(&page).await?;
+    }
     let groups = source.groups()?;
     copied.groups = groups.len();
     for chunk in groups.chunks(PAGE) {
@@ -122,12 +131,13 @@ pub fn run(config_path: &Path, state_dir: &Path, force: bool) -> Result<String, 
     let copied = runtime.block_on(copy(&config, state_dir, force))?;
     let target = super::location(&config);
     let mut out = format!(
-        "copied {} queued message(s), {} dead letter(s), {} episode(s), {} per_group thread(s) and {} digest(s) from {} into {target}\n",
+        "copied {} queued message(s), {} dead letter(s), {} episode(s), {} per_group thread(s), {} digest(s) and {} app message name(s) from {} into {target}\n",
         copied.messages,
         copied.dead_letters,
         copied.episodes,
         copied.groups,
         copied.digests,
+        copied.names,
         state_dir.join(super::sqlite::DATABASE_FILE).display(),
     );
     let unconfigured: Vec<&str> = copied

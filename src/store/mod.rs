@@ -94,6 +94,55 @@ pub struct QueuedMessage {
     /// When kabar received the notification that produced it (Unix ms).
     pub received_ms: i64,
     pub attempts: i64,
+    /// App-mode spaces: how the message is written (None: a webhook or dry-run message).
+    pub app: Option<AppWrite>,
+}
+
+/// How a message is written to an app-mode space (`space: spaces/…`), kept with it in the
+/// queue and the dead letters so every retry writes the same message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppWrite {
+    /// Created with `messageId` = this `client-…` id (and the requestId derived from it).
+    Create { message_id: String },
+    /// An edit (PATCH) of the message created under this `client-…` id.
+    Edit { message_id: String },
+}
+
+impl AppWrite {
+    /// The `client-…` id the write creates or edits.
+    pub fn message_id(&self) -> &str {
+        match self {
+            AppWrite::Create { message_id } | AppWrite::Edit { message_id } => message_id,
+        }
+    }
+
+    pub fn is_edit(&self) -> bool {
+        matches!(self, AppWrite::Edit { .. })
+    }
+
+    /// The two stored columns of a message's write (`app_write`, `app_message_id`), as
+    /// every adapter keeps them; (None, None) for a webhook message.
+    pub(crate) fn columns(app: Option<&AppWrite>) -> (Option<&'static str>, Option<&str>) {
+        match app {
+            None => (None, None),
+            Some(AppWrite::Create { message_id }) => (Some("create"), Some(message_id)),
+            Some(AppWrite::Edit { message_id }) => (Some("edit"), Some(message_id)),
+        }
+    }
+
+    /// The write two stored columns describe; None for webhook rows. Only "create" is
+    /// written besides "edit"; a create is the safe reading, its messageId keeps it from
+    /// posting twice.
+    pub(crate) fn from_columns(
+        write: Option<String>,
+        message_id: Option<String>,
+    ) -> Option<AppWrite> {
+        let message_id = message_id?;
+        match write.as_deref() {
+            Some("edit") => Some(AppWrite::Edit { message_id }),
+            _ => Some(AppWrite::Create { message_id }),
+        }
+    }
 }
 
 /// A message to put in the outbox.
@@ -105,6 +154,8 @@ pub struct NewMessage<'a> {
     pub body: &'a str,
     pub fallback_body: Option<&'a str>,
     pub received_ms: i64,
+    /// App-mode spaces: how the message is written.
+    pub app: Option<AppWrite>,
 }
 
 /// A message that will not be delivered, kept for the operator.
@@ -123,6 +174,8 @@ pub struct DeadLetter {
     pub reason: String,
     pub status: Option<u16>,
     pub detail: String,
+    /// App-mode spaces: how the message is written, kept for a retry.
+    pub app: Option<AppWrite>,
 }
 
 /// Depth of one space's queue.
@@ -178,6 +231,15 @@ pub(crate) struct StoredDigest {
     pub group: u64,
     pub digest: u64,
     pub received_ms: i64,
+}
+
+/// The name Chat gave an app-mode message, as a store holds it, for copying a store.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredName {
+    pub space: String,
+    pub message_id: String,
+    pub name: String,
+    pub created_ms: i64,
 }
 
 /// How long episode state is kept after an alert was last seen. Alertmanager re-sends a
@@ -272,9 +334,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn drop_dead_letters(&self, ids: Vec<i64>) -> StoreFuture<'_, Vec<DeadLetter>>;
     /// Depth and oldest message of each space's queue.
     fn queue_stats(&self) -> StoreFuture<'_, Vec<QueueStats>>;
-    /// Forgets episodes past the retention and notification digests past the duplicate
-    /// window: (episodes, digests) removed.
+    /// Forgets episodes (and app-mode message names) past the retention and notification
+    /// digests past the duplicate window: (episodes, digests) removed.
     fn prune(&self, now_ms: i64) -> StoreFuture<'_, (usize, usize)>;
+    /// Records the name Chat gave the app-mode message created under `message_id` in
+    /// `space`, so its edits address it by that name. Kept as long as episodes are.
+    fn record_message_name(
+        &self,
+        space: &str,
+        message_id: &str,
+        name: &str,
+        now_ms: i64,
+    ) -> StoreFuture<'_, ()>;
+    /// The name recorded for the app-mode message created under `message_id` in `space`.
+    fn message_name(&self, space: &str, message_id: &str) -> StoreFuture<'_, Option<String>>;
     /// A real, committed write: proves the store takes writes right now.
     fn probe(&self) -> StoreFuture<'_, ()>;
     /// Whether the last write committed (kabar_store_writable).

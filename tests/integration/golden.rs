@@ -77,6 +77,41 @@ const HISTORY_CASES: &[HistoryCase] = &[
     ),
 ];
 
+/// App-mode cases (`space: spaces/…`): the same bodies with `markupSyntax`, the request
+/// each becomes, and on resolve the edit of the opening card before the reply.
+const APP_CASES: &[HistoryCase] = &[
+    ("firing", "card-app", "format: card", &[], None),
+    (
+        "firing",
+        "card-app-resolved",
+        "format: card",
+        &[(AlertStatus::Firing, 5)],
+        Some(AlertStatus::Resolved),
+    ),
+    (
+        "firing",
+        "text-app-resolved",
+        "format: text",
+        &[(AlertStatus::Firing, 5)],
+        Some(AlertStatus::Resolved),
+    ),
+];
+
+/// A service-account key file for the app-mode cases, generated once per test run (a
+/// test key; the bodies never depend on it).
+fn app_key_file() -> &'static Path {
+    static KEY: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
+    let (_, path) = KEY.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("key dir");
+        let key =
+            crate::common::fake_google::TestKey::generate("https://oauth2.googleapis.com/token");
+        let path = dir.path().join("service-account.json");
+        std::fs::write(&path, &key.json).expect("write key");
+        (dir, path)
+    });
+    path
+}
+
 /// Every golden case: (fixture, case name, requests).
 fn golden_cases() -> Vec<(PathBuf, String, Value)> {
     let mut cases = Vec::new();
@@ -93,6 +128,12 @@ fn golden_cases() -> Vec<(PathBuf, String, Value)> {
         for (fixture_stem, case, options, history, status) in HISTORY_CASES {
             if *fixture_stem == stem {
                 let requests = render_after(&fixture, options, history, *status);
+                cases.push((fixture.clone(), format!("{stem}.{case}"), requests));
+            }
+        }
+        for (fixture_stem, case, options, history, status) in APP_CASES {
+            if *fixture_stem == stem {
+                let requests = render_in(&fixture, options, history, *status, true);
                 cases.push((fixture.clone(), format!("{stem}.{case}"), requests));
             }
         }
@@ -138,9 +179,27 @@ fn render_after(
     history: &[Step],
     status: Option<AlertStatus>,
 ) -> Value {
-    let yaml = format!(
-        "spaces:\n  ops:\n    dry_run: true\n    mentions: {{critical: [all]}}\n    {options}\n"
-    );
+    render_in(fixture, options, history, status, false)
+}
+
+/// `render_after` in a dry-run space, or in an app-mode space (`app`).
+fn render_in(
+    fixture: &Path,
+    options: &str,
+    history: &[Step],
+    status: Option<AlertStatus>,
+    app: bool,
+) -> Value {
+    let yaml = if app {
+        format!(
+            "chat_app: {{credentials_file: {:?}}}\nspaces:\n  ops:\n    space: spaces/AAAAgolden\n    mentions: {{critical: [all]}}\n    {options}\n",
+            app_key_file().display().to_string()
+        )
+    } else {
+        format!(
+            "spaces:\n  ops:\n    dry_run: true\n    mentions: {{critical: [all]}}\n    {options}\n"
+        )
+    };
     let config = Config::parse(&yaml, Path::new("."), &|_| None).expect("config");
     let runtime = Runtime::new(config).expect("templates");
     let space = &runtime.config.spaces["ops"];
@@ -165,11 +224,18 @@ fn render_after(
             .fallback_body
             .as_deref()
             .map(|b| serde_json::from_str(b).expect("fallback is JSON"));
-        requests.push(json!({
+        let mut request = json!({
             "kind": message.kind.as_str(),
             "body": body,
             "fallbackBody": fallback,
-        }));
+        });
+        if let Some(write) = &message.app {
+            request["request"] = json!(match write {
+                kabar::AppWrite::Create { message_id } => format!("create {message_id}"),
+                kabar::AppWrite::Edit { message_id } => format!("edit {message_id}"),
+            });
+        }
+        requests.push(request);
     }
     let outcome = preview.outcome;
     assert!(
@@ -228,6 +294,13 @@ fn every_golden_body_is_one_chat_accepts() {
             for body in [&request["body"], &request["fallbackBody"]] {
                 if body.is_null() {
                     continue;
+                }
+                // App bodies add markupSyntax (a Message field of the Chat API that the
+                // fake webhook's field list does not know); the rest is the same message.
+                let mut body = body.clone();
+                if request.get("request").is_some() {
+                    let syntax = body.as_object_mut().and_then(|o| o.remove("markupSyntax"));
+                    assert_eq!(syntax, Some(json!("MARKUP_SYNTAX_CHAT")), "{name}");
                 }
                 let ignored = crate::common::fake_chat::check_body(&body.to_string())
                     .unwrap_or_else(|e| panic!("{name}: Chat would refuse it: {e}\n{body}"));

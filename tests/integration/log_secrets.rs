@@ -383,3 +383,82 @@ async fn chat_errors_echoing_the_token_in_any_encoding_reach_no_log_row_or_cli_o
         assert_no_secrets(&stderr, &secrets);
     }
 }
+
+/// App mode: the private key, the JWT assertions and the access tokens stay out of every
+/// debug log line (kabar's and its HTTP stack's) through token refreshes, a stale token,
+/// an edit, a refused key and a dead letter; the scanner knows all three kinds of secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_key_assertion_or_token_in_any_log_line_in_app_mode() {
+    use crate::common::config::{ConfigBuilder, Space};
+    use crate::common::fake_google::{FakeGoogle, TokenMode};
+    const SPACE: &str = "spaces/AAAAlogScan";
+    let google = FakeGoogle::start().await;
+    let placeholder = TestConfig::build(ConfigBuilder::new().space("x", Space::dry_run()));
+    let key = google.write_key(placeholder.dir.path());
+    placeholder.rewrite_with(
+        ConfigBuilder::new()
+            .allow_any_host()
+            .backoff("50ms", "200ms")
+            .chat_app(&key, &google.api_url())
+            .space("ops", Space::app(SPACE).receivers(&["ops"])),
+    );
+    let config = placeholder;
+    let log = config.dir.path().join("kabar.log");
+    let kabar = KabarProcess::spawn(&config.path, &log);
+    let base = kabar.url("");
+    let post = |alerts: &'static [(&'static str, &'static str)]| {
+        let base = base.clone();
+        async move {
+            let (status, _) = crate::common::kabar::post_alerts(
+                &format!("{base}/alerts"),
+                &notification("ops", alerts),
+            )
+            .await;
+            assert_eq!(status, 200);
+        }
+    };
+    post(&[("Secretive", "firing")]).await;
+    google
+        .wait_until("the card", WAIT, |g| g.messages(SPACE).len() == 1)
+        .await;
+    google.expire_tokens();
+    post(&[("Secretive", "resolved")]).await;
+    google
+        .wait_until("the edit and reply", WAIT, |g| g.messages(SPACE).len() == 2)
+        .await;
+    google.expire_tokens();
+    google.set_token_mode(TokenMode::Revoked);
+    post(&[("Refused", "firing")]).await;
+    kabar.wait_for_log("message dead-lettered", WAIT).await;
+    let listed = dead_letters_cli(&config.path, &["list", "--json"]).await;
+
+    let mut secrets = config_secrets(&config.path);
+    let pem_line = google
+        .key
+        .pem
+        .lines()
+        .nth(1)
+        .expect("a PEM line")
+        .to_owned();
+    assert!(
+        secrets.contains(&pem_line),
+        "the scanner knows the private key"
+    );
+    let issued = google.secrets();
+    assert!(
+        issued.len() >= 4,
+        "two tokens and their assertions: {}",
+        issued.len()
+    );
+    secrets.extend(issued);
+    let planted = format!("WARN kabar: oops {pem_line}\n");
+    assert!(std::panic::catch_unwind(|| assert_no_secrets(&planted, &secrets)).is_err());
+    let logs = kabar.logs();
+    assert!(
+        logs.contains("Chat app request"),
+        "debug lines were written"
+    );
+    assert_no_secrets(&logs, &secrets);
+    assert_no_secrets(&listed.stdout, &secrets);
+    assert_no_secrets(&listed.stderr, &secrets);
+}

@@ -6,6 +6,7 @@ mod common;
 
 mod alertmanager_e2e;
 mod cards;
+mod chat_app;
 mod cli;
 mod dead_letters;
 mod fake_chat_selftest;

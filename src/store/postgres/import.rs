@@ -6,7 +6,8 @@ use tokio_postgres::Client;
 use super::{PostgresError, connect, schema};
 use crate::config::Postgres;
 use crate::store::{
-    DeadLetter, QueuedMessage, StoreError, StoredDigest, StoredEpisode, StoredGroup,
+    AppWrite, DeadLetter, QueuedMessage, StoreError, StoredDigest, StoredEpisode, StoredGroup,
+    StoredName,
 };
 
 /// An open copy into a migrated PostgreSQL store.
@@ -52,12 +53,14 @@ impl PostgresImport {
             .client
             .prepare(
                 "INSERT INTO kabar_outbox
-                 (space, kind, thread_key, body, fallback_body, received_ms, attempts)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                 (space, kind, thread_key, body, fallback_body, received_ms, attempts,
+                  app_write, app_message_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
             .await
             .map_err(db)?;
         for m in messages {
+            let (app_write, app_message_id) = AppWrite::columns(m.app.as_ref());
             self.client
                 .execute(
                     &statement,
@@ -69,6 +72,8 @@ impl PostgresImport {
                         &m.fallback_body,
                         &m.received_ms,
                         &m.attempts,
+                        &app_write,
+                        &app_message_id,
                     ],
                 )
                 .await
@@ -83,13 +88,14 @@ impl PostgresImport {
             .prepare(
                 "INSERT INTO kabar_dead_letters
                  (space, kind, thread_key, body, fallback_body, received_ms, dead_ms, attempts,
-                  reason, status, detail)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                  reason, status, detail, app_write, app_message_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             )
             .await
             .map_err(db)?;
         for l in letters {
             let status = l.status.map(i32::from);
+            let (app_write, app_message_id) = AppWrite::columns(l.app.as_ref());
             self.client
                 .execute(
                     &statement,
@@ -105,6 +111,8 @@ impl PostgresImport {
                         &l.reason,
                         &status,
                         &l.detail,
+                        &app_write,
+                        &app_message_id,
                     ],
                 )
                 .await
@@ -203,6 +211,30 @@ impl PostgresImport {
                         &(d.digest as i64),
                         &d.received_ms,
                     ],
+                )
+                .await
+                .map_err(db)?;
+        }
+        Ok(())
+    }
+
+    /// Names of created app-mode messages, which their edits address.
+    pub(crate) async fn names(&self, names: &[StoredName]) -> Result<(), StoreError> {
+        let statement = self
+            .client
+            .prepare(
+                "INSERT INTO kabar_message_names (space, message_id, name, created_ms)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (space, message_id) DO UPDATE SET name = EXCLUDED.name,
+                  created_ms = EXCLUDED.created_ms",
+            )
+            .await
+            .map_err(db)?;
+        for n in names {
+            self.client
+                .execute(
+                    &statement,
+                    &[&n.space, &n.message_id, &n.name, &n.created_ms],
                 )
                 .await
                 .map_err(db)?;

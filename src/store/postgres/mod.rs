@@ -368,6 +368,28 @@ impl Store for PostgresStore {
         }))
     }
 
+    fn record_message_name(
+        &self,
+        space: &str,
+        message_id: &str,
+        name: &str,
+        now_ms: i64,
+    ) -> StoreFuture<'_, ()> {
+        let (space, message_id, name) = (space.to_owned(), message_id.to_owned(), name.to_owned());
+        Box::pin(self.guard(true, async move {
+            let client = self.client().await?;
+            queue::record_name(&client, &space, &message_id, &name, now_ms).await
+        }))
+    }
+
+    fn message_name(&self, space: &str, message_id: &str) -> StoreFuture<'_, Option<String>> {
+        let (space, message_id) = (space.to_owned(), message_id.to_owned());
+        Box::pin(self.guard(false, async move {
+            let client = self.client().await?;
+            queue::name(&client, &space, &message_id).await
+        }))
+    }
+
     fn probe(&self) -> StoreFuture<'_, ()> {
         Box::pin(self.guard(true, async move {
             let client = self.client().await?;

@@ -6,13 +6,14 @@ use tokio_postgres::Row;
 
 use super::PostgresError;
 use crate::store::{
-    DeadLetter, DeadLetterRecord, EPISODE_RETENTION_MS, QueueStats, QueuedMessage, StoreError,
+    AppWrite, DeadLetter, DeadLetterRecord, EPISODE_RETENTION_MS, QueueStats, QueuedMessage,
+    StoreError,
 };
 
-const MESSAGE_COLUMNS: &str =
-    "id, space, kind, thread_key, body, fallback_body, received_ms, attempts";
+const MESSAGE_COLUMNS: &str = "id, space, kind, thread_key, body, fallback_body, received_ms, \
+     attempts, app_write, app_message_id";
 const LETTER_COLUMNS: &str = "id, space, kind, thread_key, body, fallback_body, received_ms, \
-     dead_ms, attempts, reason, status, detail";
+     dead_ms, attempts, reason, status, detail, app_write, app_message_id";
 
 fn db(error: tokio_postgres::Error) -> StoreError {
     StoreError::Postgres(PostgresError::from(error))
@@ -28,6 +29,7 @@ fn message(row: &Row) -> Result<QueuedMessage, StoreError> {
         fallback_body: row.try_get(5).map_err(db)?,
         received_ms: row.try_get(6).map_err(db)?,
         attempts: row.try_get(7).map_err(db)?,
+        app: AppWrite::from_columns(row.try_get(8).map_err(db)?, row.try_get(9).map_err(db)?),
     })
 }
 
@@ -46,6 +48,7 @@ fn letter(row: &Row) -> Result<DeadLetter, StoreError> {
         reason: row.try_get(9).map_err(db)?,
         status: status.and_then(|status| u16::try_from(status).ok()),
         detail: row.try_get(11).map_err(db)?,
+        app: AppWrite::from_columns(row.try_get(12).map_err(db)?, row.try_get(13).map_err(db)?),
     })
 }
 
@@ -137,9 +140,9 @@ pub(super) async fn dead_letter(
             "WITH gone AS (DELETE FROM kabar_outbox WHERE id = $1 RETURNING *)
              INSERT INTO kabar_dead_letters
              (space, kind, thread_key, body, fallback_body, received_ms, dead_ms, attempts,
-              reason, status, detail)
+              reason, status, detail, app_write, app_message_id)
              SELECT space, kind, thread_key, body, fallback_body, received_ms, $2, attempts,
-              $3, $4, $5 FROM gone
+              $3, $4, $5, app_write, app_message_id FROM gone
              RETURNING id",
         )
         .await
@@ -201,10 +204,12 @@ pub(super) async fn retry(
     let mut moved = rows.iter().map(letter).collect::<Result<Vec<_>, _>>()?;
     moved.sort_by_key(|letter| letter.id);
     for letter in &moved {
+        let (app_write, app_message_id) = AppWrite::columns(letter.app.as_ref());
         transaction
             .execute(
-                "INSERT INTO kabar_outbox (space, kind, thread_key, body, fallback_body, received_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO kabar_outbox
+                 (space, kind, thread_key, body, fallback_body, received_ms, app_write, app_message_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 &[
                     &letter.space,
                     &letter.kind,
@@ -212,6 +217,8 @@ pub(super) async fn retry(
                     &letter.body,
                     &letter.fallback_body,
                     &now_ms,
+                    &app_write,
+                    &app_message_id,
                 ],
             )
             .await
@@ -277,6 +284,13 @@ pub(super) async fn prune(client: &Client, now_ms: i64) -> Result<(usize, usize)
         )
         .await
         .map_err(db)?;
+    client
+        .execute(
+            "DELETE FROM kabar_message_names WHERE created_ms < $1",
+            &[&cutoff],
+        )
+        .await
+        .map_err(db)?;
     let window = crate::plan::DUPLICATE_WINDOW.as_millis() as i64;
     let digests = client
         .execute(
@@ -286,6 +300,45 @@ pub(super) async fn prune(client: &Client, now_ms: i64) -> Result<(usize, usize)
         .await
         .map_err(db)?;
     Ok((episodes as usize, digests as usize))
+}
+
+pub(super) async fn record_name(
+    client: &Client,
+    space: &str,
+    message_id: &str,
+    name: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let statement = client
+        .prepare_cached(
+            "INSERT INTO kabar_message_names (space, message_id, name, created_ms)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (space, message_id) DO UPDATE SET name = EXCLUDED.name,
+              created_ms = EXCLUDED.created_ms",
+        )
+        .await
+        .map_err(db)?;
+    client
+        .execute(&statement, &[&space, &message_id, &name, &now_ms])
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+pub(super) async fn name(
+    client: &Client,
+    space: &str,
+    message_id: &str,
+) -> Result<Option<String>, StoreError> {
+    let statement = client
+        .prepare_cached("SELECT name FROM kabar_message_names WHERE space = $1 AND message_id = $2")
+        .await
+        .map_err(db)?;
+    let row = client
+        .query_opt(&statement, &[&space, &message_id])
+        .await
+        .map_err(db)?;
+    row.map(|row| row.try_get(0).map_err(db)).transpose()
 }
 
 /// A real, committed write.

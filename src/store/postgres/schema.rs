@@ -13,7 +13,8 @@ const MIGRATION_LOCK: i64 = 0x6b_6162_6172;
 /// Schema changes, in order: entry `i` takes the database from version `i` to `i + 1`.
 /// Every table is prefixed, so kabar can share a database with other applications.
 const MIGRATIONS: [&str; 1] = [
-    // v1: what SQLite's v3 holds, plus the space leases of a fleet of replicas.
+    // v1: what SQLite's v4 holds (app-mode writes and message names included), plus the
+    // space leases and the live replicas of a fleet.
     "CREATE TABLE kabar_outbox (
          id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
          space text NOT NULL,
@@ -23,7 +24,9 @@ const MIGRATIONS: [&str; 1] = [
          fallback_body text,
          received_ms bigint NOT NULL,
          attempts bigint NOT NULL DEFAULT 0,
-         last_error text
+         last_error text,
+         app_write text,
+         app_message_id text
      );
      CREATE INDEX kabar_outbox_by_space ON kabar_outbox (space, id);
      CREATE TABLE kabar_dead_letters (
@@ -38,7 +41,9 @@ const MIGRATIONS: [&str; 1] = [
          attempts bigint NOT NULL,
          reason text NOT NULL,
          status integer,
-         detail text NOT NULL
+         detail text NOT NULL,
+         app_write text,
+         app_message_id text
      );
      CREATE INDEX kabar_dead_letters_by_space ON kabar_dead_letters (space, id);
      CREATE TABLE kabar_episodes (
@@ -78,6 +83,15 @@ const MIGRATIONS: [&str; 1] = [
          expires_at timestamptz NOT NULL DEFAULT '-infinity',
          last_answer_ms bigint
      );
+     CREATE TABLE kabar_message_names (
+         space text NOT NULL,
+         message_id text NOT NULL,
+         name text NOT NULL,
+         created_ms bigint NOT NULL,
+         PRIMARY KEY (space, message_id)
+     );
+     CREATE INDEX kabar_message_names_by_time ON kabar_message_names (created_ms);
+     CREATE TABLE kabar_replicas (holder text PRIMARY KEY, expires_at timestamptz NOT NULL);
      CREATE TABLE kabar_meta (key text PRIMARY KEY, value text NOT NULL);",
 ];
 pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

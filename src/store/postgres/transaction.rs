@@ -15,7 +15,7 @@ use tokio_postgres::types::ToSql;
 use super::PostgresError;
 use super::connect::OPERATION_TIMEOUT;
 use crate::plan::{Episode, EpisodeKey, GroupEpisode};
-use crate::store::{EpisodeStore, NewMessage, StoreError, Transaction, now_ms};
+use crate::store::{AppWrite, EpisodeStore, NewMessage, StoreError, Transaction, now_ms};
 
 /// The channel new messages are announced on; the payload is the space.
 pub(super) const OUTBOX_CHANNEL: &str = "kabar_outbox";
@@ -238,9 +238,11 @@ impl EpisodeStore for PgTransaction<'_> {
 
 impl Transaction for PgTransaction<'_> {
     fn enqueue(&mut self, message: &NewMessage<'_>) -> Result<i64, StoreError> {
+        let (app_write, app_message_id) = AppWrite::columns(message.app.as_ref());
         let row = self.query_opt(
-            "INSERT INTO kabar_outbox (space, kind, thread_key, body, fallback_body, received_ms)
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            "INSERT INTO kabar_outbox
+             (space, kind, thread_key, body, fallback_body, received_ms, app_write, app_message_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
             &[
                 &message.space,
                 &message.kind,
@@ -248,6 +250,8 @@ impl Transaction for PgTransaction<'_> {
                 &message.body,
                 &message.fallback_body,
                 &message.received_ms,
+                &app_write,
+                &app_message_id,
             ],
         )?;
         let id = row

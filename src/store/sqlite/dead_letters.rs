@@ -3,6 +3,7 @@
 
 use rusqlite::{Connection, params};
 
+use super::app_messages::{app_columns, app_write};
 use super::outbox::remove;
 use crate::store::{DeadLetter, StoreError};
 
@@ -19,8 +20,10 @@ pub(super) fn dead_letter(
     let inserted = conn
         .prepare_cached(
             "INSERT INTO dead_letters
-             (space, kind, thread_key, body, fallback_body, received_ms, dead_ms, attempts, reason, status, detail)
-             SELECT space, kind, thread_key, body, fallback_body, received_ms, ?2, attempts, ?3, ?4, ?5
+             (space, kind, thread_key, body, fallback_body, received_ms, dead_ms, attempts, reason, status, detail,
+              app_write, app_message_id)
+             SELECT space, kind, thread_key, body, fallback_body, received_ms, ?2, attempts, ?3, ?4, ?5,
+              app_write, app_message_id
              FROM outbox WHERE id = ?1",
         )?
         .execute(params![id, now_ms, reason, status, detail])?;
@@ -36,7 +39,7 @@ pub(super) fn dead_letters(
 ) -> Result<Vec<DeadLetter>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, space, kind, thread_key, body, fallback_body, received_ms, dead_ms, attempts,
-         reason, status, detail
+         reason, status, detail, app_write, app_message_id
          FROM dead_letters WHERE ?1 IS NULL OR space = ?1 ORDER BY id",
     )?;
     let rows = stmt.query_map(params![space], |row| {
@@ -53,6 +56,7 @@ pub(super) fn dead_letters(
             reason: row.get(9)?,
             status: row.get(10)?,
             detail: row.get(11)?,
+            app: app_write(row.get(12)?, row.get(13)?),
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -75,8 +79,9 @@ pub(super) fn retry(
 ) -> Result<Vec<DeadLetter>, StoreError> {
     let chosen = chosen(conn, ids)?;
     let mut insert = conn.prepare_cached(
-        "INSERT INTO outbox (space, kind, thread_key, body, fallback_body, received_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO outbox (space, kind, thread_key, body, fallback_body, received_ms,
+         app_write, app_message_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     let mut delete = conn.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?;
     for letter in &chosen {
@@ -86,7 +91,9 @@ pub(super) fn retry(
             letter.thread_key,
             letter.body,
             letter.fallback_body,
-            now_ms
+            now_ms,
+            app_columns(letter.app.as_ref()).0,
+            app_columns(letter.app.as_ref()).1,
         ])?;
         delete.execute(params![letter.id])?;
     }

@@ -15,6 +15,7 @@ pub(super) fn prune(conn: &Connection, now_ms: i64) -> Result<(usize, usize), St
         .execute(params![now_ms - EPISODE_RETENTION_MS])?;
     conn.prepare_cached("DELETE FROM group_episodes WHERE seen_ms < ?1")?
         .execute(params![now_ms - EPISODE_RETENTION_MS])?;
+    super::app_messages::prune(conn, now_ms - EPISODE_RETENTION_MS)?;
     let window = crate::plan::DUPLICATE_WINDOW.as_millis() as i64;
     let digests = conn
         .prepare_cached("DELETE FROM recent_notifications WHERE received_ms < ?1")?

@@ -8,7 +8,8 @@ use rusqlite::{Connection, OpenFlags, params};
 use super::DATABASE_FILE;
 use crate::plan::{Episode, EpisodeKey, GroupEpisode};
 use crate::store::{
-    DeadLetter, QueuedMessage, StoreError, StoredDigest, StoredEpisode, StoredGroup,
+    AppWrite, DeadLetter, QueuedMessage, StoreError, StoredDigest, StoredEpisode, StoredGroup,
+    StoredName,
 };
 
 /// A SQLite store opened read-only, at the schema this kabar writes.
@@ -43,8 +44,8 @@ impl SqliteExport {
         limit: usize,
     ) -> Result<Vec<QueuedMessage>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, space, kind, thread_key, body, fallback_body, received_ms, attempts
-             FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
+            "SELECT id, space, kind, thread_key, body, fallback_body, received_ms, attempts,
+             app_write, app_message_id FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![after_id, limit as i64], |row| {
             Ok(QueuedMessage {
@@ -56,6 +57,7 @@ impl SqliteExport {
                 fallback_body: row.get(5)?,
                 received_ms: row.get(6)?,
                 attempts: row.get(7)?,
+                app: AppWrite::from_columns(row.get(8)?, row.get(9)?),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -69,7 +71,8 @@ impl SqliteExport {
     ) -> Result<Vec<DeadLetter>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, space, kind, thread_key, body, fallback_body, received_ms, dead_ms, attempts,
-             reason, status, detail FROM dead_letters WHERE id > ?1 ORDER BY id LIMIT ?2",
+             reason, status, detail, app_write, app_message_id FROM dead_letters
+             WHERE id > ?1 ORDER BY id LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![after_id, limit as i64], |row| {
             Ok(DeadLetter {
@@ -85,6 +88,7 @@ impl SqliteExport {
                 reason: row.get(9)?,
                 status: row.get(10)?,
                 detail: row.get(11)?,
+                app: AppWrite::from_columns(row.get(12)?, row.get(13)?),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -146,6 +150,28 @@ impl SqliteExport {
                     open: row.get(3)?,
                 },
                 seen_ms: row.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Names Chat gave app-mode messages after (space, message id) `after`, in key order.
+    pub(crate) fn names(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<StoredName>, StoreError> {
+        let (space, message_id) = after.unwrap_or(("", ""));
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT space, message_id, name, created_ms FROM message_names
+             WHERE (space, message_id) > (?1, ?2) ORDER BY space, message_id LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![space, message_id, limit as i64], |row| {
+            Ok(StoredName {
+                space: row.get(0)?,
+                message_id: row.get(1)?,
+                name: row.get(2)?,
+                created_ms: row.get(3)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

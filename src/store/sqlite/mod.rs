@@ -2,8 +2,10 @@
 //! the two-command start. All of kabar's SQL lives in this folder; nothing outside names it.
 //!
 //! `engine` (writer thread, group commit, reader pool), `schema` (pragmas, migrations),
-//! `outbox` (the queue), `dead_letters` and `episodes` (the port's `Transaction`).
+//! `outbox` (the queue), `dead_letters`, `episodes` (the port's `Transaction`) and
+//! `app_messages` (app mode's message names and how a queued message is written).
 
+mod app_messages;
 mod dead_letters;
 mod engine;
 mod episodes;
@@ -120,6 +122,26 @@ impl Store for SqliteStore {
 
     fn prune(&self, now_ms: i64) -> StoreFuture<'_, (usize, usize)> {
         Box::pin(self.write(move |conn| episodes::prune(conn, now_ms)))
+    }
+
+    fn record_message_name(
+        &self,
+        space: &str,
+        message_id: &str,
+        name: &str,
+        now_ms: i64,
+    ) -> StoreFuture<'_, ()> {
+        let (space, message_id, name) = (space.to_owned(), message_id.to_owned(), name.to_owned());
+        Box::pin(
+            self.write(move |conn| {
+                app_messages::record_name(conn, &space, &message_id, &name, now_ms)
+            }),
+        )
+    }
+
+    fn message_name(&self, space: &str, message_id: &str) -> StoreFuture<'_, Option<String>> {
+        let (space, message_id) = (space.to_owned(), message_id.to_owned());
+        Box::pin(self.read(move |conn| app_messages::name(conn, &space, &message_id)))
     }
 
     fn probe(&self) -> StoreFuture<'_, ()> {

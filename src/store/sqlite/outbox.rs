@@ -3,12 +3,14 @@
 
 use rusqlite::{Connection, params};
 
+use super::app_messages::{app_columns, app_write};
 use crate::store::{NewMessage, QueueStats, QueuedMessage, StoreError};
 
 pub(super) fn enqueue(conn: &Connection, message: &NewMessage<'_>) -> Result<i64, StoreError> {
     conn.prepare_cached(
-        "INSERT INTO outbox (space, kind, thread_key, body, fallback_body, received_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO outbox (space, kind, thread_key, body, fallback_body, received_ms,
+         app_write, app_message_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         message.space,
@@ -16,7 +18,9 @@ pub(super) fn enqueue(conn: &Connection, message: &NewMessage<'_>) -> Result<i64
         message.thread_key,
         message.body,
         message.fallback_body,
-        message.received_ms
+        message.received_ms,
+        app_columns(message.app.as_ref()).0,
+        app_columns(message.app.as_ref()).1,
     ])?;
     Ok(conn.last_insert_rowid())
 }
@@ -29,7 +33,8 @@ pub(super) fn next_messages(
     limit: usize,
 ) -> Result<Vec<QueuedMessage>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, space, kind, thread_key, body, fallback_body, received_ms, attempts FROM outbox
+        "SELECT id, space, kind, thread_key, body, fallback_body, received_ms, attempts,
+         app_write, app_message_id FROM outbox
          WHERE space = ?1 ORDER BY id LIMIT ?2",
     )?;
     // The skipped ones are few (removals that failed): read past them, then leave them out.
@@ -44,6 +49,7 @@ pub(super) fn next_messages(
             fallback_body: row.get(5)?,
             received_ms: row.get(6)?,
             attempts: row.get(7)?,
+            app: app_write(row.get(8)?, row.get(9)?),
         })
     })?;
     let mut messages = Vec::with_capacity(limit);

@@ -20,7 +20,7 @@ pub(super) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 /// Schema changes, in order: entry `i` takes the database from version `i` to `i + 1`.
 /// Each runs in its own transaction and sets `user_version`, so a crash mid-way leaves a
 /// consistent version behind.
-pub(super) const MIGRATIONS: [&str; 3] = [
+pub(super) const MIGRATIONS: [&str; 4] = [
     // v1: outbox, dead letters, episode state, duplicate detection.
     "BEGIN;
              CREATE TABLE outbox (
@@ -104,6 +104,24 @@ pub(super) const MIGRATIONS: [&str; 3] = [
              ) WITHOUT ROWID;
              CREATE INDEX recent_by_time ON recent_notifications (received_ms);
              PRAGMA user_version = 3;
+             COMMIT;",
+    // v4: app mode (`space: spaces/…`). A queued or dead message says how it is written
+    // (app_write 'create' or 'edit', NULL for webhooks) and under which client- id; the
+    // names Chat gave created messages, which edits address.
+    "BEGIN;
+             ALTER TABLE outbox ADD COLUMN app_write TEXT;
+             ALTER TABLE outbox ADD COLUMN app_message_id TEXT;
+             ALTER TABLE dead_letters ADD COLUMN app_write TEXT;
+             ALTER TABLE dead_letters ADD COLUMN app_message_id TEXT;
+             CREATE TABLE message_names (
+                 space TEXT NOT NULL,
+                 message_id TEXT NOT NULL,
+                 name TEXT NOT NULL,
+                 created_ms INTEGER NOT NULL,
+                 PRIMARY KEY (space, message_id)
+             ) WITHOUT ROWID;
+             CREATE INDEX message_names_by_time ON message_names (created_ms);
+             PRAGMA user_version = 4;
              COMMIT;",
 ];
 pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -19,6 +19,7 @@ fn message<'a>(space: &'a str, body: &'a str) -> NewMessage<'a> {
         body,
         fallback_body: None,
         received_ms: 1,
+        app: None,
     }
 }
 
@@ -410,4 +411,79 @@ async fn writes_after_close_fail_cleanly() {
     store.close();
     let err = store.write(|_| Ok(())).await.expect_err("closed");
     assert!(matches!(err, StoreError::Closed));
+}
+
+/// App mode's state: how a message is written rides with it through the outbox, the dead
+/// letters and a retry, and the names of created messages survive a restart and are
+/// pruned with the episodes.
+#[tokio::test]
+async fn app_writes_and_message_names_survive_reopen_dead_letters_and_retry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path()).expect("open");
+    let edit = AppWrite::Edit {
+        message_id: "client-abc".into(),
+    };
+    let write = edit.clone();
+    let id = store
+        .write(move |conn| {
+            enqueue(
+                conn,
+                &NewMessage {
+                    app: Some(write),
+                    ..message("ops", "{}")
+                },
+            )
+        })
+        .await
+        .expect("enqueue");
+    Store::record_message_name(&store, "ops", "client-abc", "spaces/S/messages/m.m", 10)
+        .await
+        .expect("record");
+    store.close();
+
+    let store = SqliteStore::open(dir.path()).expect("reopen");
+    let queued = Store::next_messages(&store, "ops", 0, 10)
+        .await
+        .expect("read");
+    assert_eq!(queued[0].app, Some(edit.clone()));
+    assert_eq!(
+        Store::message_name(&store, "ops", "client-abc")
+            .await
+            .expect("read"),
+        Some("spaces/S/messages/m.m".to_owned())
+    );
+    assert_eq!(
+        Store::message_name(&store, "dev", "client-abc")
+            .await
+            .expect("read"),
+        None
+    );
+    let record = DeadLetterRecord {
+        reason: "clientError",
+        status: Some(404),
+        detail: "gone".into(),
+        dead_ms: 20,
+    };
+    let letter = Store::dead_letter(&store, id, record)
+        .await
+        .expect("dead letter")
+        .expect("an id");
+    let letters = Store::dead_letters(&store, None).await.expect("list");
+    assert_eq!(letters[0].app, Some(edit.clone()));
+    Store::retry_dead_letters(&store, vec![letter], 30)
+        .await
+        .expect("retry");
+    let queued = Store::next_messages(&store, "ops", 0, 10)
+        .await
+        .expect("read");
+    assert_eq!(queued[0].app, Some(edit));
+    let far = 10 + EPISODE_RETENTION_MS + 1;
+    Store::prune(&store, far).await.expect("prune");
+    assert_eq!(
+        Store::message_name(&store, "ops", "client-abc")
+            .await
+            .expect("read"),
+        None,
+        "pruned with the episodes"
+    );
 }

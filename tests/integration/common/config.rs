@@ -95,6 +95,14 @@ impl ConfigBuilder {
         self.set(&["defaults", "reminder_interval"], json!(duration))
     }
 
+    /// `chat_app`: the service-account key file and the Chat API base (a fake's).
+    pub fn chat_app(self, credentials_file: &std::path::Path, api_url: &str) -> ConfigBuilder {
+        self.set(
+            &["chat_app"],
+            json!({"credentials_file": credentials_file.display().to_string(), "api_url": api_url}),
+        )
+    }
+
     pub fn space(self, name: &str, space: Space) -> ConfigBuilder {
         self.set(&["spaces", name], Value::Object(space.fields))
     }
@@ -154,6 +162,11 @@ impl Space {
     /// A space posting to `url`.
     pub fn webhook(url: &str) -> Space {
         Space::with("webhook_url", json!(url))
+    }
+
+    /// A space posting as the Chat app to `space` (`spaces/…`).
+    pub fn app(space: &str) -> Space {
+        Space::with("space", json!(space))
     }
 
     /// A space that renders and logs but never posts.

@@ -7,9 +7,10 @@ use std::path::Path;
 use super::fake_chat::FakeChat;
 use super::kabar::assert_no_secrets;
 
-/// Every secret in a kabar config: the bearer token, the basic password, and for each
-/// space's webhook URL the whole URL, its query values (`key`, `token`), and its path with
-/// and without the query (`/v1/spaces/S/messages?key=..&token=..`).
+/// Every secret in a kabar config: the bearer token, the basic password, for each space's
+/// webhook URL the whole URL, its query values (`key`, `token`), and its path with and
+/// without the query (`/v1/spaces/S/messages?key=..&token=..`), and the private key of
+/// `chat_app.credentials_file` (whole and each line of its PEM).
 pub fn config_secrets(config_path: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(config_path).expect("read the kabar config");
     let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("config is YAML");
@@ -44,6 +45,21 @@ pub fn config_secrets(config_path: &Path) -> Vec<String> {
                     }
                 }
             }
+        }
+    }
+    // App mode: the service-account key file's private key, whole and line by line (a
+    // log quoting part of the PEM leaks the key as surely).
+    if let Some(file) = yaml["chat_app"]["credentials_file"].as_str() {
+        let base = config_path.parent().unwrap_or(Path::new("."));
+        let text = std::fs::read_to_string(base.join(file)).expect("read the key file");
+        let key: serde_json::Value = serde_json::from_str(&text).expect("the key file is JSON");
+        if let Some(pem) = key["private_key"].as_str() {
+            secrets.push(pem.to_owned());
+            secrets.extend(
+                pem.lines()
+                    .filter(|line| !line.starts_with("-----") && line.len() >= 16)
+                    .map(str::to_owned),
+            );
         }
     }
     secrets.retain(|s| !s.is_empty());

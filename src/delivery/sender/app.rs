@@ -1,0 +1,152 @@
+//! The sender's app-mode step: one create or edit through `chat_app`, its answer carried
+//! out like a webhook's, and edits Chat refuses dropped. It must not build requests itself.
+
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::{STORE_RETRY, Sender, Step};
+use crate::chat::FailureClass;
+use crate::chat_app::{create_write, describe};
+use crate::config::Delivery;
+use crate::delivery::decide::{self, Outcome};
+use crate::delivery::pacing::Pacing;
+use crate::plan::MessageKind;
+use crate::store::{QueuedMessage, now_ms};
+
+impl Sender {
+    /// Writes the head message of an app-mode space as the Chat app, paced like any other
+    /// write of the space.
+    pub(super) async fn send_app(
+        &self,
+        message: &QueuedMessage,
+        chat_space: &str,
+        pacing: &mut Pacing,
+        delivery: &Delivery,
+    ) -> Step {
+        let Some(settings) = self.shared.runtime().config.chat_app.clone() else {
+            // The config checks this; a reload cannot take chat_app from a space using it.
+            return Step::Retry { retry_after: None };
+        };
+        // A row queued while the space was a webhook space gets its id here, the same on
+        // every try.
+        let write = message.app.clone().unwrap_or_else(|| {
+            let kind = MessageKind::ALL
+                .into_iter()
+                .find(|k| k.as_str() == message.kind)
+                .unwrap_or(MessageKind::Reminder);
+            create_write(
+                &self.space,
+                kind,
+                false,
+                message.thread_key.as_deref(),
+                message.received_ms,
+                &message.body,
+            )
+        });
+        // A store that cannot say leaves the client- id, which addresses the same message.
+        let known_name = if write.is_edit() {
+            self.shared
+                .store
+                .message_name(&self.space, write.message_id())
+                .await
+                .unwrap_or_default()
+        } else {
+            None
+        };
+        let request = describe(
+            chat_space,
+            &write,
+            message.thread_key.is_some(),
+            known_name.as_deref(),
+        );
+        debug!(space = %self.space, id = message.id, request = %request.line(), "Chat app request");
+        let started = Instant::now();
+        let (result, tokens) = self
+            .shared
+            .chat_app
+            .send(&self.shared.chat, &settings, &request, &message.body)
+            .await;
+        self.shared
+            .metrics
+            .chat_answered(&self.space, started.elapsed());
+        for _ in 0..tokens.refreshed {
+            self.shared.metrics.token_refreshed(&self.space);
+        }
+        if let Some((class, detail)) = &tokens.failed {
+            self.shared
+                .metrics
+                .token_failed(&self.space, *class, detail);
+        }
+        let outcome = decide::after_send(result.as_ref(), message.fallback_body.is_some());
+        if matches!(
+            outcome,
+            Outcome::Retry {
+                class: FailureClass::RateLimited,
+                ..
+            }
+        ) {
+            pacing.rate_limited();
+        }
+        pacing.answered(delivery);
+        let accepted = result.as_ref().ok();
+        if write.is_edit() {
+            return match outcome {
+                Outcome::Delivered => {
+                    self.remove(message).await;
+                    self.shared.metrics.edit_sent(&self.space, message.id);
+                    Step::Next
+                }
+                // An edit Chat refuses for good (gone, not the app's, key refused) is not
+                // worth a dead letter: the reply still tells the space.
+                Outcome::DeadLetter { status, detail, .. } => {
+                    self.drop_edit(message, status, &detail).await
+                }
+                other => self.perform(message, other, accepted).await,
+            };
+        }
+        if matches!(outcome, Outcome::Delivered)
+            && let Some(name) = accepted.and_then(|a| a.message_name.as_deref())
+            && let Err(e) = self
+                .shared
+                .store
+                .record_message_name(&self.space, write.message_id(), name, now_ms())
+                .await
+        {
+            // Edits then address the message by its client- id, which Chat accepts too.
+            warn!(space = %self.space, error = %e, "cannot record the created message's name");
+        }
+        self.perform(message, outcome, accepted).await
+    }
+
+    /// Drops an edit that cannot be made, counted and logged; the space moves on.
+    pub(super) async fn drop_edit(
+        &self,
+        message: &QueuedMessage,
+        status: Option<u16>,
+        detail: &str,
+    ) -> Step {
+        self.shared
+            .metrics
+            .edit_refused(&self.space, message.id, status, detail);
+        self.remove(message).await;
+        Step::Next
+    }
+
+    /// Takes a finished edit out of the queue, waiting out a store that refuses it (an
+    /// edit made twice is harmless, but moving on without the delete would repeat it
+    /// after a restart).
+    async fn remove(&self, message: &QueuedMessage) {
+        while let Err(e) = self
+            .shared
+            .store
+            .mark_delivered(message.id, crate::store::now_ms())
+            .await
+        {
+            warn!(space = %self.space, error = %e, "cannot remove the edit from the outbox; retrying");
+            if self.stopping() {
+                break;
+            }
+            tokio::time::sleep(STORE_RETRY).await;
+        }
+    }
+}
