@@ -238,7 +238,7 @@ fn apply(
                 leases.set(space, Lease::NotHeld);
                 if matches!(was, Lease::Held { .. }) {
                     shared.metrics.lease_lost(space);
-                    warn!(space = %space, "another replica holds the space's lease now; this one stops sending for it");
+                    warn!(space = %space, "this replica no longer holds the space's lease (another replica took it, or it went to even out the spaces); it stops sending for it");
                 }
                 shared.metrics.lease_state(space, false);
             }

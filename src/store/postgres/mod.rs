@@ -442,8 +442,8 @@ impl Store for PostgresStore {
     ) -> StoreFuture<'_, Vec<LeaseClaim>> {
         let holder = holder.to_owned();
         Box::pin(self.guard(true, async move {
-            let client = self.client().await?;
-            leases::claim(&client, &holder, &spaces, lease).await
+            let mut client = self.client().await?;
+            leases::claim(&mut client, &holder, &spaces, lease).await
         }))
     }
 

@@ -442,7 +442,7 @@ async fn app_writes_and_message_names_survive_reopen_dead_letters_and_retry() {
     store.close();
 
     let store = SqliteStore::open(dir.path()).expect("reopen");
-    let queued = Store::next_messages(&store, "ops", 0, 10)
+    let queued = Store::next_messages(&store, "ops", Vec::new(), 10)
         .await
         .expect("read");
     assert_eq!(queued[0].app, Some(edit.clone()));
@@ -473,7 +473,7 @@ async fn app_writes_and_message_names_survive_reopen_dead_letters_and_retry() {
     Store::retry_dead_letters(&store, vec![letter], 30)
         .await
         .expect("retry");
-    let queued = Store::next_messages(&store, "ops", 0, 10)
+    let queued = Store::next_messages(&store, "ops", Vec::new(), 10)
         .await
         .expect("read");
     assert_eq!(queued[0].app, Some(edit));

@@ -269,6 +269,13 @@ impl PgCluster {
     }
 }
 
+impl PgCluster {
+    /// The cluster's folder (data, socket, server.log).
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
 impl Drop for PgCluster {
     fn drop(&mut self) {
         let _ = self
