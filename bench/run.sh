@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # kabar's benchmark suite. Usage, from anywhere in the repo:
 #
-#   bench/run.sh [all|disk|render|ingest|paced|delivery|sustain|startup]...
+#   bench/run.sh [all|disk|render|ingest|paced|delivery|sustain|startup|replicas_ingest|replicas_delivery]...
 #
 # Each part writes JSON lines to bench/results/<part>.jsonl (one per run) and the summary
 # prints medians. RUNS (default 3) sets the repetitions; DURATION (default 20) the seconds
@@ -27,7 +27,7 @@ cleanup() {
     done
     PIDS=()
 }
-trap cleanup EXIT
+trap 'cleanup; pg_down' EXIT
 
 build() {
     cargo build --release --locked --quiet
@@ -153,6 +153,119 @@ startup() {
     harness startup --work "$WORK" --messages 100000 --runs 5 | tee -a "$RESULTS/startup.jsonl"
 }
 
+# A throwaway PostgreSQL cluster under $WORK/pg on a free port, durable as in production
+# (fsync and synchronous_commit on; kabar sets the latter itself). As user postgres when
+# run as root: initdb refuses root. Sets PG_URL_BASE; pg_db NAME creates a database.
+PG_PORT=""
+pg_up() {
+    local bin
+    bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+    [ -x "$bin/initdb" ] || { echo "PostgreSQL is not installed: apt-get install -y postgresql" >&2; exit 1; }
+    local dir=$WORK/pg run=()
+    pg_down
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    echo "kabar-bench-pg" >"$dir/pwfile"
+    if [ "$(id -u)" = 0 ]; then
+        chown -R postgres:postgres "$dir"
+        run=(runuser -u postgres --)
+    fi
+    "${run[@]}" "$bin/initdb" -D "$dir/data" -U kabar --pwfile "$dir/pwfile" --auth=scram-sha-256 -E UTF8 >/dev/null
+    PG_PORT=$(free_port)
+    "${run[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
+        -o "-p $PG_PORT -k $dir -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
+    PG_STOP=("${run[@]}" "$bin/pg_ctl" -D "$dir/data" -m fast -w stop)
+}
+pg_down() {
+    if [ -n "${PG_STOP[*]:-}" ]; then "${PG_STOP[@]}" >/dev/null 2>&1 || true; fi
+    PG_STOP=()
+}
+pg_db() { # name -> URL of a new database
+    PGPASSWORD=kabar-bench-pg psql -h 127.0.0.1 -p "$PG_PORT" -U kabar -d postgres -Xqc "CREATE DATABASE $1" >/dev/null
+    echo "postgres://kabar:kabar-bench-pg@127.0.0.1:$PG_PORT/$1?sslmode=disable"
+}
+
+# Ingest on PostgreSQL with 1 and 3 replicas against SQLite, in the same run: closed-loop
+# wrk, 1 new alert per notification, 32 connections in all (3 × 11 over 3 replicas).
+replicas_ingest() {
+    : >"$RESULTS/replicas-ingest.jsonl"
+    pg_up
+    for run in $(seq 1 "$RUNS"); do
+        for setup in sqlite postgres-1 postgres-3; do
+            local dir=$WORK/replicas-$setup-$run port store=() n=1
+            rm -rf "$dir"
+            port=$(free_port)
+            case $setup in
+                sqlite) ;;
+                postgres-*) store=(--postgres "$(pg_db "ingest_${setup#postgres-}_$run")"); n=${setup#postgres-} ;;
+            esac
+            "$HARNESS" fake-chat --dir "$dir" --spaces 1 --listen "127.0.0.1:$port" "${store[@]}" >"$WORK/fake-chat.out" 2>&1 &
+            PIDS+=($!)
+            for _ in $(seq 1 500); do [ -f "$dir/kabar.yaml" ] && break; sleep 0.02; done
+            local urls=()
+            for i in $(seq 1 "$n"); do
+                local config=$dir/kabar.yaml p=$port
+                if [ "$i" -gt 1 ]; then
+                    p=$(free_port)
+                    config=$dir/kabar-$i.yaml
+                    sed "s/^listen: .*/listen: \"127.0.0.1:$p\"/" "$dir/kabar.yaml" >"$config"
+                fi
+                "$KABAR" serve --config "$config" >/dev/null 2>"$dir/kabar-$i.log" &
+                PIDS+=($!)
+                wait_http "http://127.0.0.1:$p/readyz"
+                urls+=("http://127.0.0.1:$p")
+            done
+            local conns=$((32 / n)) outs=() i=0
+            for url in "${urls[@]}"; do
+                i=$((i + 1))
+                ALERTS=1 TOKEN=$TOKEN RUN="$setup-r$run-$i-$(date +%s%N)" \
+                    wrk -t1 -c"$conns" -d"${DURATION}s" --timeout 10s -s bench/alerts.lua "$url/alerts" >"$dir/wrk-$i.out" &
+                outs+=("$dir/wrk-$i.out")
+            done
+            # The wrk runs end by themselves after DURATION; the servers keep running.
+            sleep "$DURATION"
+            for _ in $(seq 1 100); do
+                local finished=0
+                for out in "${outs[@]}"; do grep -q ok_rps "$out" 2>/dev/null && finished=$((finished + 1)); done
+                [ "$finished" -eq "${#outs[@]}" ] && break
+                sleep 0.2
+            done
+            python3 - "$run" "$setup" "$n" "${outs[@]}" <<'PY' | tee -a "$RESULTS/replicas-ingest.jsonl"
+import json, sys
+run, setup, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+parts = [json.loads(open(path).read().strip().splitlines()[-1]) for path in sys.argv[4:]]
+total = {"run": int(run), "setup": setup, "replicas": n}
+total["ok_rps"] = round(sum(p["ok_rps"] for p in parts), 1)
+for key in ("socket_errors", "non2xx", "requests"):
+    total[key] = sum(p.get(key, 0) for p in parts)
+# Each replica's wrk has its own percentiles: the worst of them bounds the fleet's.
+for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms"):
+    total[key] = max(p[key] for p in parts if key in p) if any(key in p for p in parts) else None
+print(json.dumps(total))
+PY
+            cleanup
+            sleep 0.5
+        done
+    done
+    pg_down
+}
+
+# Delivery across 1,000 spaces split over 3 replicas on PostgreSQL, and the takeover time
+# after kill -9 of the replica holding most spaces.
+replicas_delivery() {
+    : >"$RESULTS/replicas-delivery.jsonl"
+    : >"$RESULTS/takeover.jsonl"
+    pg_up
+    for run in $(seq 1 "$RUNS"); do
+        harness delivery --work "$WORK" --spaces 1000 --per-space 30 --replicas 3 \
+            --postgres "$(pg_db "delivery_$run")" --lease 15s |
+            sed "s/^{/{\"run\":$run,/" | tee -a "$RESULTS/replicas-delivery.jsonl"
+        harness takeover --work "$WORK" --spaces 20 --lease 5s --postgres "$(pg_db "takeover_$run")" |
+            sed "s/^{/{\"run\":$run,/" | tee -a "$RESULTS/takeover.jsonl"
+    done
+    pg_down
+}
+
 # The floor under every durable acknowledgement: one 4 KiB append + fsync on $WORK's disk,
 # as a SQLite WAL commit does.
 disk() {
@@ -183,7 +296,7 @@ render() {
 
 PARTS=("$@")
 [ ${#PARTS[@]} -eq 0 ] && PARTS=(all)
-[ "${PARTS[0]}" = all ] && PARTS=(disk render ingest paced delivery sustain startup)
+[ "${PARTS[0]}" = all ] && PARTS=(disk render ingest paced delivery sustain startup replicas_ingest replicas_delivery)
 build
 machine
 for part in "${PARTS[@]}"; do

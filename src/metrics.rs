@@ -80,9 +80,7 @@ pub(crate) struct Metrics {
     messages_truncated: IntCounterVec,
     config_last_reload_successful: IntGauge,
     config_last_reload_success_timestamp: Gauge,
-    /// 1 while the store takes writes; 0 after a failed commit or probe. Scraped from the
-    /// pod, it keeps saying 0 while /readyz has taken the pod out of the Service.
-    store_writable: IntGauge,
+    /// The store's and the replicas' series (writable, backend, leases, errors).
     fleet: fleet::FleetMetrics,
     /// App mode's series (token, edits): added after the webhook ones.
     app: app::AppMetrics,
@@ -174,17 +172,6 @@ impl Metrics {
             .expect("valid"),
         );
 
-        let store_writable = registered(
-            &registry,
-            IntGauge::new(
-                "kabar_store_writable",
-                "1 if the store's last write (a commit or the /readyz probe) succeeded, else 0.",
-            )
-            .expect("valid"),
-        );
-        // kabar serves only after opening its store; the first write or probe corrects it.
-        store_writable.set(1);
-
         #[cfg(target_os = "linux")]
         registry
             .register(Box::new(
@@ -272,7 +259,6 @@ impl Metrics {
             dead_letters,
             config_last_reload_successful: reload_ok,
             config_last_reload_success_timestamp: reload_ts,
-            store_writable,
             fleet: fleet::FleetMetrics::new(&registry),
             app: app::AppMetrics::new(&registry),
             registry,

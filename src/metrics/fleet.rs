@@ -7,6 +7,9 @@ use tracing::debug;
 use super::{Metrics, registered};
 
 pub(super) struct FleetMetrics {
+    /// 1 while the store takes writes; 0 after a failed commit or probe. Scraped from the
+    /// pod, it keeps saying 0 while /readyz has taken the pod out of the Service.
+    store_writable: IntGauge,
     backend_info: IntGaugeVec,
     space_lease_held: IntGaugeVec,
     spaces_held: IntGauge,
@@ -35,7 +38,18 @@ impl FleetMetrics {
         for kind in STORE_ERROR_KINDS {
             store_errors.with_label_values(&[kind]);
         }
+        let store_writable = registered(
+            registry,
+            IntGauge::new(
+                "kabar_store_writable",
+                "1 if the store's last write (a commit or the /readyz probe) succeeded, else 0.",
+            )
+            .expect("valid"),
+        );
+        // kabar serves only after opening its store; the first write or probe corrects it.
+        store_writable.set(1);
         FleetMetrics {
+            store_writable,
             backend_info: registered(
                 registry,
                 IntGaugeVec::new(
@@ -103,7 +117,7 @@ impl FleetMetrics {
 impl Metrics {
     /// Whether the store's last write (a commit or the /readyz probe) succeeded.
     pub(crate) fn store_writability(&self, writable: bool) {
-        self.store_writable.set(i64::from(writable));
+        self.fleet.store_writable.set(i64::from(writable));
     }
 
     pub(crate) fn store_backend(&self, backend: &str) {
