@@ -155,7 +155,11 @@ settings fail the render rather than letting kabar pick one.
 {{- end }}
 {{- if eq (include "kabar.postgres" .) "true" }}
 {{- $postgres := .Values.store.postgres }}
-{{- $_ := set $config "store" (dict "postgres" (dict "url_file" (include "kabar.postgresUrlFile" .) "max_connections" (int $postgres.maxConnections) "lease" $postgres.lease)) }}
+{{- $settings := dict "url_file" (include "kabar.postgresUrlFile" .) "max_connections" (int $postgres.maxConnections) "lease" $postgres.lease }}
+{{- if $postgres.caSecret }}
+{{- $_ := set $settings "ca_file" "/etc/kabar-secrets/postgres-ca/ca.crt" }}
+{{- end }}
+{{- $_ := set $config "store" (dict "postgres" $settings) }}
 {{- end }}
 {{- if include "kabar.authSecretName" . }}
 {{- if $config.auth }}
