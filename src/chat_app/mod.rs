@@ -29,9 +29,12 @@ pub(crate) const MARKUP_SYNTAX: &str = "MARKUP_SYNTAX_CHAT";
 /// The `chat_app` settings a request needs.
 #[derive(Debug, Clone)]
 pub struct ChatAppSettings {
-    pub key: Arc<ServiceAccountKey>,
+    /// The service account's key; None only in a dry run, which never asks for a token.
+    pub key: Option<Arc<ServiceAccountKey>>,
     /// The Chat API base, `https://chat.googleapis.com` unless a test or proxy says.
     pub api_url: String,
+    /// Print each app-mode request (method, path, query, body) instead of sending it.
+    pub dry_run: bool,
 }
 
 /// One HTTP request of app mode, before credentials: what dry runs and `kabar render`
@@ -159,8 +162,20 @@ impl ChatApp {
         body: &str,
     ) -> (Result<Accepted, SendFailure>, TokenActivity) {
         let mut activity = TokenActivity::default();
+        let Some(key) = &settings.key else {
+            // The config allows no key only with dry_run, whose requests are printed.
+            return (
+                Err(SendFailure {
+                    class: FailureClass::AuthError,
+                    status: None,
+                    retry_after: None,
+                    detail: "chat_app has no credentials_file".to_owned(),
+                }),
+                activity,
+            );
+        };
         for attempt in 0..2 {
-            let token = match self.tokens.get(chat.http(), &settings.key).await {
+            let token = match self.tokens.get(chat.http(), key).await {
                 Ok((token, refresh)) => {
                     if refresh == Refresh::Refreshed {
                         activity.refreshed += 1;

@@ -28,8 +28,9 @@ pub(super) struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawChatApp {
-    pub(super) credentials_file: PathBuf,
+    pub(super) credentials_file: Option<PathBuf>,
     pub(super) api_url: Option<String>,
+    pub(super) dry_run: Option<bool>,
 }
 
 #[derive(Deserialize)]

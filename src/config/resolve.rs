@@ -155,25 +155,40 @@ fn resolve_chat_app(
     base_dir: &Path,
 ) -> Result<crate::chat_app::ChatAppSettings, ConfigError> {
     let key_name = "chat_app.credentials_file";
-    let path = base_dir.join(&raw.credentials_file);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| invalid(key_name, format!("cannot read {}: {e}", path.display())))?;
-    let text = Secret::new(text);
-    let key = crate::chat_app::ServiceAccountKey::parse(text.expose())
-        .map_err(|e| invalid(key_name, format!("{} {e}", path.display())))?;
-    check_app_url(
-        key_name,
-        "its token_uri",
-        &key.token_uri,
-        delivery.allow_any_host,
-    )?;
+    let dry_run = raw.dry_run.unwrap_or(false);
+    let key = match &raw.credentials_file {
+        Some(file) => {
+            let path = base_dir.join(file);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| invalid(key_name, format!("cannot read {}: {e}", path.display())))?;
+            let text = Secret::new(text);
+            let key = crate::chat_app::ServiceAccountKey::parse(text.expose())
+                .map_err(|e| invalid(key_name, format!("{} {e}", path.display())))?;
+            check_app_url(
+                key_name,
+                "its token_uri",
+                &key.token_uri,
+                delivery.allow_any_host,
+            )?;
+            Some(std::sync::Arc::new(key))
+        }
+        // A dry run prints the requests and needs no Google account.
+        None if dry_run => None,
+        None => {
+            return Err(invalid(
+                key_name,
+                "is needed to post as the Chat app (or set chat_app.dry_run: true to print the requests instead)",
+            ));
+        }
+    };
     let api_url = raw
         .api_url
         .unwrap_or_else(|| crate::chat_app::CHAT_API_URL.to_owned());
     check_app_url("chat_app.api_url", "it", &api_url, delivery.allow_any_host)?;
     Ok(crate::chat_app::ChatAppSettings {
-        key: std::sync::Arc::new(key),
+        key,
         api_url,
+        dry_run,
     })
 }
 

@@ -139,6 +139,7 @@ pub(super) async fn run(
     leases: Arc<Leases>,
     mut stopped: watch::Receiver<bool>,
 ) {
+    announce(&shared, &leases, &mut stopped).await;
     loop {
         let config = Arc::clone(&shared.runtime()).config.clone();
         let spaces: Vec<String> = config.spaces.keys().cloned().collect();
@@ -206,6 +207,30 @@ pub(super) async fn run(
         }
     }
 }
+
+/// On a shared store, a first claim of no spaces: it only says this replica is alive, so
+/// replicas started together see each other and split the spaces from their first real
+/// claim, instead of the first to claim taking all and handing most over a lease later.
+async fn announce(shared: &Shared, leases: &Leases, stopped: &mut watch::Receiver<bool>) {
+    let config = Arc::clone(&shared.runtime()).config.clone();
+    let Some(postgres) = config.store.postgres.as_ref() else {
+        return;
+    };
+    let _ = tokio::time::timeout(
+        postgres.lease / 3,
+        shared
+            .store
+            .claim_spaces(leases.holder(), Vec::new(), postgres.lease),
+    )
+    .await;
+    tokio::select! {
+        _ = tokio::time::sleep(ANNOUNCE_WAIT) => {}
+        _ = stopped.wait_for(|stop| *stop) => {}
+    }
+}
+
+/// How long a replica waits after announcing itself before it claims spaces.
+const ANNOUNCE_WAIT: Duration = Duration::from_secs(1);
 
 fn apply(
     shared: &Shared,

@@ -10,8 +10,8 @@ use crate::common::config::{ConfigBuilder, Space};
 use crate::common::fake_chat::FakeChat;
 use crate::common::fake_google::{FakeGoogle, TokenMode};
 use crate::common::kabar::{
-    InProcess, TestConfig, dead_letters_cli, metric_value, metrics_text, notification, post_alerts,
-    wait_for_metric,
+    InProcess, KabarProcess, TestConfig, dead_letters_cli, metric_value, metrics_text,
+    notification, post_alerts, wait_for_metric,
 };
 
 const SPACE: &str = "spaces/AAAAappTest";
@@ -689,4 +689,66 @@ async fn the_opening_cards_name_survives_a_restart() {
         .expect("a PATCH");
     assert_eq!(patch.path, format!("/v1/{name}"));
     kabar.stop().await;
+}
+
+/// `chat_app.dry_run` needs no Google account: each app-mode request is printed (method,
+/// path, query, body) instead of sent, a resolve prints the PATCH of the opening card
+/// (addressed by the name Chat would have given it) before the reply, and nothing leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_prints_the_app_requests_without_credentials() {
+    let config = TestConfig::build(
+        ConfigBuilder::new()
+            .chat_app_dry_run()
+            .space("ops", Space::app(SPACE).receivers(&["ops"])),
+    );
+    let log = config.dir.path().join("kabar.log");
+    let kabar = KabarProcess::spawn(&config.path, &log);
+    for status in ["firing", "resolved"] {
+        let (code, _) = post_alerts(
+            &kabar.url("/alerts"),
+            &notification("ops", &[("DryRunApp", status)]),
+        )
+        .await;
+        assert_eq!(code, 200);
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let logs = loop {
+        let logs = kabar.logs();
+        let count = logs.matches("dry run, the Chat app would send").count();
+        if count >= 3 || tokio::time::Instant::now() > deadline {
+            break logs;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let printed: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains("dry run, the Chat app would send"))
+        .collect();
+    assert_eq!(printed.len(), 3, "create, edit, reply:\n{logs}");
+    assert!(
+        printed[0].contains("method=\"POST\"") || printed[0].contains("method=POST"),
+        "{}",
+        printed[0]
+    );
+    assert!(
+        printed[0].contains(&format!("/v1/{SPACE}/messages")),
+        "{}",
+        printed[0]
+    );
+    assert!(printed[0].contains("messageId=client-"), "{}", printed[0]);
+    assert!(printed[0].contains("MARKUP_SYNTAX"), "{}", printed[0]);
+    // The edit addresses the card the create made, by its client- id's name.
+    assert!(printed[1].contains("PATCH"), "{}", printed[1]);
+    assert!(
+        printed[1].contains(&format!("{SPACE}/messages/client-")),
+        "{}",
+        printed[1]
+    );
+    assert!(printed[1].contains("updateMask"), "{}", printed[1]);
+    assert!(printed[2].contains("POST"), "{}", printed[2]);
+    assert!(
+        printed[2].contains("REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD"),
+        "{}",
+        printed[2]
+    );
 }

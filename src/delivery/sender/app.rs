@@ -2,16 +2,16 @@
 //! out like a webhook's, and edits Chat refuses dropped. It must not build requests itself.
 
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{STORE_RETRY, Sender, Step};
 use crate::chat::FailureClass;
-use crate::chat_app::{create_write, describe};
+use crate::chat_app::{AppRequest, create_write, describe};
 use crate::config::Delivery;
 use crate::delivery::decide::{self, Outcome};
 use crate::delivery::pacing::Pacing;
 use crate::plan::MessageKind;
-use crate::store::{QueuedMessage, now_ms};
+use crate::store::{AppWrite, QueuedMessage, now_ms};
 
 impl Sender {
     /// Writes the head message of an app-mode space as the Chat app, paced like any other
@@ -60,6 +60,9 @@ impl Sender {
             known_name.as_deref(),
         );
         debug!(space = %self.space, id = message.id, request = %request.line(), "Chat app request");
+        if settings.dry_run {
+            return self.print_app(message, chat_space, &write, &request).await;
+        }
         let started = Instant::now();
         let (result, tokens) = self
             .shared
@@ -116,6 +119,43 @@ impl Sender {
             warn!(space = %self.space, error = %e, "cannot record the created message's name");
         }
         self.perform(message, outcome, accepted).await
+    }
+
+    /// chat_app.dry_run: prints the request the app would make and treats it as done. A
+    /// create "gets" the name Chat would give it (`spaces/…/messages/client-…`), so the
+    /// printed edits address it as the real ones would.
+    async fn print_app(
+        &self,
+        message: &QueuedMessage,
+        chat_space: &str,
+        write: &AppWrite,
+        request: &AppRequest,
+    ) -> Step {
+        let body = crate::chat_app::app_body(&message.body, write.is_edit());
+        // Alert data: Debug-quoted, so no line of it can pass for a log line of its own.
+        info!(
+            space = %self.space,
+            kind = %message.kind,
+            method = request.method,
+            path = ?request.path,
+            query = ?request.query_string(),
+            body = ?body,
+            "dry run, the Chat app would send"
+        );
+        if !write.is_edit() {
+            let name = format!("{chat_space}/messages/{}", write.message_id());
+            if let Err(e) = self
+                .shared
+                .store
+                .record_message_name(&self.space, write.message_id(), &name, now_ms())
+                .await
+            {
+                warn!(space = %self.space, error = %e, "cannot record the printed message's name");
+            }
+        }
+        self.remove(message).await;
+        self.shared.metrics.dry_run_delivered(&self.space);
+        Step::Next
     }
 
     /// Drops an edit that cannot be made, counted and logged; the space moves on.

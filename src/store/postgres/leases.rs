@@ -17,7 +17,7 @@ fn db(error: tokio_postgres::Error) -> StoreError {
 /// `spaces` and answers the ones it holds now. The fair share is the spaces divided by the
 /// replicas alive (each claim is a heartbeat), rounded up: a replica keeps up to that many
 /// of its own, lets the rest lapse (it stops sending for them at once, another replica
-/// takes them when they expire), and takes free or expired ones up to it. One transaction
+/// takes them when they expire, as a handover), and takes expired ones up to it. One transaction
 /// locks the rows, so two replicas claiming at once never get the same space.
 pub(super) async fn claim(
     client: &mut Client,
@@ -79,6 +79,23 @@ pub(super) async fn claim(
     }
     let chosen = choose(&leases, holder, fair_share(spaces.len(), live));
     let names: Vec<&str> = chosen.iter().map(|lease| lease.space.as_str()).collect();
+    // Own leases beyond the share lapse: no longer named as this replica's (so the next
+    // holder's claim is a handover, not a takeover), but not free before they expire.
+    let lapsing: Vec<&str> = leases
+        .iter()
+        .filter(|lease| lease.holder == holder && !lease.expired)
+        .map(|lease| lease.space.as_str())
+        .filter(|space| !names.contains(space))
+        .collect();
+    if !lapsing.is_empty() {
+        transaction
+            .execute(
+                "UPDATE kabar_leases SET holder = '' WHERE space = ANY($1) AND holder = $2",
+                &[&lapsing, &holder],
+            )
+            .await
+            .map_err(db)?;
+    }
     transaction
         .execute(
             "UPDATE kabar_leases SET holder = $2,
@@ -117,14 +134,14 @@ fn fair_share(spaces: usize, live: i64) -> usize {
 }
 
 /// The leases `holder` keeps or takes: its own valid ones first (they keep their pace and
-/// need no handover), then free or expired ones, up to `share`.
+/// need no handover), then expired ones (released, lapsed or never held), up to `share`.
+/// A lease another replica let lapse is not taken before it expires: that replica may
+/// still be finishing a request on it.
 fn choose<'a>(leases: &'a [Current], holder: &str, share: usize) -> Vec<&'a Current> {
     let own = leases
         .iter()
         .filter(|lease| lease.holder == holder && !lease.expired);
-    let free = leases
-        .iter()
-        .filter(|lease| lease.holder.is_empty() || lease.expired);
+    let free = leases.iter().filter(|lease| lease.expired);
     own.chain(free).take(share).collect()
 }
 
@@ -177,10 +194,12 @@ mod tests {
     fn a_replica_keeps_its_own_first_then_takes_free_and_expired_never_valid_foreign() {
         let leases = [
             lease("a", "other", false),
-            lease("b", "", false),
+            lease("b", "", true),
             lease("c", "me", false),
             lease("d", "gone", true),
             lease("e", "me", false),
+            // Let lapse by another replica, not yet expired: not free yet.
+            lease("f", "", false),
         ];
         let chosen: Vec<&str> = choose(&leases, "me", 3)
             .iter()

@@ -254,8 +254,9 @@ fn transaction_on(
         handle,
         announced: HashSet::new(),
         timed_out: false,
+        pending: Vec::new(),
     };
-    let outcome = work(&mut unit);
+    let outcome = work(&mut unit).and_then(|()| unit.flush());
     let timed_out = unit.timed_out;
     outcome?;
     if timed_out {

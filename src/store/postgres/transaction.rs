@@ -32,7 +32,21 @@ pub(super) struct PgTransaction<'a> {
     /// Set when a statement timed out: the connection's state is unknown, so it is not
     /// given back to the pool.
     pub(super) timed_out: bool,
+    /// Writes held back to travel with the next read, enqueue or the commit.
+    pub(super) pending: Vec<Pending>,
 }
+
+/// A value bound to a held-back write.
+type Param = Box<dyn ToSql + Sync + Send>;
+
+/// A write that needs no answer, held back so that it shares a round trip: the writes of a
+/// notification go out pipelined with its next statement, in order.
+pub(super) struct Pending {
+    sql: &'static str,
+    params: Vec<Param>,
+}
+
+const LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
 
 impl PgTransaction<'_> {
     fn run<T>(
@@ -53,31 +67,70 @@ impl PgTransaction<'_> {
         }
     }
 
-    fn query_opt(
+    fn defer(&mut self, sql: &'static str, params: Vec<Param>) {
+        self.pending.push(Pending { sql, params });
+    }
+
+    /// One round trip: the held-back writes, then the lock on `lock` (if any), then `sql`,
+    /// pipelined on the connection. The server runs them in order, so `sql` takes its
+    /// snapshot after the lock was granted and sees what the lock's previous holder
+    /// committed (READ COMMITTED), and it sees this transaction's own writes.
+    fn exchange(
         &mut self,
+        lock: Option<i64>,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<tokio_postgres::Row>, StoreError> {
+        let pending = std::mem::take(&mut self.pending);
         let transaction = self.transaction;
         self.run(async move {
+            let mut statements = Vec::with_capacity(pending.len());
+            for write in &pending {
+                statements.push(transaction.prepare_cached(write.sql).await?);
+            }
+            let lock_statement = match lock {
+                Some(_) => Some(transaction.prepare_cached(LOCK).await?),
+                None => None,
+            };
             let statement = transaction.prepare_cached(sql).await?;
-            transaction.query_opt(&statement, params).await
+            let bound: Vec<Vec<&(dyn ToSql + Sync)>> = pending
+                .iter()
+                .map(|write| {
+                    write
+                        .params
+                        .iter()
+                        .map(|param| param.as_ref() as &(dyn ToSql + Sync))
+                        .collect()
+                })
+                .collect();
+            // Each request leaves on its future's first poll, and join polls in order.
+            let writes = futures_util::future::try_join_all(
+                statements
+                    .iter()
+                    .zip(&bound)
+                    .map(|(statement, params)| transaction.execute(statement, params)),
+            );
+            let key = lock.unwrap_or_default();
+            let locked = async {
+                match &lock_statement {
+                    Some(lock) => transaction.execute(lock, &[&key]).await.map(|_| ()),
+                    None => Ok(()),
+                }
+            };
+            let (written, locked, row) =
+                tokio::join!(writes, locked, transaction.query_opt(&statement, params));
+            written?;
+            locked?;
+            row
         })
     }
 
-    fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
-        let transaction = self.transaction;
-        self.run(async move {
-            let statement = transaction.prepare_cached(sql).await?;
-            transaction.execute(&statement, params).await
-        })
-    }
-
-    /// Waits for, then holds until commit, the lock on `parts` (what names one episode,
-    /// group or digest).
-    fn lock(&mut self, parts: &[&[u8]]) -> Result<(), StoreError> {
-        let key = lock_key(parts);
-        self.execute("SELECT pg_advisory_xact_lock($1)", &[&key])?;
+    /// Sends what is held back (before the commit).
+    pub(super) fn flush(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.exchange(None, "SELECT 1", &[])?;
         Ok(())
     }
 }
@@ -101,13 +154,14 @@ impl EpisodeStore for PgTransaction<'_> {
     type Error = StoreError;
 
     fn episode(&mut self, key: &EpisodeKey) -> Result<Option<Episode>, StoreError> {
-        self.lock(&[
+        let lock = lock_key(&[
             b"episode",
             key.space.as_bytes(),
             key.fingerprint.as_bytes(),
             &key.starts_at_ns.to_le_bytes(),
-        ])?;
-        let row = self.query_opt(
+        ]);
+        let row = self.exchange(
+            Some(lock),
             "SELECT firing_posted, resolved, last_post_ms, thread_key, seen_ms, resolved_ms,
              resolved_ends_ms FROM kabar_episodes
              WHERE space = $1 AND fingerprint = $2 AND starts_at_ns = $3",
@@ -125,11 +179,16 @@ impl EpisodeStore for PgTransaction<'_> {
         let seen: i64 = row.try_get(4).map_err(PostgresError::from)?;
         let now = now_ms();
         if now - seen > SEEN_REFRESH_MS {
-            self.execute(
+            self.defer(
                 "UPDATE kabar_episodes SET seen_ms = $4
                  WHERE space = $1 AND fingerprint = $2 AND starts_at_ns = $3",
-                &[&key.space, &key.fingerprint, &key.starts_at_ns, &now],
-            )?;
+                vec![
+                    Box::new(key.space.clone()),
+                    Box::new(key.fingerprint.clone()),
+                    Box::new(key.starts_at_ns),
+                    Box::new(now),
+                ],
+            );
         }
         Ok(Some(episode))
     }
@@ -140,7 +199,7 @@ impl EpisodeStore for PgTransaction<'_> {
         episode: &Episode,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        self.execute(
+        self.defer(
             "INSERT INTO kabar_episodes
              (space, fingerprint, starts_at_ns, firing_posted, resolved, last_post_ms, thread_key,
               seen_ms, resolved_ms, resolved_ends_ms)
@@ -150,19 +209,19 @@ impl EpisodeStore for PgTransaction<'_> {
               last_post_ms = EXCLUDED.last_post_ms, thread_key = EXCLUDED.thread_key,
               seen_ms = EXCLUDED.seen_ms, resolved_ms = EXCLUDED.resolved_ms,
               resolved_ends_ms = EXCLUDED.resolved_ends_ms",
-            &[
-                &key.space,
-                &key.fingerprint,
-                &key.starts_at_ns,
-                &episode.firing_posted,
-                &episode.resolved,
-                &episode.last_post_ms,
-                &episode.thread_key,
-                &now_ms,
-                &episode.resolved_ms,
-                &episode.resolved_ends_ms,
+            vec![
+                Box::new(key.space.clone()),
+                Box::new(key.fingerprint.clone()),
+                Box::new(key.starts_at_ns),
+                Box::new(episode.firing_posted),
+                Box::new(episode.resolved),
+                Box::new(episode.last_post_ms),
+                Box::new(episode.thread_key.clone()),
+                Box::new(now_ms),
+                Box::new(episode.resolved_ms),
+                Box::new(episode.resolved_ends_ms),
             ],
-        )?;
+        );
         Ok(())
     }
 
@@ -172,8 +231,9 @@ impl EpisodeStore for PgTransaction<'_> {
         space: &str,
         group: u64,
     ) -> Result<Option<(u64, i64)>, StoreError> {
-        self.lock(&[b"notification", space.as_bytes(), &group.to_le_bytes()])?;
-        let row = self.query_opt(
+        let lock = lock_key(&[b"notification", space.as_bytes(), &group.to_le_bytes()]);
+        let row = self.exchange(
+            Some(lock),
             "SELECT digest, received_ms FROM kabar_recent_notifications
              WHERE space = $1 AND group_hash = $2",
             &[&space, &(group as i64)],
@@ -191,13 +251,18 @@ impl EpisodeStore for PgTransaction<'_> {
         digest: u64,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        self.execute(
+        self.defer(
             "INSERT INTO kabar_recent_notifications (space, group_hash, digest, received_ms)
              VALUES ($1, $2, $3, $4)
              ON CONFLICT (space, group_hash) DO UPDATE SET
               digest = EXCLUDED.digest, received_ms = EXCLUDED.received_ms",
-            &[&space, &(group as i64), &(digest as i64), &now_ms],
-        )?;
+            vec![
+                Box::new(space.to_owned()),
+                Box::new(group as i64),
+                Box::new(digest as i64),
+                Box::new(now_ms),
+            ],
+        );
         Ok(())
     }
 
@@ -206,8 +271,9 @@ impl EpisodeStore for PgTransaction<'_> {
         space: &str,
         group_key: &str,
     ) -> Result<Option<GroupEpisode>, StoreError> {
-        self.lock(&[b"group", space.as_bytes(), group_key.as_bytes()])?;
-        let row = self.query_opt(
+        let lock = lock_key(&[b"group", space.as_bytes(), group_key.as_bytes()]);
+        let row = self.exchange(
+            Some(lock),
             "SELECT thread_key, open FROM kabar_group_episodes WHERE space = $1 AND group_key = $2",
             &[&space, &group_key],
         )?;
@@ -225,21 +291,39 @@ impl EpisodeStore for PgTransaction<'_> {
         group: &GroupEpisode,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        self.execute(
+        self.defer(
             "INSERT INTO kabar_group_episodes (space, group_key, thread_key, open, seen_ms)
              VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (space, group_key) DO UPDATE SET
               thread_key = EXCLUDED.thread_key, open = EXCLUDED.open, seen_ms = EXCLUDED.seen_ms",
-            &[&space, &group_key, &group.thread_key, &group.open, &now_ms],
-        )?;
+            vec![
+                Box::new(space.to_owned()),
+                Box::new(group_key.to_owned()),
+                Box::new(group.thread_key.clone()),
+                Box::new(group.open),
+                Box::new(now_ms),
+            ],
+        );
         Ok(())
     }
 }
 
 impl Transaction for PgTransaction<'_> {
     fn enqueue(&mut self, message: &NewMessage<'_>) -> Result<i64, StoreError> {
+        // Delivered at commit, to every replica listening: the space's sender wakes
+        // wherever it runs. Nothing is announced for a transaction that rolls back.
+        if self.announced.insert(message.space.to_owned()) {
+            self.defer(
+                "SELECT pg_notify($1, $2)",
+                vec![
+                    Box::new(OUTBOX_CHANNEL.to_owned()),
+                    Box::new(message.space.to_owned()),
+                ],
+            );
+        }
         let (app_write, app_message_id) = AppWrite::columns(message.app.as_ref());
-        let row = self.query_opt(
+        let row = self.exchange(
+            None,
             "INSERT INTO kabar_outbox
              (space, kind, thread_key, body, fallback_body, received_ms, app_write, app_message_id)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
@@ -258,14 +342,6 @@ impl Transaction for PgTransaction<'_> {
             .ok_or_else(|| StoreError::Internal("INSERT … RETURNING returned no row".into()))?
             .try_get(0)
             .map_err(PostgresError::from)?;
-        // Delivered at commit, to every replica listening: the space's sender wakes
-        // wherever it runs. Nothing is announced for a transaction that rolls back.
-        if self.announced.insert(message.space.to_owned()) {
-            self.execute(
-                "SELECT pg_notify($1, $2)",
-                &[&OUTBOX_CHANNEL, &message.space],
-            )?;
-        }
         Ok(id)
     }
 }

@@ -103,6 +103,11 @@ impl ConfigBuilder {
         )
     }
 
+    /// `chat_app.dry_run: true` with no key: app-mode spaces print their requests.
+    pub fn chat_app_dry_run(self) -> ConfigBuilder {
+        self.set(&["chat_app"], json!({"dry_run": true}))
+    }
+
     pub fn space(self, name: &str, space: Space) -> ConfigBuilder {
         self.set(&["spaces", name], Value::Object(space.fields))
     }
