@@ -1,4 +1,4 @@
-//! The service, fault, Alertmanager and dead-letter suites, run a second time with every config on
+//! The service, fault, Alertmanager, dead-letter and Chat app suites, run a second time with every config on
 //! PostgreSQL: one suite, two backends. This test re-runs this very test binary with
 //! KABAR_TEST_STORE=postgres and those modules as the filter, so `cargo test` covers both.
 

@@ -181,3 +181,41 @@ async fn dead_letters_cli_on_postgres() {
     assert_no_secrets(&printed, &secrets);
     logs_clean(&replicas, &chat, &printed);
 }
+
+/// A message queued on the replica that does not hold its space wakes the holder's idle
+/// sender at once (LISTEN/NOTIFY), well under the senders' 5 s poll: five rounds, each
+/// delivered within 2 s of its 200, so a lost wake-up cannot pass by luck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_queued_on_another_replica_wakes_the_idle_holder_at_once() {
+    let Some(pg) = cluster() else { return };
+    let chat = FakeChat::start().await;
+    chat.set_rate_limit(None);
+    let url = pg.database();
+    let spaces = spaces(&chat, 1);
+    let config = fleet_config(&url, &spaces, |c| c.rate_limit_per_second(20.0));
+    let replicas = start_fleet(2, &config, &url).await;
+    let all: Vec<&Replica> = replicas.iter().collect();
+    let held = wait_every_space_held_once(&all, 1).await;
+    let other = held
+        .iter()
+        .position(BTreeSet::is_empty)
+        .expect("one replica holds nothing");
+    let space = &spaces[0].0;
+    for round in 0..5 {
+        // Idle: past the sender's last read, so only a wake-up (or the 5 s poll) finds it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = chat.messages(space).len();
+        let alert = format!("Wake{round}");
+        let (status, _, _) = post(&replicas[other].url(""), space, &alert, Kind::Firing).await;
+        assert_eq!(status, 200);
+        let acked = Instant::now();
+        chat.wait_for_messages(space, before + 1, Duration::from_secs(10))
+            .await;
+        let took = acked.elapsed();
+        assert!(
+            took < Duration::from_secs(2),
+            "round {round}: delivered {took:?} after the 200 at the other replica"
+        );
+    }
+    logs_clean(&replicas, &chat, "");
+}
