@@ -17,7 +17,7 @@ use crate::common::config::{ConfigBuilder, Space};
 use crate::common::fake_chat::{Failure, FakeChat, Mode, RequestRecord};
 use crate::common::kabar::{
     KabarProcess, TEST_TOKEN, TestConfig, client, metric_value, metrics_text, notification,
-    stored_dead_letters,
+    stored_dead_letters, wait_for_metric,
 };
 use crate::common::logscan::assert_logs_clean;
 use crate::common::tools::tools_required;
@@ -662,6 +662,14 @@ async fn sigterm_during_delivery_finishes_the_request_in_flight_and_loses_nothin
     );
     let log = log_path(&config);
     let kabar = KabarProcess::spawn(&config.path, &log);
+    // On PostgreSQL the sender starts once this replica holds the space's lease.
+    wait_for_metric(
+        &kabar.url(""),
+        "kabar_space_lease_held{space=\"ops\"}",
+        1.0,
+        WAIT,
+    )
+    .await;
     let acked = post_all(&kabar.url(""), "ops", &names("Term", 4), true).await;
     // A message is now in flight, stalled at Chat.
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use crate::common::postgres::{PgCluster, on_postgres};
 
 /// The modules whose tests run on both backends.
-const SUITES: [&str; 4] = [
+const SUITES: [&str; 5] = [
     "service::",
     "faults::",
     "alertmanager_e2e::",
     "dead_letters::",
+    "chat_app::",
 ];
 
 #[test]

@@ -345,6 +345,14 @@ async fn slow_answers_time_out_and_are_retried() {
             .rate_limit_per_second(50.0),
     ))
     .await;
+    // On PostgreSQL the sender starts once this replica holds the space's lease.
+    wait_for_metric(
+        &kabar.url(""),
+        "kabar_space_lease_held{space=\"ops\"}",
+        1.0,
+        WAIT,
+    )
+    .await;
     chat.set_mode(
         Some("ops"),
         Mode::Slow {
