@@ -191,7 +191,13 @@ pub fn check(config_path: &Path) -> Result<String, CommandError> {
     // A folder that is a file, or exists and cannot be written, is wrong wherever this runs.
     // One that does not exist yet may just be checked away from where kabar will run (CI
     // checking a pod's /var/lib/kabar): said, not failed.
-    let state_dir_warning = match crate::state_dir::check_usable(state_dir) {
+    // Replicas on PostgreSQL leave state_dir alone: nothing to check there.
+    let usable = if runtime.config.store.postgres.is_some() {
+        Ok(())
+    } else {
+        crate::state_dir::check_usable(state_dir)
+    };
+    let state_dir_warning = match usable {
         Ok(()) => None,
         Err(e @ crate::state_dir::StateDirError::NotWritable { .. }) if !state_dir.exists() => {
             Some(format!(
@@ -228,12 +234,28 @@ pub fn check(config_path: &Path) -> Result<String, CommandError> {
     }
     let config = &runtime.config;
     let mut out = format!("{}: OK\n", config_path.display());
-    let _ = writeln!(
-        out,
-        "  listen {}, state_dir {}",
-        config.listen,
-        config.state_dir.display()
-    );
+    match &config.store.postgres {
+        // Host and database only: the URL carries the password. Not connected to: check
+        // runs where the database may not be reachable (CI, a laptop).
+        Some(postgres) => {
+            let _ = writeln!(
+                out,
+                "  listen {}, store {} (lease {}, {} connections per replica; not connected to)",
+                config.listen,
+                crate::store::location(config),
+                crate::config::format_duration(postgres.lease),
+                postgres.max_connections
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "  listen {}, state_dir {}",
+                config.listen,
+                config.state_dir.display()
+            );
+        }
+    }
     out.push_str(state_dir_warning.as_deref().unwrap_or(""));
     let _ = writeln!(
         out,

@@ -935,3 +935,27 @@ async fn config_errors_never_echo_a_secret_in_check_the_log_or_the_reload_answer
         }
     }
 }
+
+/// `kabar check` on a PostgreSQL config names the server and database, never the URL's
+/// password, and does not connect (the host does not exist here) nor need a state_dir.
+#[test]
+fn check_names_the_postgres_store_without_its_password_or_a_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("kabar.yaml");
+    std::fs::write(
+        &path,
+        "state_dir: /nonexistent/kabar\nstore:\n  postgres:\n    url: 'postgres://kabar:pg-hunter2-%40x@db.invalid:6432/alerts?sslmode=require'\n    lease: 20s\nspaces:\n  ops:\n    dry_run: true\n",
+    )
+    .expect("write");
+    let output = run(&["check", path_str(&path)]);
+    let (stdout, stderr) = text_of(&output);
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("store PostgreSQL database alerts on db.invalid:6432 (lease 20s"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("state_dir"), "{stdout}");
+    for text in [&stdout, &stderr] {
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+}
