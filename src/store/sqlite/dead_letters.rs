@@ -42,24 +42,27 @@ pub(super) fn dead_letters(
          reason, status, detail, app_write, app_message_id
          FROM dead_letters WHERE ?1 IS NULL OR space = ?1 ORDER BY id",
     )?;
-    let rows = stmt.query_map(params![space], |row| {
-        Ok(DeadLetter {
-            id: row.get(0)?,
-            space: row.get(1)?,
-            kind: row.get(2)?,
-            thread_key: row.get(3)?,
-            body: row.get(4)?,
-            fallback_body: row.get(5)?,
-            received_ms: row.get(6)?,
-            dead_ms: row.get(7)?,
-            attempts: row.get(8)?,
-            reason: row.get(9)?,
-            status: row.get(10)?,
-            detail: row.get(11)?,
-            app: app_write(row.get(12)?, row.get(13)?),
-        })
-    })?;
+    let rows = stmt.query_map(params![space], letter_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A dead letter from a row of its columns in the order `dead_letters` selects them.
+pub(super) fn letter_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
+    Ok(DeadLetter {
+        id: row.get(0)?,
+        space: row.get(1)?,
+        kind: row.get(2)?,
+        thread_key: row.get(3)?,
+        body: row.get(4)?,
+        fallback_body: row.get(5)?,
+        received_ms: row.get(6)?,
+        dead_ms: row.get(7)?,
+        attempts: row.get(8)?,
+        reason: row.get(9)?,
+        status: row.get(10)?,
+        detail: row.get(11)?,
+        app: app_write(row.get(12)?, row.get(13)?),
+    })
 }
 
 pub(super) fn dead_letter_counts(conn: &Connection) -> Result<Vec<(String, i64)>, StoreError> {

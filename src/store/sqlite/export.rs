@@ -8,8 +8,7 @@ use rusqlite::{Connection, OpenFlags, params};
 use super::DATABASE_FILE;
 use crate::plan::{Episode, EpisodeKey, GroupEpisode};
 use crate::store::{
-    AppWrite, DeadLetter, QueuedMessage, StoreError, StoredDigest, StoredEpisode, StoredGroup,
-    StoredName,
+    DeadLetter, QueuedMessage, StoreError, StoredDigest, StoredEpisode, StoredGroup, StoredName,
 };
 
 /// A SQLite store opened read-only, at the schema this kabar writes.
@@ -47,19 +46,7 @@ impl SqliteExport {
             "SELECT id, space, kind, thread_key, body, fallback_body, received_ms, attempts,
              app_write, app_message_id FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![after_id, limit as i64], |row| {
-            Ok(QueuedMessage {
-                id: row.get(0)?,
-                space: row.get(1)?,
-                kind: row.get(2)?,
-                thread_key: row.get(3)?,
-                body: row.get(4)?,
-                fallback_body: row.get(5)?,
-                received_ms: row.get(6)?,
-                attempts: row.get(7)?,
-                app: AppWrite::from_columns(row.get(8)?, row.get(9)?),
-            })
-        })?;
+        let rows = stmt.query_map(params![after_id, limit as i64], super::outbox::message_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -74,23 +61,10 @@ impl SqliteExport {
              reason, status, detail, app_write, app_message_id FROM dead_letters
              WHERE id > ?1 ORDER BY id LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![after_id, limit as i64], |row| {
-            Ok(DeadLetter {
-                id: row.get(0)?,
-                space: row.get(1)?,
-                kind: row.get(2)?,
-                thread_key: row.get(3)?,
-                body: row.get(4)?,
-                fallback_body: row.get(5)?,
-                received_ms: row.get(6)?,
-                dead_ms: row.get(7)?,
-                attempts: row.get(8)?,
-                reason: row.get(9)?,
-                status: row.get(10)?,
-                detail: row.get(11)?,
-                app: AppWrite::from_columns(row.get(12)?, row.get(13)?),
-            })
-        })?;
+        let rows = stmt.query_map(
+            params![after_id, limit as i64],
+            super::dead_letters::letter_row,
+        )?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -25,6 +25,22 @@ pub(super) fn enqueue(conn: &Connection, message: &NewMessage<'_>) -> Result<i64
     Ok(conn.last_insert_rowid())
 }
 
+/// A queued message from a row of its columns in the order `next_messages` selects them
+/// (the store copy's reads select the same).
+pub(super) fn message_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedMessage> {
+    Ok(QueuedMessage {
+        id: row.get(0)?,
+        space: row.get(1)?,
+        kind: row.get(2)?,
+        thread_key: row.get(3)?,
+        body: row.get(4)?,
+        fallback_body: row.get(5)?,
+        received_ms: row.get(6)?,
+        attempts: row.get(7)?,
+        app: app_write(row.get(8)?, row.get(9)?),
+    })
+}
+
 /// The oldest messages of a space in queue order, leaving out `skip`.
 pub(super) fn next_messages(
     conn: &Connection,
@@ -39,19 +55,7 @@ pub(super) fn next_messages(
     )?;
     // The skipped ones are few (removals that failed): read past them, then leave them out.
     let wanted = limit.saturating_add(skip.len());
-    let rows = stmt.query_map(params![space, wanted as i64], |row| {
-        Ok(QueuedMessage {
-            id: row.get(0)?,
-            space: row.get(1)?,
-            kind: row.get(2)?,
-            thread_key: row.get(3)?,
-            body: row.get(4)?,
-            fallback_body: row.get(5)?,
-            received_ms: row.get(6)?,
-            attempts: row.get(7)?,
-            app: app_write(row.get(8)?, row.get(9)?),
-        })
-    })?;
+    let rows = stmt.query_map(params![space, wanted as i64], message_row)?;
     let mut messages = Vec::with_capacity(limit);
     for row in rows {
         let message = row?;
