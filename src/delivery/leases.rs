@@ -353,7 +353,7 @@ mod tests {
     }
 
     #[test]
-    fn holders_differ_between_processes_of_one_host() {
+    fn each_lease_keeper_has_its_own_holder_even_in_one_process() {
         assert_ne!(Leases::new().holder(), Leases::new().holder());
     }
 }

@@ -3,7 +3,7 @@
 
 use tokio_postgres::Client;
 
-use super::{PostgresError, connect, schema};
+use super::{connect, db, schema};
 use crate::config::Postgres;
 use crate::store::{
     AppWrite, DeadLetter, QueuedMessage, StoreError, StoredDigest, StoredEpisode, StoredGroup,
@@ -13,10 +13,6 @@ use crate::store::{
 /// An open copy into a migrated PostgreSQL store.
 pub(crate) struct PostgresImport {
     client: Client,
-}
-
-fn db(error: tokio_postgres::Error) -> StoreError {
-    StoreError::Postgres(PostgresError::from(error))
 }
 
 impl PostgresImport {

@@ -6,12 +6,8 @@ use std::time::Duration;
 
 use deadpool_postgres::Client;
 
-use super::PostgresError;
+use super::db;
 use crate::store::{LeaseClaim, StoreError};
-
-fn db(error: tokio_postgres::Error) -> StoreError {
-    StoreError::Postgres(PostgresError::from(error))
-}
 
 /// Renews or takes, for `lease` from now by the database's clock, `holder`'s fair share of
 /// `spaces` and answers the ones it holds now. The fair share is the spaces divided by the

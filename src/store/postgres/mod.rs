@@ -69,6 +69,11 @@ impl PostgresError {
     }
 }
 
+/// A driver error as the port sees it: for `map_err` on every statement of the adapter.
+pub(super) fn db(error: tokio_postgres::Error) -> StoreError {
+    StoreError::Postgres(PostgresError::from(error))
+}
+
 impl From<PostgresError> for StoreError {
     fn from(error: PostgresError) -> StoreError {
         StoreError::Postgres(error)

@@ -4,7 +4,7 @@
 use deadpool_postgres::Client;
 use tokio_postgres::Row;
 
-use super::PostgresError;
+use super::db;
 use crate::store::{
     AppWrite, DeadLetter, DeadLetterRecord, EPISODE_RETENTION_MS, QueueStats, QueuedMessage,
     StoreError,
@@ -14,10 +14,6 @@ const MESSAGE_COLUMNS: &str = "id, space, kind, thread_key, body, fallback_body,
      attempts, app_write, app_message_id";
 const LETTER_COLUMNS: &str = "id, space, kind, thread_key, body, fallback_body, received_ms, \
      dead_ms, attempts, reason, status, detail, app_write, app_message_id";
-
-fn db(error: tokio_postgres::Error) -> StoreError {
-    StoreError::Postgres(PostgresError::from(error))
-}
 
 fn message(row: &Row) -> Result<QueuedMessage, StoreError> {
     Ok(QueuedMessage {
