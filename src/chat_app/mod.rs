@@ -26,7 +26,13 @@ pub(crate) const UPDATE_MASK: &str = "text,cards_v2";
 /// default syntax is.
 pub(crate) const MARKUP_SYNTAX: &str = "MARKUP_SYNTAX_CHAT";
 
-/// The `chat_app` settings a request needs.
+/// Where Chat's self-signed event tokens are verified, the default `chat_app.certs_url`.
+pub(crate) const CHAT_CERTS_URL: &str =
+    "https://www.googleapis.com/service_accounts/v1/metadata/x509/chat@system.gserviceaccount.com";
+/// Google's ID-token certificates, the default `chat_app.id_token_certs_url`.
+pub(crate) const GOOGLE_CERTS_URL: &str = "https://www.googleapis.com/oauth2/v1/certs";
+
+/// The `chat_app` settings: how it posts, and how it takes Chat's events.
 #[derive(Debug, Clone)]
 pub struct ChatAppSettings {
     /// The service account's key; None only in a dry run, which never asks for a token.
@@ -35,6 +41,36 @@ pub struct ChatAppSettings {
     pub api_url: String,
     /// Print each app-mode request (method, path, query, body) instead of sending it.
     pub dry_run: bool,
+    /// Chat's events (button presses, being added to a space, messages to the app); None:
+    /// no events endpoint and no action buttons (`chat_app.project_number` unset).
+    pub events: Option<EventSettings>,
+    /// Where Silence buttons create silences; None: cards get no Silence buttons.
+    pub alertmanager: Option<AlertmanagerSettings>,
+    /// One Silence button per duration, in this order.
+    pub silence_durations: Vec<std::time::Duration>,
+    /// E-mail domains (lower case) whose users may press buttons; empty: anyone in the space.
+    pub allowed_domains: Vec<String>,
+}
+
+/// How Chat's events reach kabar and are verified.
+#[derive(Debug, Clone)]
+pub struct EventSettings {
+    /// The Cloud project number: the audience of Chat's self-signed event tokens.
+    pub project_number: String,
+    /// The path of kabar's listener the app's HTTP endpoint URL points at.
+    pub path: String,
+    /// The app's HTTP endpoint URL, when Chat is set to sign ID tokens for it (the
+    /// "HTTP endpoint URL" audience, and add-on apps); None: project-number tokens only.
+    pub endpoint_url: Option<String>,
+    pub certs_url: String,
+    pub id_token_certs_url: String,
+}
+
+/// The Alertmanager Silence buttons talk to (API v2).
+#[derive(Debug, Clone)]
+pub struct AlertmanagerSettings {
+    pub url: reqwest::Url,
+    pub auth: Option<crate::config::Auth>,
 }
 
 /// One HTTP request of app mode, before credentials: what dry runs and `kabar render`

@@ -6,6 +6,7 @@
 //! (URL and name rules), into `model` (the result); `messages` turns serde's errors into
 //! ones for people, `durations` reads and writes `250ms` and `1h30m`.
 
+mod chat_app;
 mod durations;
 mod expand;
 mod messages;

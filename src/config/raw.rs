@@ -21,16 +21,7 @@ pub(super) struct RawConfig {
     pub(super) store: Option<super::store::RawStore>,
     pub(super) defaults: Option<RawOptions>,
     pub(super) spaces: Option<BTreeMap<String, RawSpace>>,
-    pub(super) chat_app: Option<RawChatApp>,
-}
-
-/// `chat_app`: the service account app-mode spaces post as.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawChatApp {
-    pub(super) credentials_file: Option<PathBuf>,
-    pub(super) api_url: Option<String>,
-    pub(super) dry_run: Option<bool>,
+    pub(super) chat_app: Option<super::chat_app::RawChatApp>,
 }
 
 #[derive(Deserialize)]

@@ -11,13 +11,9 @@ use super::model::{
     Auth, Config, Delivery, Mention, OnResolve, OnResolveStep, Server, Space, SpaceOptions, Target,
     TlsFiles,
 };
-use super::raw::{
-    RawAuth, RawChatApp, RawConfig, RawDelivery, RawOptions, RawSecret, RawServer, RawSpace,
-};
+use super::raw::{RawAuth, RawConfig, RawDelivery, RawOptions, RawSecret, RawServer, RawSpace};
 use super::store::resolve_store;
-use super::validate::{
-    check_app_url, check_proxy_url, check_webhook_url, valid_chat_space, valid_space_name,
-};
+use super::validate::{check_proxy_url, check_webhook_url, valid_chat_space, valid_space_name};
 use super::{ConfigError, invalid};
 use crate::secret::Secret;
 
@@ -76,7 +72,7 @@ impl RawConfig {
         let store = resolve_store(self.store, base_dir)?;
         let chat_app = self
             .chat_app
-            .map(|raw| resolve_chat_app(raw, &delivery, base_dir))
+            .map(|raw| super::chat_app::resolve_chat_app(raw, &delivery, base_dir))
             .transpose()?;
 
         let defaults_raw = self.defaults.unwrap_or_default();
@@ -147,83 +143,53 @@ impl RawConfig {
     }
 }
 
-/// `chat_app`: the key file read and checked (it parses, holds client_email and token_uri
-/// and a PKCS#8 RSA key); errors name the file and the field, never a value of it.
-fn resolve_chat_app(
-    raw: RawChatApp,
-    delivery: &Delivery,
-    base_dir: &Path,
-) -> Result<crate::chat_app::ChatAppSettings, ConfigError> {
-    let key_name = "chat_app.credentials_file";
-    let dry_run = raw.dry_run.unwrap_or(false);
-    let key = match &raw.credentials_file {
-        Some(file) => {
-            let path = base_dir.join(file);
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| invalid(key_name, format!("cannot read {}: {e}", path.display())))?;
-            let text = Secret::new(text);
-            let key = crate::chat_app::ServiceAccountKey::parse(text.expose())
-                .map_err(|e| invalid(key_name, format!("{} {e}", path.display())))?;
-            check_app_url(
-                key_name,
-                "its token_uri",
-                &key.token_uri,
-                delivery.allow_any_host,
-            )?;
-            Some(std::sync::Arc::new(key))
-        }
-        // A dry run prints the requests and needs no Google account.
-        None if dry_run => None,
-        None => {
-            return Err(invalid(
-                key_name,
-                "is needed to post as the Chat app (or set chat_app.dry_run: true to print the requests instead)",
-            ));
-        }
-    };
-    let api_url = raw
-        .api_url
-        .unwrap_or_else(|| crate::chat_app::CHAT_API_URL.to_owned());
-    check_app_url("chat_app.api_url", "it", &api_url, delivery.allow_any_host)?;
-    Ok(crate::chat_app::ChatAppSettings {
-        key,
-        api_url,
-        dry_run,
-    })
+pub(super) fn resolve_auth(raw: RawAuth, base_dir: &Path) -> Result<Auth, ConfigError> {
+    resolve_credentials("auth", raw, base_dir)
 }
 
-fn resolve_auth(raw: RawAuth, base_dir: &Path) -> Result<Auth, ConfigError> {
+/// Bearer or basic credentials under `key` (`auth`, `chat_app.alertmanager`), every error
+/// naming the key it is about.
+pub(super) fn resolve_credentials(
+    key: &str,
+    raw: RawAuth,
+    base_dir: &Path,
+) -> Result<Auth, ConfigError> {
     let bearer = one_secret(
-        "auth.bearer_token",
+        &format!("{key}.bearer_token"),
         raw.bearer_token,
         raw.bearer_token_file,
         base_dir,
     )?;
     match (bearer, raw.basic) {
         (Some(_), Some(_)) => Err(invalid(
-            "auth",
+            key,
             "choose bearer_token(_file) or basic, not both",
         )),
         (Some(token), None) => Ok(Auth::Bearer(token)),
         (None, Some(basic)) => {
             if basic.username.trim().is_empty() {
-                return Err(invalid("auth.basic.username", "must not be empty"));
+                return Err(invalid(
+                    format!("{key}.basic.username"),
+                    "must not be empty",
+                ));
             }
             let password = one_secret(
-                "auth.basic.password",
+                &format!("{key}.basic.password"),
                 basic.password,
                 basic.password_file,
                 base_dir,
             )?
-            .ok_or_else(|| invalid("auth.basic", "needs password or password_file"))?;
+            .ok_or_else(|| invalid(format!("{key}.basic"), "needs password or password_file"))?;
             Ok(Auth::Basic {
                 username: basic.username,
                 password,
             })
         }
         (None, None) => Err(invalid(
-            "auth",
-            "needs bearer_token, bearer_token_file or basic (remove the auth key to run without authentication)",
+            key,
+            format!(
+                "needs bearer_token, bearer_token_file or basic (remove the {key} key to go without credentials)"
+            ),
         )),
     }
 }
