@@ -15,6 +15,8 @@ pub(crate) struct AppState {
     pub delivery: Arc<Delivery>,
     pub(crate) config_path: Option<PathBuf>,
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
+    /// Chat's events: the token verifier and the bound on events in progress.
+    pub(crate) events: crate::chat_app::actions::Events,
 }
 
 impl AppState {

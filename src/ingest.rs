@@ -42,6 +42,17 @@ pub(crate) enum ApiError {
     ReloadFailed(String),
     #[error("no such endpoint")]
     NotFound,
+    /// A request to the events path without a token Chat signed, for `reason`.
+    #[error("the request does not carry a valid Google Chat token ({reason})")]
+    EventUnauthorized { reason: &'static str },
+    #[error("Google's keys for verifying Chat's tokens cannot be fetched right now")]
+    EventKeysUnavailable,
+    #[error("the body is not a Google Chat event")]
+    EventMalformed,
+    #[error("too many Chat events are being handled at once")]
+    EventsBusy,
+    #[error("cannot record the action right now")]
+    EventStoreUnavailable(#[source] StoreError),
     #[error("method not allowed here")]
     MethodNotAllowed,
 }
@@ -59,6 +70,11 @@ impl ApiError {
             ApiError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::ReloadFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::EventUnauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::EventMalformed => StatusCode::BAD_REQUEST,
+            ApiError::EventKeysUnavailable
+            | ApiError::EventsBusy
+            | ApiError::EventStoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -88,6 +104,15 @@ impl ApiError {
             ApiError::ReloadFailed(_) => "the previous configuration stays in effect; fix the file and reload again".to_owned(),
             ApiError::NotFound => "POST Alertmanager notifications to /alerts or /alerts/{space}; see / for the endpoints".to_owned(),
             ApiError::MethodNotAllowed => "see / for the endpoints and their methods".to_owned(),
+            ApiError::EventUnauthorized { .. } => {
+                "only Google Chat may post here: its requests carry a token signed for chat_app.project_number (or chat_app.endpoint_url)".to_owned()
+            }
+            ApiError::EventMalformed => {
+                "kabar expects a Google Chat interaction event or add-on event object".to_owned()
+            }
+            ApiError::EventKeysUnavailable | ApiError::EventsBusy | ApiError::EventStoreUnavailable(_) => {
+                "retry later; Chat may retry by itself".to_owned()
+            }
         }
     }
 
@@ -102,7 +127,14 @@ impl ApiError {
             ApiError::Payload(_) => RejectReason::BadRequest,
             ApiError::Routing(_) => RejectReason::UnknownRoute,
             ApiError::StoreUnavailable(_) => RejectReason::StoreUnavailable,
-            ApiError::ReloadFailed(_) | ApiError::NotFound | ApiError::MethodNotAllowed => {
+            ApiError::ReloadFailed(_)
+            | ApiError::NotFound
+            | ApiError::MethodNotAllowed
+            | ApiError::EventUnauthorized { .. }
+            | ApiError::EventKeysUnavailable
+            | ApiError::EventMalformed
+            | ApiError::EventsBusy
+            | ApiError::EventStoreUnavailable(_) => {
                 return None;
             }
         })
@@ -144,7 +176,18 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static(challenge),
             );
         }
-        if let ApiError::StoreUnavailable(_) = self {
+        if let ApiError::EventUnauthorized { .. } = self {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if matches!(
+            self,
+            ApiError::StoreUnavailable(_)
+                | ApiError::EventKeysUnavailable
+                | ApiError::EventsBusy
+                | ApiError::EventStoreUnavailable(_)
+        ) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
@@ -230,7 +273,7 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-async fn read_body(
+pub(crate) async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use jiff::Timestamp;
 
 use crate::app::AppState;
+use crate::chat_app::actions::episodes as app_actions;
 use crate::config::Space;
 use crate::metrics::AcceptedNotification;
 use crate::payload::{Notification, elide_middle};
@@ -240,7 +241,25 @@ fn prepare<S: EpisodeStore + ?Sized>(
         ..SpaceOutcome::default()
     };
     let mut messages = Vec::with_capacity(planned.messages.len());
+    let app_space = matches!(space.target, crate::config::Target::App { .. });
+    let actions = app_space
+        && runtime
+            .config
+            .chat_app
+            .as_ref()
+            .is_some_and(|c| c.events.is_some());
     for message in planned.messages {
+        let alert = match &message.subject {
+            Subject::Alert(index) if actions => notification.alerts.get(*index),
+            _ => None,
+        };
+        if let Some(alert) = alert
+            && message.kind == MessageKind::Reminder
+            && app_actions::acknowledged(episodes, &space.name, alert)?
+        {
+            outcome.suppressed.push(SuppressReason::Acknowledged);
+            continue;
+        }
         let (rendered, failures) = runtime.renderer.render(&RenderInput {
             space,
             kind: message.kind,
@@ -270,22 +289,37 @@ fn prepare<S: EpisodeStore + ?Sized>(
             fallback_body: rendered.fallback_body,
             app: None,
         };
-        if matches!(space.target, crate::config::Target::App { .. }) {
-            let opens_thread = message.opens_thread;
-            messages.extend(app_writes(
+        if app_space {
+            let writes = app_writes(
                 runtime,
                 space,
                 notification,
                 outgoing,
-                opens_thread,
+                message.opens_thread,
                 now,
-            ));
+            );
+            if let Some(alert) = alert {
+                let opening = format!("client-{}", app_actions::episode_id(&space.name, alert));
+                let card = writes
+                    .iter()
+                    .find(|w| w.app.as_ref().is_some_and(|a| a.message_id() == opening))
+                    .map(|w| w.body.as_str());
+                app_actions::record(
+                    episodes,
+                    &space.name,
+                    alert,
+                    message.kind,
+                    card,
+                    now.as_millisecond(),
+                )?;
+            }
+            messages.extend(writes);
         } else {
             messages.push(outgoing);
         }
         outcome.queued.push(message.kind);
     }
-    if matches!(space.target, crate::config::Target::App { .. }) && space.options.on_resolve.edit {
+    if app_space && space.options.on_resolve.edit {
         digest_edits(episodes, runtime, space, notification, &mut messages, now)?;
     }
     Ok((outcome, messages))

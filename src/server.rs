@@ -87,6 +87,15 @@ impl Service {
         let store = store::open(config).await?;
         let metrics = Arc::new(Metrics::new(crate::VERSION, crate::REVISION));
         metrics.init_reject_reasons();
+        let app_spaces: Vec<&str> = config
+            .spaces
+            .iter()
+            .filter(|(_, space)| matches!(space.target, crate::config::Target::App { .. }))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if !app_spaces.is_empty() {
+            metrics.init_app_events(&app_spaces);
+        }
         metrics.store_backend(store.backend());
         for name in config.spaces.keys() {
             metrics.init_space(name);
@@ -120,6 +129,7 @@ impl Service {
             delivery,
             config_path,
             reload_lock: tokio::sync::Mutex::new(()),
+            events: crate::chat_app::actions::Events::default(),
         });
         let (stop, stopped) = watch::channel(false);
         let http_stopped = stopped.clone();
@@ -275,9 +285,26 @@ fn router(app: Arc<AppState>, guard: WebhookGuard) -> Router {
         .route("/readyz", get(readyz))
         .route("/-/reload", post(reload))
         .route("/", get(landing))
-        .fallback(|| async { ApiError::NotFound })
+        .fallback(events_or_not_found)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(app)
+}
+
+/// Chat's events come to `chat_app.events_path`, which a reload may change: looked up per
+/// request rather than routed once. Anything else here is not kabar's.
+async fn events_or_not_found(
+    State(app): State<Arc<AppState>>,
+    request: axum::extract::Request,
+) -> Response {
+    if request.method() == axum::http::Method::POST
+        && crate::chat_app::actions::is_events_path(&app, request.uri().path())
+    {
+        return match crate::chat_app::actions::receive(&app, request).await {
+            Ok(answer) => axum::Json(answer).into_response(),
+            Err(e) => e.into_response(),
+        };
+    }
+    ApiError::NotFound.into_response()
 }
 
 async fn healthz(State(app): State<Arc<AppState>>) -> Response {

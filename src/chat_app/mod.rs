@@ -5,6 +5,7 @@
 //! The request a queued app-mode message becomes is described by [`describe`], which the
 //! sender, `kabar render` and dry runs share, so what they show is what is sent.
 
+pub(crate) mod actions;
 pub(crate) mod ids;
 pub(crate) mod token;
 

@@ -23,6 +23,7 @@ pub use model::{
     TemplatePaths, Threading, TlsFiles,
 };
 pub use store::{Postgres, StoreConfig};
+pub(crate) use validate::valid_chat_space;
 
 use std::path::PathBuf;
 

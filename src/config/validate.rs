@@ -42,7 +42,7 @@ pub(super) fn check_proxy_url(proxy: &Secret) -> Result<(), ConfigError> {
 }
 
 /// A space of the Chat API: `spaces/` and an id of letters, digits, `-` and `_`.
-pub(super) fn valid_chat_space(space: &str) -> bool {
+pub(crate) fn valid_chat_space(space: &str) -> bool {
     space.strip_prefix("spaces/").is_some_and(|id| {
         !id.is_empty()
             && id.len() <= 128

@@ -56,13 +56,16 @@ pub enum SuppressReason {
     Duplicate,
     /// Resolved, but the space has `send_resolved: false`.
     ResolvedDisabled,
+    /// A reminder of an alert someone acknowledged from its card (app mode).
+    Acknowledged,
 }
 
 impl SuppressReason {
-    pub(crate) const ALL: [SuppressReason; 3] = [
+    pub(crate) const ALL: [SuppressReason; 4] = [
         SuppressReason::Unchanged,
         SuppressReason::Duplicate,
         SuppressReason::ResolvedDisabled,
+        SuppressReason::Acknowledged,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -70,6 +73,7 @@ impl SuppressReason {
             SuppressReason::Unchanged => "unchanged",
             SuppressReason::Duplicate => "duplicate",
             SuppressReason::ResolvedDisabled => "sendResolvedOff",
+            SuppressReason::Acknowledged => "acknowledged",
         }
     }
 }

@@ -25,6 +25,7 @@ pub use context::{
     LIST_LIMIT, MAX_ANNOTATION_CHARS, MAX_CONTEXT_LABELS, MAX_LABEL_NAME_CHARS,
     MAX_LABEL_VALUE_CHARS, MAX_LABELS_SHOWN, MAX_URL_CHARS,
 };
+pub(crate) use escape::is_bidi_control;
 pub use escape::{
     TRUNCATION_MARKER, alerts_link, escape_card, escape_text, fit_text, neutralise_mentions,
     safe_link, silence_link, url_encode, utf16_len,

@@ -293,11 +293,19 @@ fn rule_exprs(rules_yaml: &str) -> Vec<(String, String)> {
 }
 
 async fn live_exposition() -> String {
-    // Two spaces so every per-space series exists, as it does from start-up.
+    // Two spaces so every per-space series exists, as it does from start-up, and an app
+    // space with events and Silence buttons, whose series exist from start-up too.
     let kabar = InProcess::start(TestConfig::build(
         ConfigBuilder::new()
+            .chat_app_dry_run()
+            .chat_app_option("project_number", serde_json::json!("123456789012"))
+            .chat_app_option(
+                "alertmanager",
+                serde_json::json!({"url": "http://127.0.0.1:9093"}),
+            )
             .space("ops", Space::dry_run())
-            .space("dev", Space::dry_run()),
+            .space("dev", Space::dry_run())
+            .space("oncall", Space::app("spaces/AAAAmonitoring")),
     ))
     .await;
     let text = metrics_text(&kabar.url("")).await;

@@ -60,14 +60,15 @@ impl Sender {
             known_name.as_deref(),
         );
         debug!(space = %self.space, id = message.id, request = %request.line(), "Chat app request");
+        let body = self.with_actions(&settings, message, &write).await;
         if settings.dry_run {
-            return self.print_app(message, chat_space, &write, &request).await;
+            return self.print_app(message, &body, chat_space, &write, &request).await;
         }
         let started = Instant::now();
         let (result, tokens) = self
             .shared
             .chat_app
-            .send(&self.shared.chat, &settings, &request, &message.body)
+            .send(&self.shared.chat, &settings, &request, &body)
             .await;
         self.shared
             .metrics
@@ -127,11 +128,12 @@ impl Sender {
     async fn print_app(
         &self,
         message: &QueuedMessage,
+        body: &str,
         chat_space: &str,
         write: &AppWrite,
         request: &AppRequest,
     ) -> Step {
-        let body = crate::chat_app::app_body(&message.body, write.is_edit());
+        let body = crate::chat_app::app_body(body, write.is_edit());
         // Alert data: Debug-quoted, so no line of it can pass for a log line of its own.
         info!(
             space = %self.space,
@@ -156,6 +158,44 @@ impl Sender {
         self.remove(message).await;
         self.shared.metrics.dry_run_delivered(&self.space);
         Step::Next
+    }
+
+    /// An opening card (its create, or its resolved edit) as it goes out now: with the
+    /// lines of who acknowledged or silenced it and, while it fires, the action buttons.
+    /// Drawn at sending, not queueing, so an acknowledgement made while the card waited
+    /// in the queue is on it. Without a record (or a store to ask) it goes as queued.
+    async fn with_actions(
+        &self,
+        settings: &crate::chat_app::ChatAppSettings,
+        message: &QueuedMessage,
+        write: &AppWrite,
+    ) -> String {
+        let opening_kind = matches!(message.kind.as_str(), "firing" | "resolved");
+        let episode = crate::chat_app::actions::episodes::episode_of_message(write.message_id());
+        let (Some(episode), true, true) = (episode, opening_kind, settings.events.is_some()) else {
+            return message.body.clone();
+        };
+        let state = match self.shared.store.app_episode(episode).await {
+            Ok(Some(text)) => crate::chat_app::actions::state::AppEpisodeState::parse(&text),
+            Ok(None) => None,
+            Err(e) => {
+                warn!(space = %self.space, error = %e, "cannot read the card's actions; sending it without them");
+                None
+            }
+        };
+        let Some(state) = state else {
+            return message.body.clone();
+        };
+        let offer = message.kind == "firing" && !state.resolved;
+        crate::chat_app::actions::act::decorated(
+            settings,
+            episode,
+            &state,
+            &message.body,
+            offer,
+            None,
+            now_ms(),
+        )
     }
 
     /// Drops an edit that cannot be made, counted and logged; the space moves on.

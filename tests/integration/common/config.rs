@@ -108,6 +108,11 @@ impl ConfigBuilder {
         self.set(&["chat_app"], json!({"dry_run": true}))
     }
 
+    /// Sets one key of `chat_app` (after `chat_app` or `chat_app_dry_run`).
+    pub fn chat_app_option(self, key: &str, value: Value) -> ConfigBuilder {
+        self.set(&["chat_app", key], value)
+    }
+
     pub fn space(self, name: &str, space: Space) -> ConfigBuilder {
         self.set(&["spaces", name], Value::Object(space.fields))
     }
