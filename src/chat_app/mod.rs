@@ -6,6 +6,7 @@
 //! sender, `kabar render` and dry runs share, so what they show is what is sent.
 
 pub(crate) mod ids;
+pub(crate) mod silence;
 pub(crate) mod token;
 
 use std::sync::Arc;
