@@ -147,3 +147,42 @@ async fn app_episodes_are_pruned_with_the_episodes() {
     );
     store.close();
 }
+
+/// A database kabar's schema 1 left (before app episodes) is migrated to 2 at open, its
+/// rows kept, and takes app episodes from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_1_database_migrates_with_its_rows_kept() {
+    let Some(cluster) = PgCluster::shared() else {
+        return;
+    };
+    let url = cluster.database();
+    let config = config(&url);
+    open(&config).await.close();
+    // Back to what schema 1 was, with a message name in it.
+    rows(
+        &url,
+        "DROP TABLE kabar_app_episodes;
+         UPDATE kabar_schema SET version = 1;
+         INSERT INTO kabar_message_names VALUES ('spaces/AAA', 'client-x', 'spaces/AAA/messages/m', 7)
+         RETURNING 1",
+    );
+    let store = open(&config).await;
+    assert_eq!(
+        rows(&url, "SELECT version FROM kabar_schema"),
+        vec![vec![Some("2".to_owned())]]
+    );
+    assert_eq!(
+        store
+            .message_name("spaces/AAA", "client-x")
+            .await
+            .expect("read")
+            .as_deref(),
+        Some("spaces/AAA/messages/m")
+    );
+    save(store.as_ref(), EPISODE, r#"{"acked_by":"a"}"#, 9).await;
+    assert_eq!(
+        store.app_episode(EPISODE).await.expect("read").as_deref(),
+        Some(r#"{"acked_by":"a"}"#)
+    );
+    store.close();
+}
