@@ -7,6 +7,7 @@
 
 pub(crate) mod actions;
 pub(crate) mod ids;
+pub(crate) mod silence;
 pub(crate) mod token;
 
 use std::sync::Arc;

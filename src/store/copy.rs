@@ -1,6 +1,6 @@
 //! `kabar store copy`: a single-replica SQLite store moved into PostgreSQL — the queue in
-//! order, episodes, groups, digests and dead letters — in one transaction. It must not
-//! touch the source (read-only, under its state_dir lock) nor send anything.
+//! order, episodes, groups, digests, app state and dead letters — in one transaction. It
+//! must not touch the source (read-only, under its state_dir lock) nor send anything.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -42,6 +42,7 @@ pub(crate) struct Copied {
     pub groups: usize,
     pub digests: usize,
     pub names: usize,
+    pub app_episodes: usize,
     pub spaces: BTreeSet<String>,
 }
 
@@ -103,6 +104,14 @@ pub(crate) async fn copy(
         copied.names += page.len();
         target.names(&page).await?;
     }
+    let mut after: Option<String> = None;
+    loop {
+        let page = source.app_episodes(after.as_deref(), PAGE)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.episode_id.clone());
+        copied.app_episodes += page.len();
+        target.app_episodes(&page).await?;
+    }
     let groups = source.groups()?;
     copied.groups = groups.len();
     for chunk in groups.chunks(PAGE) {
@@ -131,13 +140,14 @@ pub fn run(config_path: &Path, state_dir: &Path, force: bool) -> Result<String, 
     let copied = runtime.block_on(copy(&config, state_dir, force))?;
     let target = super::location(&config);
     let mut out = format!(
-        "copied {} queued message(s), {} dead letter(s), {} episode(s), {} per_group thread(s), {} digest(s) and {} app message name(s) from {} into {target}\n",
+        "copied {} queued message(s), {} dead letter(s), {} episode(s), {} per_group thread(s), {} digest(s), {} app message name(s) and {} app episode state(s) from {} into {target}\n",
         copied.messages,
         copied.dead_letters,
         copied.episodes,
         copied.groups,
         copied.digests,
         copied.names,
+        copied.app_episodes,
         state_dir.join(super::sqlite::DATABASE_FILE).display(),
     );
     let unconfigured: Vec<&str> = copied

@@ -13,6 +13,8 @@ pub struct MemoryEpisodes {
     /// The latest notification (digest, when) per space and group.
     seen: HashMap<(String, u64), (u64, i64)>,
     groups: HashMap<(String, String), GroupEpisode>,
+    /// App-mode action state per episode id: (space, state).
+    app: HashMap<String, (String, String)>,
 }
 
 impl EpisodeStore for MemoryEpisodes {
@@ -73,5 +75,49 @@ impl EpisodeStore for MemoryEpisodes {
         self.groups
             .insert((space.to_owned(), group_key.to_owned()), group.clone());
         Ok(())
+    }
+
+    fn app_episode(&mut self, episode_id: &str) -> Result<Option<String>, Self::Error> {
+        Ok(self.app.get(episode_id).map(|(_, state)| state.clone()))
+    }
+
+    fn save_app_episode(
+        &mut self,
+        episode_id: &str,
+        space: &str,
+        state: &str,
+        _now_ms: i64,
+    ) -> Result<(), Self::Error> {
+        self.app
+            .insert(episode_id.to_owned(), (space.to_owned(), state.to_owned()));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_episodes_are_kept_per_episode_and_replaced() {
+        let mut store = MemoryEpisodes::default();
+        assert_eq!(store.app_episode("a").expect("read"), None);
+        store
+            .save_app_episode("a", "spaces/X", r#"{"v":1}"#, 1)
+            .expect("save");
+        store
+            .save_app_episode("b", "spaces/X", r#"{"v":2}"#, 1)
+            .expect("save");
+        store
+            .save_app_episode("a", "spaces/X", r#"{"v":3}"#, 2)
+            .expect("save");
+        assert_eq!(
+            store.app_episode("a").expect("read").as_deref(),
+            Some(r#"{"v":3}"#)
+        );
+        assert_eq!(
+            store.app_episode("b").expect("read").as_deref(),
+            Some(r#"{"v":2}"#)
+        );
     }
 }

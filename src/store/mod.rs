@@ -242,6 +242,15 @@ pub(crate) struct StoredName {
     pub created_ms: i64,
 }
 
+/// An app-mode episode's action state as a store holds it, for copying a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredAppEpisode {
+    pub episode_id: String,
+    pub space: String,
+    pub state: String,
+    pub seen_ms: i64,
+}
+
 /// How long episode state is kept after an alert was last seen. Alertmanager re-sends a
 /// firing alert every repeat_interval, which refreshes it; a week covers any sane setting.
 pub(crate) const EPISODE_RETENTION_MS: i64 = 7 * 24 * 3_600_000;
@@ -282,6 +291,21 @@ pub trait EpisodeStore {
         space: &str,
         group_key: &str,
         group: &GroupEpisode,
+        now_ms: i64,
+    ) -> Result<(), Self::Error>;
+    /// The app-mode action state of the episode whose id (the 24 hex of its opening
+    /// card's `client-` id) is `episode_id`: an opaque JSON document (who acknowledged or
+    /// silenced it, the clicks already handled, the card to answer with). Where replicas
+    /// share the store, reading it makes other transactions reading the same episode wait
+    /// for this one, so two copies of one click take turns.
+    fn app_episode(&mut self, episode_id: &str) -> Result<Option<String>, Self::Error>;
+    /// Records `state` as the action state of `episode_id`, an episode of `space`. Kept
+    /// as long as episodes are, counted from `now_ms`.
+    fn save_app_episode(
+        &mut self,
+        episode_id: &str,
+        space: &str,
+        state: &str,
         now_ms: i64,
     ) -> Result<(), Self::Error>;
 }
@@ -334,7 +358,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn drop_dead_letters(&self, ids: Vec<i64>) -> StoreFuture<'_, Vec<DeadLetter>>;
     /// Depth and oldest message of each space's queue.
     fn queue_stats(&self) -> StoreFuture<'_, Vec<QueueStats>>;
-    /// Forgets episodes (and app-mode message names) past the retention and notification
+    /// Forgets episodes (and app-mode message names and action states) past the retention and notification
     /// digests past the duplicate window: (episodes, digests) removed.
     fn prune(&self, now_ms: i64) -> StoreFuture<'_, (usize, usize)>;
     /// Records the name Chat gave the app-mode message created under `message_id` in
@@ -348,6 +372,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> StoreFuture<'_, ()>;
     /// The name recorded for the app-mode message created under `message_id` in `space`.
     fn message_name(&self, space: &str, message_id: &str) -> StoreFuture<'_, Option<String>>;
+    /// The app-mode action state recorded for `episode_id`, read outside any transaction
+    /// (the sender decorates cards with it; it takes no lock).
+    fn app_episode(&self, episode_id: &str) -> StoreFuture<'_, Option<String>>;
     /// A real, committed write: proves the store takes writes right now.
     fn probe(&self) -> StoreFuture<'_, ()>;
     /// Whether the last write committed (kabar_store_writable).

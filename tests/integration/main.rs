@@ -5,6 +5,7 @@
 mod common;
 
 mod alertmanager_e2e;
+mod app_state;
 mod cards;
 mod chat_app;
 mod cli;

@@ -1,6 +1,6 @@
 //! `kabar store copy` (the real binary): a single-replica SQLite store with a queue, open
-//! episodes, a per_group thread and a dead letter moves into PostgreSQL; replicas on it
-//! deliver the queue in order and continue every thread. A non-empty target, a running
+//! episodes, a per_group thread, an app episode's state and a dead letter moves into
+//! PostgreSQL; replicas on it deliver the queue in order and continue every thread. A non-empty target, a running
 //! source and a config without PostgreSQL are refused; the password is never printed.
 
 use std::path::Path;
@@ -129,13 +129,36 @@ async fn a_sqlite_store_moves_into_postgres_and_its_threads_continue() {
         "the single replica stops cleanly"
     );
     let before = stored_dead_letters(&sqlite);
+    // An app-mode episode's action state (the Chat app's buttons), as the store holds it.
+    rusqlite::Connection::open(state_dir.join("kabar.db"))
+        .expect("open kabar.db")
+        .execute(
+            "INSERT INTO app_episodes (episode_id, space, state, seen_ms)
+             VALUES ('0123456789abcdef01234567', 'spaces/AAA', '{\"acked_by\":\"a\"}', 42)",
+            [],
+        )
+        .expect("an app episode");
 
     let copied = store_copy(&target.path, &state_dir, false).await;
     assert!(copied.success, "store copy failed: {}", copied.stderr);
     assert!(
-        copied.stdout.contains("queued message(s)"),
+        copied.stdout.contains("queued message(s)")
+            && copied.stdout.contains("1 app episode state(s)"),
         "{}",
         copied.stdout
+    );
+    assert_eq!(
+        crate::common::postgres::rows(
+            &url,
+            "SELECT episode_id, space, state, seen_ms FROM kabar_app_episodes"
+        ),
+        vec![vec![
+            Some("0123456789abcdef01234567".to_owned()),
+            Some("spaces/AAA".to_owned()),
+            Some(r#"{"acked_by":"a"}"#.to_owned()),
+            Some("42".to_owned()),
+        ]],
+        "the app episode was copied whole"
     );
     // Copying again into the now non-empty database is refused, unless forced.
     let again = store_copy(&target.path, &state_dir, false).await;

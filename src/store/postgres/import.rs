@@ -6,8 +6,8 @@ use tokio_postgres::Client;
 use super::{connect, db, schema};
 use crate::config::Postgres;
 use crate::store::{
-    AppWrite, DeadLetter, QueuedMessage, StoreError, StoredDigest, StoredEpisode, StoredGroup,
-    StoredName,
+    AppWrite, DeadLetter, QueuedMessage, StoreError, StoredAppEpisode, StoredDigest, StoredEpisode,
+    StoredGroup, StoredName,
 };
 
 /// An open copy into a migrated PostgreSQL store.
@@ -35,7 +35,8 @@ impl PostgresImport {
                 "SELECT NOT (EXISTS (SELECT 1 FROM kabar_outbox)
                    OR EXISTS (SELECT 1 FROM kabar_dead_letters)
                    OR EXISTS (SELECT 1 FROM kabar_episodes)
-                   OR EXISTS (SELECT 1 FROM kabar_group_episodes))",
+                   OR EXISTS (SELECT 1 FROM kabar_group_episodes)
+                   OR EXISTS (SELECT 1 FROM kabar_app_episodes))",
                 &[],
             )
             .await
@@ -232,6 +233,30 @@ impl PostgresImport {
                     &statement,
                     &[&n.space, &n.message_id, &n.name, &n.created_ms],
                 )
+                .await
+                .map_err(db)?;
+        }
+        Ok(())
+    }
+
+    /// App-mode action states, replacing any of the same episode id (only with --force).
+    pub(crate) async fn app_episodes(
+        &self,
+        app_episodes: &[StoredAppEpisode],
+    ) -> Result<(), StoreError> {
+        let statement = self
+            .client
+            .prepare(
+                "INSERT INTO kabar_app_episodes (episode_id, space, state, seen_ms)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (episode_id) DO UPDATE SET space = EXCLUDED.space,
+                  state = EXCLUDED.state, seen_ms = EXCLUDED.seen_ms",
+            )
+            .await
+            .map_err(db)?;
+        for a in app_episodes {
+            self.client
+                .execute(&statement, &[&a.episode_id, &a.space, &a.state, &a.seen_ms])
                 .await
                 .map_err(db)?;
         }

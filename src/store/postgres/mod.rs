@@ -396,6 +396,14 @@ impl Store for PostgresStore {
         }))
     }
 
+    fn app_episode(&self, episode_id: &str) -> StoreFuture<'_, Option<String>> {
+        let episode_id = episode_id.to_owned();
+        Box::pin(self.guard(false, async move {
+            let client = self.client().await?;
+            queue::app_episode(&client, &episode_id).await
+        }))
+    }
+
     fn probe(&self) -> StoreFuture<'_, ()> {
         Box::pin(self.guard(true, async move {
             let client = self.client().await?;

@@ -287,6 +287,13 @@ pub(super) async fn prune(client: &Client, now_ms: i64) -> Result<(usize, usize)
         )
         .await
         .map_err(db)?;
+    client
+        .execute(
+            "DELETE FROM kabar_app_episodes WHERE seen_ms < $1",
+            &[&cutoff],
+        )
+        .await
+        .map_err(db)?;
     let window = crate::plan::DUPLICATE_WINDOW.as_millis() as i64;
     let digests = client
         .execute(
@@ -332,6 +339,22 @@ pub(super) async fn name(
         .map_err(db)?;
     let row = client
         .query_opt(&statement, &[&space, &message_id])
+        .await
+        .map_err(db)?;
+    row.map(|row| row.try_get(0).map_err(db)).transpose()
+}
+
+/// An app-mode action state, outside any transaction: no lock, the latest commit.
+pub(super) async fn app_episode(
+    client: &Client,
+    episode_id: &str,
+) -> Result<Option<String>, StoreError> {
+    let statement = client
+        .prepare_cached("SELECT state FROM kabar_app_episodes WHERE episode_id = $1")
+        .await
+        .map_err(db)?;
+    let row = client
+        .query_opt(&statement, &[&episode_id])
         .await
         .map_err(db)?;
     row.map(|row| row.try_get(0).map_err(db)).transpose()

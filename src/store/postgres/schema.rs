@@ -12,7 +12,7 @@ const MIGRATION_LOCK: i64 = 0x6b_6162_6172;
 
 /// Schema changes, in order: entry `i` takes the database from version `i` to `i + 1`.
 /// Every table is prefixed, so kabar can share a database with other applications.
-const MIGRATIONS: [&str; 1] = [
+const MIGRATIONS: [&str; 2] = [
     // v1: what SQLite's v4 holds (app-mode writes and message names included), plus the
     // space leases and the live replicas of a fleet.
     "CREATE TABLE kabar_outbox (
@@ -93,6 +93,15 @@ const MIGRATIONS: [&str; 1] = [
      CREATE INDEX kabar_message_names_by_time ON kabar_message_names (created_ms);
      CREATE TABLE kabar_replicas (holder text PRIMARY KEY, expires_at timestamptz NOT NULL);
      CREATE TABLE kabar_meta (key text PRIMARY KEY, value text NOT NULL);",
+    // v2 (SQLite's v5): app mode's buttons. Each episode's action state as one opaque
+    // JSON document, keyed by the episode id its opening card's client- id carries.
+    "CREATE TABLE kabar_app_episodes (
+         episode_id text PRIMARY KEY,
+         space text NOT NULL,
+         state text NOT NULL,
+         seen_ms bigint NOT NULL
+     );
+     CREATE INDEX kabar_app_episodes_by_seen ON kabar_app_episodes (seen_ms);",
 ];
 pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 

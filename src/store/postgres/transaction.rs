@@ -2,8 +2,8 @@
 //! transaction, run on a blocking thread. It must not commit: `transact` does, once.
 //!
 //! The pipeline's work is synchronous, so each statement blocks this thread on the
-//! runtime's handle. Reads of an episode, group or notification digest first take a
-//! transaction-scoped advisory lock on its key: two replicas handling copies of one
+//! runtime's handle. Reads of an episode, group, notification digest or app-mode action
+//! state first take a transaction-scoped advisory lock on its key: two replicas handling copies of one
 //! notification at the same moment then take turns, and the second sees what the first
 //! committed (READ COMMITTED takes a fresh snapshot per statement, after the lock).
 
@@ -306,6 +306,41 @@ impl EpisodeStore for PgTransaction<'_> {
         );
         Ok(())
     }
+
+    // Locked like an episode, under its own prefix: two replicas handling two copies of
+    // one click take turns, and the second reads the state the first saved.
+    fn app_episode(&mut self, episode_id: &str) -> Result<Option<String>, StoreError> {
+        let lock = lock_key(&[b"app_episode", episode_id.as_bytes()]);
+        let row = self.exchange(
+            Some(lock),
+            "SELECT state FROM kabar_app_episodes WHERE episode_id = $1",
+            &[&episode_id],
+        )?;
+        row.map(|row| row.try_get(0).map_err(|e| PostgresError::from(e).into()))
+            .transpose()
+    }
+
+    fn save_app_episode(
+        &mut self,
+        episode_id: &str,
+        space: &str,
+        state: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.defer(
+            "INSERT INTO kabar_app_episodes (episode_id, space, state, seen_ms)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (episode_id) DO UPDATE SET
+              space = EXCLUDED.space, state = EXCLUDED.state, seen_ms = EXCLUDED.seen_ms",
+            vec![
+                Box::new(episode_id.to_owned()),
+                Box::new(space.to_owned()),
+                Box::new(state.to_owned()),
+                Box::new(now_ms),
+            ],
+        );
+        Ok(())
+    }
 }
 
 impl Transaction for PgTransaction<'_> {
@@ -356,6 +391,16 @@ mod tests {
         assert_ne!(
             lock_key(&[b"group", b"ops"]),
             lock_key(&[b"episode", b"ops"])
+        );
+        // An app episode's lock cannot be an episode's or group's whose key parts happen
+        // to spell the same bytes: the prefix is a part of its own.
+        assert_ne!(
+            lock_key(&[b"app_episode", b"0123"]),
+            lock_key(&[b"episode", b"0123"])
+        );
+        assert_ne!(
+            lock_key(&[b"app_episode", b"0123"]),
+            lock_key(&[b"app", b"episode", b"0123"])
         );
         // Every replica of every version must agree: the value is part of the protocol
         // (FNV-1a of "kabar" and the 0xff separator, computed independently).

@@ -168,6 +168,21 @@ impl EpisodeStore for SqlEpisodes<'_> {
             .execute(params![space, group_key, group.thread_key, group.open, now_ms])?;
         Ok(())
     }
+
+    // One writer thread: a transaction here already runs alone, no lock is needed.
+    fn app_episode(&mut self, episode_id: &str) -> Result<Option<String>, StoreError> {
+        super::app_messages::app_episode(self.0, episode_id)
+    }
+
+    fn save_app_episode(
+        &mut self,
+        episode_id: &str,
+        space: &str,
+        state: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        super::app_messages::save_app_episode(self.0, episode_id, space, state, now_ms)
+    }
 }
 
 impl Transaction for SqlEpisodes<'_> {

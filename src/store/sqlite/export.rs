@@ -1,5 +1,5 @@
 //! Reading a whole SQLite store out, in pages, for `kabar store copy`: queue and dead
-//! letters in id order, episodes, groups and digests. Read-only; it must not change a row.
+//! letters in id order, episodes, groups, digests, names, app action states. Read-only.
 
 use std::path::Path;
 
@@ -8,7 +8,8 @@ use rusqlite::{Connection, OpenFlags, params};
 use super::DATABASE_FILE;
 use crate::plan::{Episode, EpisodeKey, GroupEpisode};
 use crate::store::{
-    DeadLetter, QueuedMessage, StoreError, StoredDigest, StoredEpisode, StoredGroup, StoredName,
+    DeadLetter, QueuedMessage, StoreError, StoredAppEpisode, StoredDigest, StoredEpisode,
+    StoredGroup, StoredName,
 };
 
 /// A SQLite store opened read-only, at the schema this kabar writes.
@@ -146,6 +147,27 @@ impl SqliteExport {
                 message_id: row.get(1)?,
                 name: row.get(2)?,
                 created_ms: row.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// App-mode action states after the episode id `after`, in id order.
+    pub(crate) fn app_episodes(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StoredAppEpisode>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT episode_id, space, state, seen_ms FROM app_episodes
+             WHERE ?1 IS NULL OR episode_id > ?1 ORDER BY episode_id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after, limit as i64], |row| {
+            Ok(StoredAppEpisode {
+                episode_id: row.get(0)?,
+                space: row.get(1)?,
+                state: row.get(2)?,
+                seen_ms: row.get(3)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

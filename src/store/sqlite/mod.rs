@@ -3,7 +3,8 @@
 //!
 //! `engine` (writer thread, group commit, reader pool), `schema` (pragmas, migrations),
 //! `outbox` (the queue), `dead_letters`, `episodes` (the port's `Transaction`) and
-//! `app_messages` (app mode's message names and how a queued message is written).
+//! `app_messages` (app mode's message names, how a queued message is written, and each
+//! episode's action state).
 
 mod app_messages;
 mod dead_letters;
@@ -14,6 +15,8 @@ mod outbox;
 mod schema;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_app;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -142,6 +145,11 @@ impl Store for SqliteStore {
     fn message_name(&self, space: &str, message_id: &str) -> StoreFuture<'_, Option<String>> {
         let (space, message_id) = (space.to_owned(), message_id.to_owned());
         Box::pin(self.read(move |conn| app_messages::name(conn, &space, &message_id)))
+    }
+
+    fn app_episode(&self, episode_id: &str) -> StoreFuture<'_, Option<String>> {
+        let episode_id = episode_id.to_owned();
+        Box::pin(self.read(move |conn| app_messages::app_episode(conn, &episode_id)))
     }
 
     fn probe(&self) -> StoreFuture<'_, ()> {

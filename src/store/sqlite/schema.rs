@@ -20,7 +20,7 @@ pub(super) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 /// Schema changes, in order: entry `i` takes the database from version `i` to `i + 1`.
 /// Each runs in its own transaction and sets `user_version`, so a crash mid-way leaves a
 /// consistent version behind.
-pub(super) const MIGRATIONS: [&str; 4] = [
+pub(super) const MIGRATIONS: [&str; 5] = [
     // v1: outbox, dead letters, episode state, duplicate detection.
     "BEGIN;
              CREATE TABLE outbox (
@@ -122,6 +122,19 @@ pub(super) const MIGRATIONS: [&str; 4] = [
              ) WITHOUT ROWID;
              CREATE INDEX message_names_by_time ON message_names (created_ms);
              PRAGMA user_version = 4;
+             COMMIT;",
+    // v5: app mode's buttons. Each episode's action state (who acknowledged or silenced
+    // it, the clicks already handled, the card to answer with) as one opaque JSON
+    // document, keyed by the episode id its opening card's client- id carries.
+    "BEGIN;
+             CREATE TABLE app_episodes (
+                 episode_id TEXT PRIMARY KEY,
+                 space TEXT NOT NULL,
+                 state TEXT NOT NULL,
+                 seen_ms INTEGER NOT NULL
+             ) WITHOUT ROWID;
+             CREATE INDEX app_episodes_by_seen ON app_episodes (seen_ms);
+             PRAGMA user_version = 5;
              COMMIT;",
 ];
 pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
