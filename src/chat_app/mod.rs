@@ -7,6 +7,7 @@
 
 pub(crate) mod ids;
 pub(crate) mod token;
+pub(crate) mod verify;
 
 use std::sync::Arc;
 
