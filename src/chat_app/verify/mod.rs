@@ -839,7 +839,8 @@ mod tests {
             (200, "{\"k0\": \"not a cert\"}".to_owned()),
             (
                 200,
-                format!("{{\"k0\": \"{}\"}}", "A".repeat(keys::MAX_BODY_BYTES)),
+                // A usable map, refused only for its size.
+                json!({"k0": keys()[0].cert, "pad": "A".repeat(keys::MAX_BODY_BYTES)}).to_string(),
             ),
         ] {
             certs.set(status, "", body);
