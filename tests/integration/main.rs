@@ -7,6 +7,7 @@ mod common;
 mod alertmanager_e2e;
 mod cards;
 mod chat_app;
+mod chat_events_selftest;
 mod cli;
 mod dead_letters;
 mod fake_chat_selftest;
