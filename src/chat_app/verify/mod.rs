@@ -905,4 +905,76 @@ mod tests {
         assert_eq!(loggable("a\u{1b}b"), "a?b");
         assert!(CHAT_CERTS_URL.ends_with(CHAT_ISSUER));
     }
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut buffer) = self.0.lock() {
+                buffer.extend_from_slice(bytes);
+            }
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn logs_name_reasons_and_short_kids_never_tokens_or_key_material() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let certs = certs("max-age=60").await;
+        let broken = "-----BEGIN CERTIFICATE-----\nQUJDREVGR0hJSktM\n-----END CERTIFICATE-----\n";
+        certs.set(
+            200,
+            "max-age=60",
+            json!({"k0": keys()[0].cert, "bad": broken}).to_string(),
+        );
+        let v = verifier(&certs, false);
+        let good = token(&chat_claims());
+        let long_kid = format!("{}\nFORGED LINE {}", "k".repeat(60), "z".repeat(500));
+        let stranger = sign_with(
+            &keys()[0],
+            &json!({"alg": "RS256", "kid": long_kid}),
+            &chat_claims(),
+            false,
+        );
+        assert!(check(&v, &format!("Bearer {good}"), now()).await.is_ok());
+        assert_eq!(reason(&v, &stranger).await, "unknown_key");
+        certs.set(503, "", "secret-looking body".to_owned());
+        let later = now() + SignedDuration::from_secs(61);
+        let late_claims = json!({"iss": CHAT_ISSUER, "aud": PROJECT, "iat": later.as_second(), "exp": later.as_second() + 60});
+        let late = token(&late_claims);
+        assert!(check(&v, &format!("Bearer {late}"), later).await.is_ok());
+        let bytes = buffer.0.lock().map(|b| b.clone()).unwrap_or_default();
+        let log = String::from_utf8_lossy(&bytes);
+        // The events this test provokes were logged at all…
+        assert!(log.contains("skipped=1"), "{log}");
+        assert!(
+            log.contains("answered HTTP 503") && log.contains("using_kept_keys=true"),
+            "{log}"
+        );
+        assert!(log.contains(&"k".repeat(60)), "{log}");
+        // …and nothing they carry leaked.
+        for token in [&good, &stranger, &late] {
+            for part in token.split('.') {
+                assert!(!log.contains(part), "a token segment was logged: {log}");
+            }
+        }
+        assert!(!log.contains("FORGED") && !log.contains("zzzz"), "{log}");
+        assert!(
+            !log.contains("QUJDREVG") && !log.contains("secret-looking"),
+            "{log}"
+        );
+        let cert_body: String = keys()[0].cert.lines().nth(1).unwrap_or_default().to_owned();
+        assert!(!log.contains(&cert_body), "{log}");
+    }
 }
