@@ -9,6 +9,7 @@ pub(crate) mod actions;
 pub(crate) mod ids;
 pub(crate) mod silence;
 pub(crate) mod token;
+pub(crate) mod verify;
 
 use std::sync::Arc;
 

@@ -8,6 +8,7 @@ mod alertmanager_e2e;
 mod app_state;
 mod cards;
 mod chat_app;
+mod chat_events_selftest;
 mod cli;
 mod dead_letters;
 mod fake_chat_selftest;

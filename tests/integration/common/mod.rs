@@ -1,4 +1,5 @@
 pub mod alertmanager;
+pub mod chat_events;
 pub mod config;
 pub mod fake_chat;
 pub mod fake_google;
