@@ -29,11 +29,7 @@ pub(crate) const UPDATE_MASK: &str = "text,cards_v2";
 /// default syntax is.
 pub(crate) const MARKUP_SYNTAX: &str = "MARKUP_SYNTAX_CHAT";
 
-/// Where Chat's self-signed event tokens are verified, the default `chat_app.certs_url`.
-pub(crate) const CHAT_CERTS_URL: &str =
-    "https://www.googleapis.com/service_accounts/v1/metadata/x509/chat@system.gserviceaccount.com";
-/// Google's ID-token certificates, the default `chat_app.id_token_certs_url`.
-pub(crate) const GOOGLE_CERTS_URL: &str = "https://www.googleapis.com/oauth2/v1/certs";
+pub(crate) use verify::{CHAT_CERTS_URL, GOOGLE_CERTS_URL};
 
 /// The `chat_app` settings: how it posts, and how it takes Chat's events.
 #[derive(Debug, Clone)]

@@ -157,10 +157,7 @@ impl Metrics {
 
     /// Alertmanager did not create a silence, for `reason`.
     pub(crate) fn silence_failed(&self, reason: &str) {
-        self.app
-            .silence_failures
-            .with_label_values(&[reason])
-            .inc();
+        self.app.silence_failures.with_label_values(&[reason]).inc();
     }
 
     /// Chat took the edit of an opening card.

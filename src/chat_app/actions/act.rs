@@ -65,7 +65,15 @@ pub(crate) fn current_card(
     notice: Option<&str>,
     now_ms: i64,
 ) -> String {
-    decorated(settings, episode_id, state, &state.card, !state.resolved, notice, now_ms)
+    decorated(
+        settings,
+        episode_id,
+        state,
+        &state.card,
+        !state.resolved,
+        notice,
+        now_ms,
+    )
 }
 
 /// `card` (an opening card's body, as queued or as last recorded) with the episode's
@@ -87,7 +95,10 @@ pub(crate) fn decorated(
     let buttons = Buttons {
         episode_id,
         silences,
-        endpoint_url: settings.events.as_ref().and_then(|e| e.endpoint_url.as_deref()),
+        endpoint_url: settings
+            .events
+            .as_ref()
+            .and_then(|e| e.endpoint_url.as_deref()),
     };
     let offer = offer && settings.events.is_some();
     decorate(
@@ -135,7 +146,7 @@ fn allowed(settings: &ChatAppSettings, event: &ChatEvent) -> bool {
         .rsplit_once('@')
         .map(|(_, d)| d.to_ascii_lowercase())
         .unwrap_or_default();
-    settings.allowed_domains.iter().any(|d| *d == domain)
+    settings.allowed_domains.contains(&domain)
 }
 
 /// One click's identity: the same click redelivered has the same. Without an event time
@@ -145,16 +156,12 @@ fn click_key(event: &ChatEvent, action: &str, episode: &str, now_ms: i64) -> Str
         .event_time
         .clone()
         .unwrap_or_else(|| format!("bucket-{}", now_ms / SAME_SILENCE_WINDOW_MS));
-    let input = [
-        episode,
-        action,
-        &event.user.name,
-        &event.user.email,
-        &time,
-    ]
-    .join("\u{1f}");
+    let input = [episode, action, &event.user.name, &event.user.email, &time].join("\u{1f}");
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, input.as_bytes());
-    digest.as_ref()[..12].iter().map(|b| format!("{b:02x}")).collect()
+    digest.as_ref()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// What the first transaction of a click found.
@@ -168,7 +175,9 @@ enum Claim {
 async fn claim(app: &AppState, episode: &str, key: &str) -> Result<Claim, StoreError> {
     let (episode, key) = (episode.to_owned(), key.to_owned());
     transact(app.shared.store.as_ref(), move |tx| {
-        let Some(mut state) = tx.app_episode(&episode)?.and_then(|s| AppEpisodeState::parse(&s))
+        let Some(mut state) = tx
+            .app_episode(&episode)?
+            .and_then(|s| AppEpisodeState::parse(&s))
         else {
             return Ok(Claim::Unknown);
         };
@@ -183,13 +192,19 @@ async fn claim(app: &AppState, episode: &str, key: &str) -> Result<Claim, StoreE
 }
 
 /// Changes the stored state with `change` (under the episode's lock), returning it.
-async fn update<F>(app: &AppState, episode: &str, change: F) -> Result<Option<AppEpisodeState>, StoreError>
+async fn update<F>(
+    app: &AppState,
+    episode: &str,
+    change: F,
+) -> Result<Option<AppEpisodeState>, StoreError>
 where
     F: FnOnce(&mut AppEpisodeState) + Send + 'static,
 {
     let episode = episode.to_owned();
     transact(app.shared.store.as_ref(), move |tx| {
-        let Some(mut state) = tx.app_episode(&episode)?.and_then(|s| AppEpisodeState::parse(&s))
+        let Some(mut state) = tx
+            .app_episode(&episode)?
+            .and_then(|s| AppEpisodeState::parse(&s))
         else {
             return Ok(None);
         };
@@ -213,7 +228,10 @@ pub(super) async fn click(
     let shape = event.shape;
     let Some(episode) = episode.filter(|e| valid_episode_id(e)) else {
         metrics.action_done("unknown", "unknown_episode");
-        return Ok(super::text_answer(shape, "kabar does not know this button."));
+        return Ok(super::text_answer(
+            shape,
+            "kabar does not know this button.",
+        ));
     };
     let parsed = action.and_then(|a| Action::parse(a, settings));
     let store_error = |e: StoreError| {
@@ -222,11 +240,22 @@ pub(super) async fn click(
     };
     let Some(action) = parsed else {
         metrics.action_done("unknown", "unknown_action");
-        let state = app.shared.store.app_episode(episode).await.map_err(store_error)?;
+        let state = app
+            .shared
+            .store
+            .app_episode(episode)
+            .await
+            .map_err(store_error)?;
         return Ok(match state.as_deref().and_then(AppEpisodeState::parse) {
             Some(state) => card_answer(
                 shape,
-                &current_card(settings, episode, &state, Some("This button is no longer offered."), now),
+                &current_card(
+                    settings,
+                    episode,
+                    &state,
+                    Some("This button is no longer offered."),
+                    now,
+                ),
             ),
             None => super::text_answer(shape, "kabar does not know this button."),
         });
@@ -239,9 +268,17 @@ pub(super) async fn click(
             "Sorry, only people from {} can act on alerts here.",
             settings.allowed_domains.join(", ")
         );
-        let state = app.shared.store.app_episode(episode).await.map_err(store_error)?;
+        let state = app
+            .shared
+            .store
+            .app_episode(episode)
+            .await
+            .map_err(store_error)?;
         return Ok(match state.as_deref().and_then(AppEpisodeState::parse) {
-            Some(state) => card_answer(shape, &current_card(settings, episode, &state, Some(&notice), now)),
+            Some(state) => card_answer(
+                shape,
+                &current_card(settings, episode, &state, Some(&notice), now),
+            ),
             None => super::text_answer(shape, &notice),
         });
     }
@@ -260,14 +297,20 @@ pub(super) async fn click(
         }
         Claim::Duplicate(state) => {
             metrics.action_done(kind, "duplicate");
-            return Ok(card_answer(shape, &current_card(settings, episode, &state, None, now)));
+            return Ok(card_answer(
+                shape,
+                &current_card(settings, episode, &state, None, now),
+            ));
         }
         Claim::Taken(state) => state,
     };
     if state.resolved {
         metrics.action_done(kind, "resolved");
         let notice = "This alert has resolved; there is nothing to act on.";
-        return Ok(card_answer(shape, &current_card(settings, episode, &state, Some(notice), now)));
+        return Ok(card_answer(
+            shape,
+            &current_card(settings, episode, &state, Some(notice), now),
+        ));
     }
     let mark = mark_of(event, now);
     let (state, notice) = match action {
@@ -282,9 +325,14 @@ pub(super) async fn click(
             info!(space = %recorded.space, alert = ?recorded.alertname, by = ?event.user.display_name, "alert acknowledged from Chat");
             (recorded, None)
         }
-        Action::Silence(duration) => silence(app, settings, event, episode, state, mark, duration).await?,
+        Action::Silence(duration) => {
+            silence(app, settings, event, episode, state, mark, duration).await?
+        }
     };
-    Ok(card_answer(shape, &current_card(settings, episode, &state, notice.as_deref(), now)))
+    Ok(card_answer(
+        shape,
+        &current_card(settings, episode, &state, notice.as_deref(), now),
+    ))
 }
 
 /// Creates the silence, records it, and says how it went.
@@ -314,21 +362,23 @@ async fn silence(
         metrics.action_done("silence", "duplicate");
         return Ok((state, None));
     }
-    let starts_at = jiff::Timestamp::from_millisecond(mark.at_ms).unwrap_or_else(|_| jiff::Timestamp::now());
+    let starts_at =
+        jiff::Timestamp::from_millisecond(mark.at_ms).unwrap_or_else(|_| jiff::Timestamp::now());
     let ends_at = starts_at
         .checked_add(jiff::SignedDuration::from_millis(duration_ms))
         .unwrap_or(starts_at);
-    let created_by = [&event.user.email, &event.user.display_name, &event.user.name]
-        .into_iter()
-        .find(|v| !v.trim().is_empty())
-        .cloned()
-        .unwrap_or_else(|| "Google Chat user".to_owned());
+    let created_by = [
+        &event.user.email,
+        &event.user.display_name,
+        &event.user.name,
+    ]
+    .into_iter()
+    .find(|v| !v.trim().is_empty())
+    .cloned()
+    .unwrap_or_else(|| "Google Chat user".to_owned());
     let request = SilenceRequest {
-        matchers: labels
-            .iter()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        // An empty value stays: it matches the label's absence, as in the alert.
+        matchers: labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         starts_at,
         ends_at,
         created_by,
@@ -336,16 +386,27 @@ async fn silence(
             "Silenced for {} from Google Chat by {}{} in kabar space {}{} (kabar)",
             format_duration(duration),
             mark.name,
-            if mark.email.is_empty() { String::new() } else { format!(" <{}>", mark.email) },
+            if mark.email.is_empty() {
+                String::new()
+            } else {
+                format!(" <{}>", mark.email)
+            },
             state.space,
-            event.space.as_deref().map(|s| format!(" ({s})")).unwrap_or_default(),
+            event
+                .space
+                .as_deref()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default(),
         ),
     };
     let api = AlertmanagerApi {
         url: alertmanager.url.clone(),
         auth: alertmanager.auth.clone(),
     };
-    match api.create_silence(&app.events.internal_http, &request).await {
+    match api
+        .create_silence(&app.events.internal_http, &request)
+        .await
+    {
         Ok(created) => {
             let silence = SilenceMark {
                 by: mark,

@@ -93,7 +93,7 @@ pub(crate) fn clock(at_ms: i64, now_ms: i64) -> String {
     let zoned = |ms: i64| {
         Timestamp::from_millisecond(ms)
             .unwrap_or(Timestamp::UNIX_EPOCH)
-            .to_zoned(TimeZone::UTC)
+            .to_zoned_datetime(TimeZone::UTC)
     };
     let (at, now) = (zoned(at_ms), zoned(now_ms));
     let format = if at.date() == now.date() {
@@ -101,12 +101,16 @@ pub(crate) fn clock(at_ms: i64, now_ms: i64) -> String {
     } else {
         "%b %-d %H:%M UTC"
     };
-    at.strftime(format).to_string()
+    jiff::fmt::strtime::format(format, &at).unwrap_or_default()
 }
 
 /// The lines the card shows about what people did, oldest first, and `notice` (what the
 /// click just did or could not do) last.
-pub(crate) fn status_lines(state: &AppEpisodeState, notice: Option<&str>, now_ms: i64) -> Vec<String> {
+pub(crate) fn status_lines(
+    state: &AppEpisodeState,
+    notice: Option<&str>,
+    now_ms: i64,
+) -> Vec<String> {
     let mut lines: Vec<String> = state
         .acks
         .iter()
@@ -195,7 +199,11 @@ fn widgets_fit(body: &str) -> bool {
                     .map_or(0, |sections| {
                         sections
                             .iter()
-                            .map(|s| s.get("widgets").and_then(Value::as_array).map_or(0, Vec::len))
+                            .map(|s| {
+                                s.get("widgets")
+                                    .and_then(Value::as_array)
+                                    .map_or(0, Vec::len)
+                            })
                             .sum()
                     })
                     <= MAX_WIDGETS_PER_CARD
@@ -203,7 +211,11 @@ fn widgets_fit(body: &str) -> bool {
         })
 }
 
-fn add(object: &mut serde_json::Map<String, Value>, lines: &[String], buttons: Option<&Buttons<'_>>) {
+fn add(
+    object: &mut serde_json::Map<String, Value>,
+    lines: &[String],
+    buttons: Option<&Buttons<'_>>,
+) {
     if lines.is_empty() && buttons.is_none() {
         return;
     }
@@ -233,7 +245,10 @@ fn add(object: &mut serde_json::Map<String, Value>, lines: &[String], buttons: O
                 .and_then(Value::as_array_mut)?
                 .iter_mut()
                 .rev()
-                .find_map(|w| w.pointer_mut("/buttonList/buttons").and_then(Value::as_array_mut))
+                .find_map(|w| {
+                    w.pointer_mut("/buttonList/buttons")
+                        .and_then(Value::as_array_mut)
+                })
         });
         match existing {
             Some(list) => {
@@ -241,7 +256,9 @@ fn add(object: &mut serde_json::Map<String, Value>, lines: &[String], buttons: O
                 *list = buttons.list();
                 list.extend(links);
             }
-            None => sections.push(json!({"widgets": [{"buttonList": {"buttons": buttons.list()}}]})),
+            None => {
+                sections.push(json!({"widgets": [{"buttonList": {"buttons": buttons.list()}}]}))
+            }
         }
     }
 }
@@ -260,10 +277,12 @@ mod tests {
         .to_string()
     }
 
+    const SILENCES: [Duration; 2] = [Duration::from_secs(3600), Duration::from_secs(4 * 3600)];
+
     fn buttons(endpoint_url: Option<&str>) -> Buttons<'_> {
         Buttons {
             episode_id: "0123abcd",
-            silences: &[Duration::from_secs(3600), Duration::from_secs(4 * 3600)],
+            silences: &SILENCES,
             endpoint_url,
         }
     }
@@ -272,9 +291,18 @@ mod tests {
     fn action_buttons_come_before_the_link_buttons() {
         let decorated: Value =
             serde_json::from_str(&decorate(&card_body(), &[], Some(&buttons(None)))).expect("json");
-        let list = &decorated["cardsV2"][0]["card"]["sections"][1]["widgets"][0]["buttonList"]["buttons"];
-        let texts: Vec<&str> = list.as_array().expect("list").iter().filter_map(|b| b["text"].as_str()).collect();
-        assert_eq!(texts, ["Acknowledge", "Silence 1h", "Silence 4h", "Runbook"]);
+        let list =
+            &decorated["cardsV2"][0]["card"]["sections"][1]["widgets"][0]["buttonList"]["buttons"];
+        let texts: Vec<&str> = list
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter_map(|b| b["text"].as_str())
+            .collect();
+        assert_eq!(
+            texts,
+            ["Acknowledge", "Silence 1h", "Silence 4h", "Runbook"]
+        );
         assert_eq!(list[0]["onClick"]["action"]["function"], "ack");
         assert_eq!(list[1]["onClick"]["action"]["function"], "silence:1h");
         assert_eq!(
@@ -291,8 +319,12 @@ mod tests {
             Some(&buttons(Some("https://kabar.example/chat/events"))),
         ))
         .expect("json");
-        let function = &decorated["cardsV2"][0]["card"]["sections"][1]["widgets"][0]["buttonList"]["buttons"][1]["onClick"]["action"]["function"];
-        assert_eq!(function, "https://kabar.example/chat/events?action=silence%3A1h");
+        let function = &decorated["cardsV2"][0]["card"]["sections"][1]["widgets"][0]["buttonList"]
+            ["buttons"][1]["onClick"]["action"]["function"];
+        assert_eq!(
+            function,
+            "https://kabar.example/chat/events?action=silence%3A1h"
+        );
     }
 
     #[test]
@@ -304,7 +336,10 @@ mod tests {
             at_ms: NOON,
         });
         let lines = status_lines(&state, Some("Could not silence: <b>x</b>"), NOON);
-        assert_eq!(lines[0], "👀 Acknowledged by <b>&lt;users/all&gt; Ada</b> · 12:07 UTC");
+        assert_eq!(
+            lines[0],
+            "👀 Acknowledged by <b>&lt;users/all&gt; Ada</b> · 12:07 UTC"
+        );
         assert_eq!(lines[1], "<i>Could not silence: &lt;b&gt;x&lt;/b&gt;</i>");
         assert_eq!(clock(NOON + 86_400_000, NOON), "Dec 2 12:07 UTC");
         let decorated: Value =

@@ -79,13 +79,16 @@ fn field(value: &Value, pointer: &str) -> Option<String> {
 /// The `episode` parameter of a click: a `[{key, value}]` list (classic `action`) or a
 /// map (`common.parameters`, `commonEventObject.parameters`).
 fn parameter(value: &Value, list: &str, map: &str) -> Option<String> {
-    let from_list = value.pointer(list).and_then(Value::as_array).and_then(|items| {
-        items
-            .iter()
-            .find(|p| p.get("key").and_then(Value::as_str) == Some("episode"))
-            .and_then(|p| p.get("value"))
-            .and_then(Value::as_str)
-    });
+    let from_list = value
+        .pointer(list)
+        .and_then(Value::as_array)
+        .and_then(|items| {
+            items
+                .iter()
+                .find(|p| p.get("key").and_then(Value::as_str) == Some("episode"))
+                .and_then(|p| p.get("value"))
+                .and_then(Value::as_str)
+        });
     from_list
         .or_else(|| text_at(value, &format!("{map}/episode")))
         .map(|s| s.chars().take(MAX_FIELD_CHARS).collect())
@@ -270,8 +273,11 @@ mod tests {
             }
         );
         let long = "x".repeat(100_000);
-        let cut = read(&json!({"type": "MESSAGE", "user": {"displayName": long}}), None)
-            .expect("classic");
+        let cut = read(
+            &json!({"type": "MESSAGE", "user": {"displayName": long}}),
+            None,
+        )
+        .expect("classic");
         assert_eq!(cut.user.display_name.chars().count(), MAX_FIELD_CHARS);
     }
 }

@@ -3,8 +3,8 @@
 //! to a space gets a welcome, a message gets help. It must not trust anything unverified.
 
 pub(crate) mod act;
-pub(crate) mod episodes;
 pub(crate) mod card;
+pub(crate) mod episodes;
 pub(crate) mod event;
 pub(crate) mod state;
 
@@ -95,7 +95,11 @@ pub(crate) async fn receive(app: &AppState, request: Request<Body>) -> Result<Va
     let metrics = &app.shared.metrics;
     let (Some(settings), Some(events)) = (
         runtime.config.chat_app.as_ref(),
-        runtime.config.chat_app.as_ref().and_then(|c| c.events.as_ref()),
+        runtime
+            .config
+            .chat_app
+            .as_ref()
+            .and_then(|c| c.events.as_ref()),
     ) else {
         return Err(ApiError::NotFound);
     };
@@ -119,9 +123,7 @@ pub(crate) async fn receive(app: &AppState, request: Request<Body>) -> Result<Va
             return Err(ApiError::EventKeysUnavailable);
         }
         metrics.event_handled("unverified", "unauthorized");
-        return Err(ApiError::EventUnauthorized {
-            reason: e.reason(),
-        });
+        return Err(ApiError::EventUnauthorized { reason: e.reason() });
     }
     let bytes = crate::ingest::read_body(&parts.headers, body, MAX_EVENT_BYTES).await?;
     let query_action = parts.uri.query().and_then(|q| {
@@ -141,18 +143,14 @@ pub(crate) async fn receive(app: &AppState, request: Request<Body>) -> Result<Va
     let kind = event.kind.as_str();
     let answer = match &event.kind {
         EventKind::Click { action, episode } => {
-            act::click(
-                app,
-                settings,
-                &event,
-                action.as_deref(),
-                episode.as_deref(),
-            )
-            .await
+            act::click(app, settings, &event, action.as_deref(), episode.as_deref()).await
         }
         EventKind::AddedToSpace => {
             info!(space = ?event.space, "kabar was added to a Chat space");
-            Ok(event::new_message(event.shape, &welcome(event.space.as_deref())))
+            Ok(event::new_message(
+                event.shape,
+                &welcome(event.space.as_deref()),
+            ))
         }
         EventKind::Message => Ok(event::new_message(event.shape, &help(settings))),
         EventKind::Other => Ok(json!({})),

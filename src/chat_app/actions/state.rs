@@ -113,14 +113,6 @@ impl AppEpisodeState {
             self.more_silences = self.more_silences.saturating_add(1);
         }
     }
-
-    /// The latest silence still in force at `now_ms`, if any.
-    pub(crate) fn active_silence(&self, now_ms: i64) -> Option<&SilenceMark> {
-        self.silences
-            .iter()
-            .filter(|s| s.until_ms > now_ms)
-            .max_by_key(|s| s.until_ms)
-    }
 }
 
 #[cfg(test)]

@@ -3,10 +3,6 @@
 //! audience, lifetime and, for ID tokens, the sender's e-mail. It must not act on an event,
 //! nor log a token, a claim value or more than a short printable kid.
 
-// The Chat events endpoint is this module's one caller; until it lands in the same
-// merge, the items look unused to a non-test build.
-#![cfg_attr(not(test), allow(dead_code))]
-
 mod der;
 mod keys;
 

@@ -62,7 +62,9 @@ impl Sender {
         debug!(space = %self.space, id = message.id, request = %request.line(), "Chat app request");
         let body = self.with_actions(&settings, message, &write).await;
         if settings.dry_run {
-            return self.print_app(message, &body, chat_space, &write, &request).await;
+            return self
+                .print_app(message, &body, chat_space, &write, &request)
+                .await;
         }
         let started = Instant::now();
         let (result, tokens) = self
