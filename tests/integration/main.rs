@@ -7,6 +7,7 @@ mod common;
 mod alertmanager_e2e;
 mod app_state;
 mod cards;
+mod chat_actions;
 mod chat_app;
 mod chat_events_selftest;
 mod cli;

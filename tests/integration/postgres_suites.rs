@@ -1,6 +1,7 @@
-//! The service, fault, Alertmanager, dead-letter and Chat app suites, run a second time with every config on
-//! PostgreSQL: one suite, two backends. This test re-runs this very test binary with
-//! KABAR_TEST_STORE=postgres and those modules as the filter, so `cargo test` covers both.
+//! The service, fault, Alertmanager, dead-letter, Chat app and Chat actions suites, run a
+//! second time with every config on PostgreSQL: one suite, two backends. This test re-runs
+//! this very test binary with KABAR_TEST_STORE=postgres and those modules as the filter, so
+//! `cargo test` covers both.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -8,12 +9,13 @@ use std::time::{Duration, Instant};
 use crate::common::postgres::{PgCluster, on_postgres};
 
 /// The modules whose tests run on both backends.
-const SUITES: [&str; 5] = [
+const SUITES: [&str; 6] = [
     "service::",
     "faults::",
     "alertmanager_e2e::",
     "dead_letters::",
     "chat_app::",
+    "chat_actions::",
 ];
 
 #[test]

@@ -284,7 +284,7 @@ pub(super) async fn click(
     }
     let action_name = match action {
         Action::Acknowledge => ACK.to_owned(),
-        Action::Silence(d) => format!("{SILENCE_PREFIX}{}", format_duration(d)),
+        Action::Silence(d) => format!("{SILENCE_PREFIX}{}", super::card::silence_label(d)),
     };
     let key = click_key(event, &action_name, episode, now);
     let state = match claim(app, episode, &key).await.map_err(store_error)? {

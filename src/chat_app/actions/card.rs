@@ -53,13 +53,23 @@ impl Buttons<'_> {
     fn list(&self) -> Vec<Value> {
         let mut buttons = vec![self.button("Acknowledge", ACK)];
         for duration in self.silences {
-            let written = format_duration(*duration);
+            let written = silence_label(*duration);
             buttons.push(self.button(
                 &format!("Silence {written}"),
                 &format!("{SILENCE_PREFIX}{written}"),
             ));
         }
         buttons
+    }
+}
+
+/// A Silence button's duration as people say it: `24h` rather than `1d` up to three days.
+pub(crate) fn silence_label(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    if secs.is_multiple_of(3_600) && secs < 72 * 3_600 && duration.subsec_nanos() == 0 {
+        format!("{}h", secs / 3_600)
+    } else {
+        format_duration(duration)
     }
 }
 

@@ -97,13 +97,14 @@ fn parameter(value: &Value, list: &str, map: &str) -> Option<String> {
 /// An add-on button's function is the endpoint's URL; kabar names the action in its
 /// `action` query parameter. A plain name is taken as it is.
 fn action_name(function: &str) -> String {
-    match reqwest::Url::parse(function) {
-        Ok(url) => url
+    let is_url = function.starts_with("https://") || function.starts_with("http://");
+    match reqwest::Url::parse(function).ok().filter(|_| is_url) {
+        Some(url) => url
             .query_pairs()
             .find(|(k, _)| k == "action")
             .map(|(_, v)| v.chars().take(MAX_FIELD_CHARS).collect())
             .unwrap_or_default(),
-        Err(_) => function.chars().take(MAX_FIELD_CHARS).collect(),
+        None => function.chars().take(MAX_FIELD_CHARS).collect(),
     }
 }
 
@@ -226,6 +227,12 @@ mod tests {
         );
         assert_eq!(read.user.email, "ada@example.com");
         assert_eq!(read.space.as_deref(), Some("spaces/AAAA"));
+        // "silence:4h" parses as a URL of scheme "silence"; it is a function name.
+        let silence = json!({"type": "CARD_CLICKED", "action": {"actionMethodName": "silence:4h"}});
+        assert!(matches!(
+            super::read(&silence, None).expect("classic").kind,
+            EventKind::Click { action: Some(a), .. } if a == "silence:4h"
+        ));
     }
 
     #[test]

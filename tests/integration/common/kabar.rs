@@ -476,6 +476,39 @@ pub fn age_recorded_resolves(config: &TestConfig, ms: i64) {
     assert_eq!(aged, 1, "one episode has a recorded resolve");
 }
 
+/// Moves every episode's last post, and the notifications recorded against copies, `ms`
+/// into the past behind kabar's back: the same notification again is then a reminder
+/// without waiting out reminder_interval (1m at least) and the duplicate window.
+pub fn age_last_posts(config: &TestConfig, ms: i64) {
+    if let Some(url) = &config.store_url {
+        let aged = super::postgres::rows(
+            url,
+            &format!("UPDATE kabar_episodes SET last_post_ms = last_post_ms - {ms} RETURNING 1"),
+        );
+        assert!(!aged.is_empty(), "there are episodes to age");
+        super::postgres::rows(
+            url,
+            &format!(
+                "UPDATE kabar_recent_notifications SET received_ms = received_ms - {ms} RETURNING 1"
+            ),
+        );
+        return;
+    }
+    let conn =
+        rusqlite::Connection::open(config.state_dir().join("kabar.db")).expect("open kabar.db");
+    conn.busy_timeout(Duration::from_secs(10))
+        .expect("busy timeout");
+    let aged = conn
+        .execute("UPDATE episodes SET last_post_ms = last_post_ms - ?1", [ms])
+        .expect("age the last posts");
+    assert!(aged > 0, "there are episodes to age");
+    conn.execute(
+        "UPDATE recent_notifications SET received_ms = received_ms - ?1",
+        [ms],
+    )
+    .expect("age the recorded notifications");
+}
+
 /// A dead letter as the store holds it, read behind kabar's back.
 #[derive(Debug, Clone)]
 pub struct StoredDeadLetter {
