@@ -292,6 +292,44 @@ pub fn check(config_path: &Path) -> Result<String, CommandError> {
 /// The Chat requests a payload would produce, as pretty JSON: for each, the method, the
 /// path (app mode; webhooks post to their URL), the space, kind, thread key, the query
 /// kabar adds, the exact body, and for a card the text body sent instead if Chat refuses it.
+/// An app-mode opening card as the sender draws it: with the buttons (and lines) app mode
+/// adds to what was queued.
+fn app_card(
+    runtime: &Runtime,
+    episodes: &mut MemoryEpisodes,
+    message: &crate::pipeline::Outgoing,
+) -> String {
+    use crate::chat_app::actions::{act, episodes as app_episodes, state::AppEpisodeState};
+    use crate::store::EpisodeStore;
+    let (Some(settings), Some(write)) = (runtime.config.chat_app.as_ref(), &message.app) else {
+        return message.body.clone();
+    };
+    let opening = matches!(
+        message.kind,
+        crate::plan::MessageKind::Firing | crate::plan::MessageKind::Resolved
+    );
+    let Some(episode) = app_episodes::episode_of_message(write.message_id()).filter(|_| opening)
+    else {
+        return message.body.clone();
+    };
+    let Ok(Some(state)) = episodes.app_episode(episode) else {
+        return message.body.clone();
+    };
+    let Some(state) = AppEpisodeState::parse(&state) else {
+        return message.body.clone();
+    };
+    let offer = message.kind == crate::plan::MessageKind::Firing && !state.resolved;
+    act::decorated(
+        settings,
+        episode,
+        &state,
+        &message.body,
+        offer,
+        None,
+        Timestamp::now().as_millisecond(),
+    )
+}
+
 pub fn render(
     config_path: &Path,
     payload_path: &Path,
@@ -310,7 +348,8 @@ pub fn render(
         };
         let preview = preview(&mut episodes, &runtime, space, &notification, now);
         for message in preview.messages {
-            let body: Value = serde_json::from_str(&message.body).unwrap_or(Value::Null);
+            let shown = app_card(&runtime, &mut episodes, &message);
+            let body: Value = serde_json::from_str(&shown).unwrap_or(Value::Null);
             let fallback: Option<Value> = message
                 .fallback_body
                 .as_deref()

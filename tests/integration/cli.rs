@@ -959,3 +959,32 @@ fn check_names_the_postgres_store_without_its_password_or_a_connection() {
         assert!(!text.contains("hunter2"), "{text}");
     }
 }
+
+#[test]
+fn render_shows_the_action_buttons_an_app_space_card_is_sent_with() {
+    let (_dir, config) = dry_run_config(
+        "chat_app:\n  dry_run: true\n  project_number: \"123456789012\"\n  alertmanager: {url: \"http://127.0.0.1:9093\"}\n",
+    );
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        format!("{text}  oncall:\n    space: spaces/AAAArender\n    receivers: [gchat]\n"),
+    )
+    .expect("add an app space");
+    let output = kabar(&[
+        "render",
+        "--config",
+        path_str(&config),
+        "--payload",
+        &fixture("firing.json"),
+        "--space",
+        "oncall",
+    ])
+    .output()
+    .expect("run render");
+    let (stdout, stderr) = text_of(&output);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stdout.contains("\"Acknowledge\""), "{stdout}");
+    assert!(stdout.contains("\"Silence 24h\""), "{stdout}");
+    assert!(stdout.contains("\"function\": \"silence:1h\""), "{stdout}");
+}
