@@ -455,10 +455,22 @@ async fn landing(State(app): State<Arc<AppState>>) -> Html<String> {
         Some(Auth::Basic { .. }) => "basic",
         None => "none (warning: anyone can post)",
     };
+    let events = runtime
+        .config
+        .chat_app
+        .as_ref()
+        .and_then(|c| c.events.as_ref())
+        .map(|e| {
+            format!(
+                "<p>Chat app events: <code>POST {}</code> (Google Chat's signed events only).</p>",
+                escape_html(&e.path)
+            )
+        })
+        .unwrap_or_default();
     Html(format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>kabar</title></head><body>\
          <h1>kabar {version}</h1><p>Prometheus Alertmanager receiver for Google Chat. Revision {revision}.</p>\
-         <p>Webhook: <code>POST /alerts</code> (by receiver) or <code>POST /alerts/{{space}}</code>. Auth: {auth}.</p>\
+         <p>Webhook: <code>POST /alerts</code> (by receiver) or <code>POST /alerts/{{space}}</code>. Auth: {auth}.</p>{events}\
          <table border=\"1\" cellpadding=\"4\"><tr><th>space</th><th>target</th><th>receivers</th><th>format</th><th>threading</th></tr>{rows}</table>\
          <p><a href=\"/metrics\">/metrics</a> · <a href=\"/healthz\">/healthz</a> · <a href=\"/readyz\">/readyz</a> · <code>POST /-/reload</code></p>\
          </body></html>",
