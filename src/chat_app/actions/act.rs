@@ -172,7 +172,13 @@ enum Claim {
     Taken(AppEpisodeState),
 }
 
-async fn claim(app: &AppState, episode: &str, key: &str) -> Result<Claim, StoreError> {
+/// Takes the click `key` on the episode and, unless the episode resolved, applies `act`,
+/// in one transaction: a copy of the click racing at another replica waits on the
+/// episode's lock and then finds both the claim and what it did.
+async fn claim<F>(app: &AppState, episode: &str, key: &str, act: F) -> Result<Claim, StoreError>
+where
+    F: FnOnce(&mut AppEpisodeState) + Send + 'static,
+{
     let (episode, key) = (episode.to_owned(), key.to_owned());
     transact(app.shared.store.as_ref(), move |tx| {
         let Some(mut state) = tx
@@ -185,6 +191,9 @@ async fn claim(app: &AppState, episode: &str, key: &str) -> Result<Claim, StoreE
             return Ok(Claim::Duplicate(state));
         }
         state.claim(&key);
+        if !state.resolved {
+            act(&mut state);
+        }
         tx.save_app_episode(&episode, &state.space.clone(), &state.to_json(), now_ms())?;
         Ok(Claim::Taken(state))
     })
@@ -287,7 +296,14 @@ pub(super) async fn click(
         Action::Silence(d) => format!("{SILENCE_PREFIX}{}", super::card::silence_label(d)),
     };
     let key = click_key(event, &action_name, episode, now);
-    let state = match claim(app, episode, &key).await.map_err(store_error)? {
+    let mark = mark_of(event, now);
+    let acknowledgement = mark.clone();
+    let act = move |state: &mut AppEpisodeState| {
+        if action == Action::Acknowledge {
+            state.acknowledge(acknowledgement);
+        }
+    };
+    let state = match claim(app, episode, &key, act).await.map_err(store_error)? {
         Claim::Unknown => {
             metrics.action_done(kind, "unknown_episode");
             return Ok(super::text_answer(
@@ -312,18 +328,11 @@ pub(super) async fn click(
             &current_card(settings, episode, &state, Some(notice), now),
         ));
     }
-    let mark = mark_of(event, now);
     let (state, notice) = match action {
         Action::Acknowledge => {
-            let recorded = update(app, episode, move |s| {
-                s.acknowledge(mark);
-            })
-            .await
-            .map_err(store_error)?
-            .unwrap_or(state);
             metrics.action_done(kind, "done");
-            info!(space = %recorded.space, alert = ?recorded.alertname, by = ?event.user.display_name, "alert acknowledged from Chat");
-            (recorded, None)
+            info!(space = %state.space, alert = ?state.alertname, by = ?event.user.display_name, "alert acknowledged from Chat");
+            (state, None)
         }
         Action::Silence(duration) => {
             silence(app, settings, event, episode, state, mark, duration).await?

@@ -524,5 +524,6 @@ async fn three_replicas_twenty_spaces() {
     logs_clean(&replicas, &chat, "");
 }
 
+mod clicks;
 mod copies;
 mod takeovers;
