@@ -131,6 +131,39 @@ image.registry existed keep working. */}}
 {{- else if .Values.podDisruptionBudget.enabled }}true{{ end }}
 {{- end }}
 
+{{/* The Chat events path kabar serves: config.chat_app.events_path (default /chat/events)
+when config.chat_app.project_number turns events on, else empty. */}}
+{{- define "kabar.eventsPath" -}}
+{{- $chatApp := default dict (default dict .Values.config).chat_app }}
+{{- if $chatApp.project_number }}
+{{- default "/chat/events" $chatApp.events_path }}
+{{- end }}
+{{- end }}
+
+{{/* Fails unless every Ingress path is the webhook (/alerts, /alerts/SPACE) or the Chat
+events path: /metrics, /-/reload and the landing page must stay inside the cluster. */}}
+{{- define "kabar.checkIngressPaths" -}}
+{{- $events := include "kabar.eventsPath" . }}
+{{- $allowed := "/alerts, /alerts/SPACE" }}
+{{- if $events }}
+{{- $allowed = printf "%s, %s (config.chat_app.events_path)" $allowed $events }}
+{{- else }}
+{{- $allowed = printf "%s (and config.chat_app.events_path, default /chat/events, once config.chat_app.project_number is set)" $allowed }}
+{{- end }}
+{{- range $h, $host := .Values.ingress.hosts }}
+{{- range $p, $entry := $host.paths }}
+{{- if not (or (regexMatch "^/alerts(/[A-Za-z0-9_.-]*)?$" $entry.path) (and $events (eq $entry.path $events))) }}
+{{- fail (printf "ingress.hosts[%d].paths[%d].path %s is not exposed by the chart: the Ingress allows only %s" $h $p $entry.path $allowed) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret with the credentials kabar sends to Alertmanager for Silence buttons. */}}
+{{- define "kabar.amSecretDir" -}}
+/etc/kabar-secrets/alertmanager
+{{- end }}
+
 {{- define "kabar.webhookFile" -}}
 {{- printf "/etc/kabar-secrets/webhooks/%s/webhook_url" . }}
 {{- end }}
@@ -168,6 +201,35 @@ settings fail the render rather than letting kabar pick one.
 {{- $_ := set $config "auth" (dict "bearer_token_file" (include "kabar.tokenFile" .)) }}
 {{- else if not $config.auth }}
 {{- $_ := unset $config "auth" }}
+{{- end }}
+{{- $amSecret := .Values.chatApp.alertmanager }}
+{{- if $amSecret.existingSecret }}
+{{- $chatApp := default dict $config.chat_app }}
+{{- $am := $chatApp.alertmanager }}
+{{- if not $am }}
+{{- fail "chatApp.alertmanager.existingSecret holds Alertmanager's credentials for Silence buttons: set config.chat_app.alertmanager.url too" }}
+{{- end }}
+{{- range $key := list "bearer_token" "bearer_token_file" "basic" }}
+{{- if and (hasKey $am $key) (not (and (eq $key "basic") $amSecret.passwordKey)) }}
+{{- fail (printf "set either config.chat_app.alertmanager.%s or chatApp.alertmanager.existingSecret, not both" $key) }}
+{{- end }}
+{{- end }}
+{{- if eq (not $amSecret.bearerTokenKey) (not $amSecret.passwordKey) }}
+{{- fail "chatApp.alertmanager.existingSecret: set exactly one of bearerTokenKey and passwordKey" }}
+{{- end }}
+{{- if $amSecret.bearerTokenKey }}
+{{- $_ := set $am "bearer_token_file" (printf "%s/token" (include "kabar.amSecretDir" .)) }}
+{{- else }}
+{{- $basic := default dict $am.basic }}
+{{- if not $basic.username }}
+{{- fail "chatApp.alertmanager.passwordKey is a basic-auth password: set config.chat_app.alertmanager.basic.username" }}
+{{- end }}
+{{- if or (hasKey $basic "password") (hasKey $basic "password_file") }}
+{{- fail "set either config.chat_app.alertmanager.basic.password/password_file or chatApp.alertmanager.passwordKey, not both" }}
+{{- end }}
+{{- $_ := set $basic "password_file" (printf "%s/password" (include "kabar.amSecretDir" .)) }}
+{{- $_ := set $am "basic" $basic }}
+{{- end }}
 {{- end }}
 {{- if .Values.tls.existingSecret }}
 {{- $server := default dict $config.server }}
