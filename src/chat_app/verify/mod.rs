@@ -5,6 +5,8 @@
 
 mod der;
 mod keys;
+#[cfg(test)]
+mod log_capture;
 
 use aws_lc_rs::signature::{RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
 use base64::Engine;
@@ -902,31 +904,10 @@ mod tests {
         assert!(CHAT_CERTS_URL.ends_with(CHAT_ISSUER));
     }
 
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buffer {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            if let Ok(mut buffer) = self.0.lock() {
-                buffer.extend_from_slice(bytes);
-            }
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[tokio::test]
     async fn logs_name_reasons_and_short_kids_never_tokens_or_key_material() {
-        let buffer = Buffer::default();
-        let writer = buffer.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        // Not a thread-local subscriber: see log_capture for why that loses events.
+        let capture = log_capture::Capture::start();
         let certs = certs("max-age=60").await;
         let broken = "-----BEGIN CERTIFICATE-----\nQUJDREVGR0hJSktM\n-----END CERTIFICATE-----\n";
         certs.set(
@@ -950,8 +931,7 @@ mod tests {
         let late_claims = json!({"iss": CHAT_ISSUER, "aud": PROJECT, "iat": later.as_second(), "exp": later.as_second() + 60});
         let late = token(&late_claims);
         assert!(check(&v, &format!("Bearer {late}"), later).await.is_ok());
-        let bytes = buffer.0.lock().map(|b| b.clone()).unwrap_or_default();
-        let log = String::from_utf8_lossy(&bytes);
+        let log = capture.text();
         // The events this test provokes were logged at all…
         assert!(log.contains("skipped=1"), "{log}");
         assert!(
