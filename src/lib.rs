@@ -21,6 +21,8 @@ pub mod dead_letters;
 pub(crate) mod delivery;
 pub(crate) mod ingest;
 pub(crate) mod listener;
+#[cfg(test)]
+pub(crate) mod log_capture;
 pub(crate) mod metrics;
 pub mod payload;
 pub(crate) mod pipeline;

@@ -615,30 +615,10 @@ mod tests {
     /// Runs `emit` with a subscriber that writes every event (debug and up) as text to a
     /// buffer, and returns that text.
     fn logged(emit: impl FnOnce()) -> String {
-        use std::sync::{Arc, Mutex};
-        #[derive(Clone, Default)]
-        struct Buffer(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Buffer {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                if let Ok(mut buffer) = self.0.lock() {
-                    buffer.extend_from_slice(bytes);
-                }
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let buffer = Buffer::default();
-        let writer = buffer.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, emit);
-        let bytes = buffer.0.lock().map(|b| b.clone()).unwrap_or_default();
-        String::from_utf8_lossy(&bytes).into_owned()
+        // Not a thread-local subscriber: see log_capture for why that loses events.
+        let capture = crate::log_capture::Capture::start();
+        emit();
+        capture.text()
     }
 
     /// Chat's answers and template errors carry alert data: a line break in one may not

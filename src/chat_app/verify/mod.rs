@@ -5,8 +5,6 @@
 
 mod der;
 mod keys;
-#[cfg(test)]
-mod log_capture;
 
 use aws_lc_rs::signature::{RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
 use base64::Engine;
@@ -907,7 +905,7 @@ mod tests {
     #[tokio::test]
     async fn logs_name_reasons_and_short_kids_never_tokens_or_key_material() {
         // Not a thread-local subscriber: see log_capture for why that loses events.
-        let capture = log_capture::Capture::start();
+        let capture = crate::log_capture::Capture::start();
         let certs = certs("max-age=60").await;
         let broken = "-----BEGIN CERTIFICATE-----\nQUJDREVGR0hJSktM\n-----END CERTIFICATE-----\n";
         certs.set(
