@@ -318,16 +318,8 @@ fn app_card(
     let Some(state) = AppEpisodeState::parse(&state) else {
         return message.body.clone();
     };
-    let offer = message.kind == crate::plan::MessageKind::Firing && !state.resolved;
-    act::decorated(
-        settings,
-        episode,
-        &state,
-        &message.body,
-        offer,
-        None,
-        Timestamp::now().as_millisecond(),
-    )
+    let firing = message.kind == crate::plan::MessageKind::Firing;
+    act::outgoing_card(settings, episode, &state, &message.body, firing)
 }
 
 pub fn render(

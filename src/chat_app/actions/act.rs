@@ -224,6 +224,42 @@ where
     .await
 }
 
+/// Answers a click that does nothing: the card with `notice` on it, or `unknown` as a
+/// message where kabar has no card for the episode.
+async fn refusal(
+    app: &AppState,
+    settings: &ChatAppSettings,
+    shape: Shape,
+    episode: &str,
+    notice: &str,
+    unknown: &str,
+) -> Result<Value, ApiError> {
+    let state = app.shared.store.app_episode(episode).await.map_err(|e| {
+        app.shared.metrics.store_error(e.kind());
+        ApiError::EventStoreUnavailable(e)
+    })?;
+    Ok(match state.as_deref().and_then(AppEpisodeState::parse) {
+        Some(state) => card_answer(
+            shape,
+            &current_card(settings, episode, &state, Some(notice), now_ms()),
+        ),
+        None => super::text_answer(shape, unknown),
+    })
+}
+
+/// An opening card as the sender sends it (and `kabar render` shows it): the queued
+/// `body` with the episode's lines, and the buttons while a firing card's alert fires.
+pub(crate) fn outgoing_card(
+    settings: &ChatAppSettings,
+    episode_id: &str,
+    state: &AppEpisodeState,
+    body: &str,
+    firing: bool,
+) -> String {
+    let offer = firing && !state.resolved;
+    decorated(settings, episode_id, state, body, offer, None, now_ms())
+}
+
 /// A verified CARD_CLICKED: acts once, answers with the card.
 pub(super) async fn click(
     app: &AppState,
@@ -249,25 +285,16 @@ pub(super) async fn click(
     };
     let Some(action) = parsed else {
         metrics.action_done("unknown", "unknown_action");
-        let state = app
-            .shared
-            .store
-            .app_episode(episode)
-            .await
-            .map_err(store_error)?;
-        return Ok(match state.as_deref().and_then(AppEpisodeState::parse) {
-            Some(state) => card_answer(
-                shape,
-                &current_card(
-                    settings,
-                    episode,
-                    &state,
-                    Some("This button is no longer offered."),
-                    now,
-                ),
-            ),
-            None => super::text_answer(shape, "kabar does not know this button."),
-        });
+        let notice = "This button is no longer offered.";
+        return refusal(
+            app,
+            settings,
+            shape,
+            episode,
+            notice,
+            "kabar does not know this button.",
+        )
+        .await;
     };
     let kind = action.kind();
     if !allowed(settings, event) {
@@ -277,19 +304,7 @@ pub(super) async fn click(
             "Sorry, only people from {} can act on alerts here.",
             settings.allowed_domains.join(", ")
         );
-        let state = app
-            .shared
-            .store
-            .app_episode(episode)
-            .await
-            .map_err(store_error)?;
-        return Ok(match state.as_deref().and_then(AppEpisodeState::parse) {
-            Some(state) => card_answer(
-                shape,
-                &current_card(settings, episode, &state, Some(&notice), now),
-            ),
-            None => super::text_answer(shape, &notice),
-        });
+        return refusal(app, settings, shape, episode, &notice, &notice).await;
     }
     let action_name = match action {
         Action::Acknowledge => ACK.to_owned(),

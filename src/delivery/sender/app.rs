@@ -188,15 +188,13 @@ impl Sender {
         let Some(state) = state else {
             return message.body.clone();
         };
-        let offer = message.kind == "firing" && !state.resolved;
-        crate::chat_app::actions::act::decorated(
+        let firing = message.kind == "firing";
+        crate::chat_app::actions::act::outgoing_card(
             settings,
             episode,
             &state,
             &message.body,
-            offer,
-            None,
-            now_ms(),
+            firing,
         )
     }
 
