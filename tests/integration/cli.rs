@@ -968,9 +968,11 @@ fn render_shows_the_action_buttons_an_app_space_card_is_sent_with() {
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(
         &config,
-        format!("{text}  oncall:\n    space: spaces/AAAArender\n    receivers: [gchat]\n"),
+        format!(
+            "delivery:\n  allow_any_host: false\n{text}  oncall:\n    space: spaces/AAAArender\n    receivers: [gchat]\n  hook:\n    webhook_url: \"https://chat.googleapis.com/v1/spaces/AAAAhook/messages?key=k&token=t\"\n    receivers: [gchat]\n"
+        ),
     )
-    .expect("add an app space");
+    .expect("add an app space and a webhook space");
     let output = kabar(&[
         "render",
         "--config",
@@ -987,4 +989,23 @@ fn render_shows_the_action_buttons_an_app_space_card_is_sent_with() {
     assert!(stdout.contains("\"Acknowledge\""), "{stdout}");
     assert!(stdout.contains("\"Silence 24h\""), "{stdout}");
     assert!(stdout.contains("\"function\": \"silence:1h\""), "{stdout}");
+    // A webhook cannot receive clicks: its card keeps link buttons only.
+    let output = kabar(&[
+        "render",
+        "--config",
+        path_str(&config),
+        "--payload",
+        &fixture("firing.json"),
+        "--space",
+        "hook",
+    ])
+    .output()
+    .expect("run render");
+    let (stdout, stderr) = text_of(&output);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stdout.contains("\"openLink\""), "{stdout}");
+    assert!(
+        !stdout.contains("Acknowledge") && !stdout.contains("\"action\""),
+        "{stdout}"
+    );
 }
