@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # kabar's benchmark suite. Usage, from anywhere in the repo:
 #
-#   bench/run.sh [all|disk|render|ingest|paced|delivery|sustain|startup|replicas_ingest|replicas_delivery]...
+#   bench/run.sh [all|disk|render|ingest|paced|delivery|sustain|startup|events|replicas_ingest|replicas_delivery]...
 #
 # Each part writes JSON lines to bench/results/<part>.jsonl (one per run) and the summary
 # prints medians. RUNS (default 3) sets the repetitions; DURATION (default 20) the seconds
@@ -62,8 +62,10 @@ rss() { # pid -> "VmHWM VmRSS" in MiB (their order in /proc/PID/status)
     awk '/^VmRSS|^VmHWM/ {printf "%.1f ", $2/1024}' "/proc/$1/status"
 }
 
-machine() {
-    echo "{\"date\":\"$(date -u +%FT%TZ)\",\"nproc\":$(nproc),\"cpu\":\"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')\",\"kernel\":\"$(uname -r)\",\"commit\":\"$(git rev-parse --short HEAD)\",\"fs\":\"$(findmnt -n -o FSTYPE -T "$WORK")\"}" >"$RESULTS/machine.json"
+# The machine a run was on: machine.json for a whole-suite run, machine-PART.json for a
+# part run on its own, so recording one part keeps the record of the others.
+machine() { # file
+    echo "{\"date\":\"$(date -u +%FT%TZ)\",\"nproc\":$(nproc),\"cpu\":\"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')\",\"kernel\":\"$(uname -r)\",\"commit\":\"$(git rev-parse --short HEAD)\",\"fs\":\"$(findmnt -n -o FSTYPE -T "$WORK")\"}" >"$RESULTS/$1"
 }
 
 # Closed-loop throughput with wrk: kabar (durable, auth on, delivery running to a fake Chat)
@@ -145,6 +147,16 @@ sustain() {
     for run in $(seq 1 "$RUNS"); do
         harness sustain --work "$WORK" --spaces 1000 --seconds 60 |
             sed "s/^{/{\"run\":$run,/" | tee -a "$RESULTS/sustain.jsonl"
+    done
+}
+
+# The Chat events endpoint: tokens refused (garbage, forged), verified MESSAGE events, and
+# Acknowledge presses (verified, then a store transaction), 16 closed-loop clients.
+events() {
+    : >"$RESULTS/events.jsonl"
+    for run in $(seq 1 "$RUNS"); do
+        harness events --work "$WORK" --seconds 10 --connections 16 |
+            sed "s/^{/{\"run\":$run,/" | tee -a "$RESULTS/events.jsonl"
     done
 }
 
@@ -294,13 +306,15 @@ render() {
         grep -E '^render/|time:'
 }
 
+ALL=(disk render ingest paced delivery sustain startup events replicas_ingest replicas_delivery)
 PARTS=("$@")
 [ ${#PARTS[@]} -eq 0 ] && PARTS=(all)
-[ "${PARTS[0]}" = all ] && PARTS=(disk render ingest paced delivery sustain startup replicas_ingest replicas_delivery)
+[ "${PARTS[0]}" = all ] && PARTS=("${ALL[@]}")
 build
-machine
+[ "${PARTS[*]}" = "${ALL[*]}" ] && machine machine.json
 for part in "${PARTS[@]}"; do
     echo "== $part"
+    [ "${PARTS[*]}" = "${ALL[*]}" ] || machine "machine-$part.json"
     "$part"
 done
 python3 bench/summary.py "$RESULTS"

@@ -85,6 +85,16 @@ def main():
               f"(RSS {r['queued_rss_at_ready_mib_median']:.1f} MiB at ready, "
               f"{r['queued_rss_after_5s_mib_median']:.1f} MiB 5 s later)")
 
+    events = load(results, "events")
+    if events:
+        print(f"\nevents (/chat/events, 16 clients; medians of {max(r['run'] for r in events)} runs)")
+        for scenario in ("garbage_token", "forged_signature", "message_help", "acknowledge"):
+            rows = [r for r in events if r["scenario"] == scenario]
+            if rows:
+                print(f"  {scenario:<17} {med(rows, 'per_s'):>8.0f}/s  p50 {med(rows, 'p50_ms'):.2f} ms  "
+                      f"p99 {med(rows, 'p99_ms'):.2f} ms  CPU {med(rows, 'kabar_cpu_us_per_request'):.1f} us/request  "
+                      f"unexpected status {sum(r['unexpected_status'] for r in rows)}")
+
     render = results / "render.txt"
     if render.exists():
         print("\nrender (criterion, median estimate per message)")

@@ -15,6 +15,9 @@
 //!   cargo bench --bench harness -- takeover --postgres URL [--spaces N] [--lease 5s]
 //!       three replicas delivering; kill -9 of the one holding most spaces: time from its
 //!       death (and from its leases' expiry) to the first delivery by a new holder
+//!   cargo bench --bench harness -- events [--seconds S] [--connections C]
+//!       the Chat events endpoint: garbage and forged tokens, valid MESSAGE events and
+//!       Acknowledge presses, C closed-loop clients for S seconds each
 //!
 //! With --postgres URL, the kabar-starting commands put the store in that PostgreSQL
 //! database (store.postgres) instead of SQLite under the work dir, and delivery takes
@@ -23,6 +26,10 @@
 //! Options shared by the kabar-starting commands: --kabar PATH (default
 //! target/release/kabar), --work DIR (state and configs; default bench/work, on the real
 //! disk, so commits pay for fsync). bench/run.sh calls these; see bench/README.md.
+
+// The Chat events endpoint under load (needs the tests' fake of Chat's event side).
+#[path = "harness/events.rs"]
+mod events;
 
 // The integration tests' fake Chat; the benchmarks use part of it.
 #[path = "../tests/integration/common/fake_chat.rs"]
@@ -100,7 +107,9 @@ impl Args {
 fn main() {
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = raw.split_first() else {
-        eprintln!("usage: harness fake-chat|paced|delivery|sustain|startup [--option value]...");
+        eprintln!(
+            "usage: harness fake-chat|paced|delivery|sustain|startup|takeover|events [--option value]..."
+        );
         std::process::exit(2);
     };
     // `cargo bench` without a command (as in a plain `cargo bench`) runs nothing here.
@@ -119,6 +128,7 @@ fn main() {
                 "sustain" => sustain(&args).await,
                 "startup" => startup(&args).await,
                 "takeover" => takeover(&args).await,
+                "events" => events::events(&args).await,
                 other => Err(format!("unknown command {other:?}").into()),
             }
         })
