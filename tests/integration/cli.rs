@@ -973,36 +973,28 @@ fn render_shows_the_action_buttons_an_app_space_card_is_sent_with() {
         ),
     )
     .expect("add an app space and a webhook space");
-    let output = kabar(&[
-        "render",
-        "--config",
-        path_str(&config),
-        "--payload",
-        &fixture("firing.json"),
-        "--space",
-        "oncall",
-    ])
-    .output()
-    .expect("run render");
-    let (stdout, stderr) = text_of(&output);
-    assert!(output.status.success(), "{stderr}");
+    let render = |space: &str| {
+        let output = kabar(&[
+            "render",
+            "--config",
+            path_str(&config),
+            "--payload",
+            &fixture("firing.json"),
+            "--space",
+            space,
+        ])
+        .output()
+        .expect("run render");
+        let (stdout, stderr) = text_of(&output);
+        assert!(output.status.success(), "{stderr}");
+        stdout
+    };
+    let stdout = render("oncall");
     assert!(stdout.contains("\"Acknowledge\""), "{stdout}");
     assert!(stdout.contains("\"Silence 24h\""), "{stdout}");
     assert!(stdout.contains("\"function\": \"silence:1h\""), "{stdout}");
     // A webhook cannot receive clicks: its card keeps link buttons only.
-    let output = kabar(&[
-        "render",
-        "--config",
-        path_str(&config),
-        "--payload",
-        &fixture("firing.json"),
-        "--space",
-        "hook",
-    ])
-    .output()
-    .expect("run render");
-    let (stdout, stderr) = text_of(&output);
-    assert!(output.status.success(), "{stderr}");
+    let stdout = render("hook");
     assert!(stdout.contains("\"openLink\""), "{stdout}");
     assert!(
         !stdout.contains("Acknowledge") && !stdout.contains("\"action\""),
