@@ -680,9 +680,11 @@ mod tests {
             "Alertmanager did not answer within 10s"
         );
 
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        drop(listener);
+        // Bound but never listening: refused, and no parallel test's server can take it.
+        let held = tokio::net::TcpSocket::new_v4().expect("a socket");
+        held.bind("127.0.0.1:0".parse().expect("an address"))
+            .expect("bind");
+        let port = held.local_addr().expect("addr").port();
         let closed = format!("http://kabar:pw-77c1@127.0.0.1:{port}/am/secret-path");
         let error = api(&closed, None)
             .create_silence(&http(), &request())

@@ -165,10 +165,15 @@ async fn a_silence_from_the_card_is_created_in_alertmanager_and_the_alert_stops_
     );
 }
 
-/// A port nothing listens on.
-fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").port()
+/// A port nothing listens on, held (bound, never listening) so that no other test's
+/// server can take it while this test runs: connecting to it is refused.
+fn closed_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("an address"))
+        .expect("bind");
+    let port = socket.local_addr().expect("address").port();
+    (socket, port)
 }
 
 /// A stand-in Alertmanager that answers every request `status` with an error text.
@@ -187,7 +192,7 @@ async fn refusing_alertmanager(status: StatusCode) -> String {
 
 #[tokio::test]
 async fn alertmanager_down_or_refusing_becomes_a_line_on_the_card() {
-    let port = closed_port();
+    let (_held, port) = closed_port();
     let mut setup = start(|b| {
         b.chat_app_option(
             "alertmanager",
