@@ -52,7 +52,7 @@ pub struct ChatAppSettings {
 }
 
 /// How Chat's events reach kabar and are verified.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventSettings {
     /// The Cloud project number: the audience of Chat's self-signed event tokens.
     pub project_number: String,

@@ -13,7 +13,7 @@ use super::state::{AppEpisodeState, Mark, SilenceMark};
 use crate::app::AppState;
 use crate::chat_app::ChatAppSettings;
 use crate::chat_app::silence::{AlertmanagerApi, SilenceRequest};
-use crate::config::{format_duration, parse_duration};
+use crate::config::parse_duration;
 use crate::ingest::ApiError;
 use crate::store::{StoreError, now_ms, transact};
 
@@ -407,8 +407,8 @@ async fn silence(
         ends_at,
         created_by,
         comment: format!(
-            "Silenced for {} from Google Chat by {}{} in kabar space {}{} (kabar)",
-            format_duration(duration),
+            "Silenced for {} from Google Chat by {}{} in kabar space {}{}",
+            super::card::silence_label(duration),
             mark.name,
             if mark.email.is_empty() {
                 String::new()

@@ -187,18 +187,19 @@ pub(crate) fn decorate(body: &str, lines: &[String], buttons: Option<&Buttons<'_
     for (lines, buttons) in attempts {
         let mut object = base.clone();
         add(&mut object, lines, buttons);
-        let text = Value::Object(object).to_string();
-        if text.len() <= MAX_BODY_BYTES && widgets_fit(&text) {
+        let value = Value::Object(object);
+        if !widgets_fit(&value) {
+            continue;
+        }
+        let text = value.to_string();
+        if text.len() <= MAX_BODY_BYTES {
             return text;
         }
     }
     body.to_owned()
 }
 
-fn widgets_fit(body: &str) -> bool {
-    let Ok(value) = serde_json::from_str::<Value>(body) else {
-        return false;
-    };
+fn widgets_fit(value: &Value) -> bool {
     value
         .get("cardsV2")
         .and_then(Value::as_array)

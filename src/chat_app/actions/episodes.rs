@@ -38,6 +38,23 @@ pub(crate) fn acknowledged<S: EpisodeStore + ?Sized>(
         .is_some_and(|state| state.acknowledged()))
 }
 
+/// Label sets larger than this (names and values together) get no Silence button: a
+/// silence must match the labels exactly, so they cannot be cut, and a payload may hold
+/// megabyte values that would otherwise sit in every episode's state and request.
+const MAX_SILENCE_LABEL_BYTES: usize = 16 * 1024;
+
+/// Whether a Silence button can match `alert`: not more matchers than the context keeps
+/// (a silence of hundreds is not one anyone means), and not more bytes than the bound.
+fn silenceable(alert: &Alert) -> bool {
+    alert.labels.len() <= MAX_CONTEXT_LABELS
+        && alert
+            .labels
+            .iter()
+            .map(|(name, value)| name.len() + value.len())
+            .sum::<usize>()
+            <= MAX_SILENCE_LABEL_BYTES
+}
+
 /// Records what a message of `kind` about `alert` means for its episode's actions: a
 /// firing card that opens the thread starts the record (the card, the labels a silence
 /// would match), the opening card's resolved edit replaces the card and ends the buttons,
@@ -60,8 +77,7 @@ pub(crate) fn record<S: EpisodeStore + ?Sized>(
             let mut state = known.unwrap_or_default();
             state.space = space.to_owned();
             state.alertname = alert.name().to_owned();
-            // A silence of more matchers than the context keeps is not one anyone means.
-            state.labels = (alert.labels.len() <= MAX_CONTEXT_LABELS).then(|| alert.labels.clone());
+            state.labels = silenceable(alert).then(|| alert.labels.clone());
             state.card = card.to_owned();
             state.resolved = false;
             state
@@ -82,4 +98,31 @@ pub(crate) fn record<S: EpisodeStore + ?Sized>(
         _ => return Ok(()),
     };
     store.save_app_episode(&id, space, &state.to_json(), now_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(labels: &[(&str, String)]) -> Alert {
+        let labels: serde_json::Map<String, serde_json::Value> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::Value::String(v.clone())))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "status": "firing", "labels": labels, "annotations": {},
+            "startsAt": "2026-12-01T10:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "", "fingerprint": "abc"
+        }))
+        .expect("an alert")
+    }
+
+    #[test]
+    fn only_label_sets_a_silence_can_carry_whole_are_kept() {
+        assert!(silenceable(&alert(&[("alertname", "A".into())])));
+        assert!(!silenceable(&alert(&[("alertname", "x".repeat(20_000))])));
+        let names: Vec<String> = (0..101).map(|i| format!("l{i}")).collect();
+        let many: Vec<(&str, String)> = names.iter().map(|n| (n.as_str(), "v".into())).collect();
+        assert!(!silenceable(&alert(&many)));
+    }
 }

@@ -76,11 +76,11 @@ fn field(value: &Value, pointer: &str) -> Option<String> {
     text_at(value, pointer).map(|s| s.chars().take(MAX_FIELD_CHARS).collect())
 }
 
-/// The `episode` parameter of a click: a `[{key, value}]` list (classic `action`) or a
-/// map (`common.parameters`, `commonEventObject.parameters`).
-fn parameter(value: &Value, list: &str, map: &str) -> Option<String> {
-    let from_list = value
-        .pointer(list)
+/// The `episode` parameter of a click: in a `[{key, value}]` list (classic `action`, at
+/// `list`) or a map (`common.parameters`, `commonEventObject.parameters`, at `map`).
+fn parameter(value: &Value, list: Option<&str>, map: &str) -> Option<String> {
+    let from_list = list
+        .and_then(|list| value.pointer(list))
         .and_then(Value::as_array)
         .and_then(|items| {
             items
@@ -126,7 +126,7 @@ pub(crate) fn read(value: &Value, query_action: Option<&str>) -> Option<ChatEven
                     .map(|f| action_name(&f))
                     .filter(|a| !a.is_empty())
                     .or_else(|| query_action.map(str::to_owned)),
-                episode: parameter(value, "/action/parameters", "/common/parameters"),
+                episode: parameter(value, Some("/action/parameters"), "/common/parameters"),
             },
             "ADDED_TO_SPACE" => EventKind::AddedToSpace,
             "MESSAGE" => EventKind::Message,
@@ -151,7 +151,7 @@ pub(crate) fn read(value: &Value, query_action: Option<&str>) -> Option<ChatEven
         (
             EventKind::Click {
                 action,
-                episode: parameter(value, "/none", "/commonEventObject/parameters"),
+                episode: parameter(value, None, "/commonEventObject/parameters"),
             },
             "buttonClickedPayload",
         )

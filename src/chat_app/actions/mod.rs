@@ -32,7 +32,7 @@ const MAX_CONCURRENT_EVENTS: usize = 32;
 /// The events endpoint's own state: the verifier (its key caches live as long as the
 /// settings they were made for) and the bound on work in progress.
 pub(crate) struct Events {
-    verifier: Mutex<Option<(String, Arc<EventVerifier>)>>,
+    verifier: Mutex<Option<(EventSettings, Arc<EventVerifier>)>>,
     permits: Semaphore,
     /// For Alertmanager, which lives inside the cluster: no proxy meant for Google.
     pub(crate) internal_http: reqwest::Client,
@@ -55,16 +55,9 @@ impl Default for Events {
 impl Events {
     /// The verifier for `settings`, made anew when a reload changed what it checks.
     fn verifier(&self, settings: &EventSettings) -> Arc<EventVerifier> {
-        let identity = format!(
-            "{}\n{}\n{:?}\n{}",
-            settings.project_number,
-            settings.certs_url,
-            settings.endpoint_url,
-            settings.id_token_certs_url
-        );
         let mut slot = self.verifier.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((known, verifier)) = slot.as_ref()
-            && *known == identity
+            && known == settings
         {
             return Arc::clone(verifier);
         }
@@ -74,7 +67,7 @@ impl Events {
             endpoint_url: settings.endpoint_url.clone(),
             id_token_certs_url: settings.id_token_certs_url.clone(),
         }));
-        *slot = Some((identity, Arc::clone(&verifier)));
+        *slot = Some((settings.clone(), Arc::clone(&verifier)));
         verifier
     }
 }

@@ -172,7 +172,12 @@ impl Sender {
         message: &QueuedMessage,
         write: &AppWrite,
     ) -> String {
-        let opening_kind = matches!(message.kind.as_str(), "firing" | "resolved");
+        // An opening card is created firing and edited resolved; a resolved reply (a
+        // create) is not one, and is not looked up.
+        let opening_kind = matches!(
+            (message.kind.as_str(), write.is_edit()),
+            ("firing", false) | ("resolved", true)
+        );
         let episode = crate::chat_app::actions::episodes::episode_of_message(write.message_id());
         let (Some(episode), true, true) = (episode, opening_kind, settings.events.is_some()) else {
             return message.body.clone();
